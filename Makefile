@@ -1,0 +1,38 @@
+# `make demo` and `make test` set everything up on a fresh machine: FFmpeg (Debian package, when missing and we
+# may install it), the virtual environment .venv, and this package with its pinned dependencies.
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup ffmpeg demo test test-fast bench clean
+
+setup: ffmpeg $(INSTALLED)
+
+ffmpeg:
+	@if command -v ffmpeg >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ffmpeg >/dev/null; \
+	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ffmpeg >/dev/null; \
+	else echo "WARNING: FFmpeg is missing and cannot be installed without root: audio files will not decode (apt-get install ffmpeg)"; fi
+
+$(INSTALLED): setup.cfg pyproject.toml
+	python3 -m venv $(VENV)
+	$(PYTHON) -m pip install -q --upgrade pip
+	$(PYTHON) -m pip install -q -e ".[test]"
+	touch $(INSTALLED)
+
+demo: setup
+	$(VENV)/bin/maest demo --output-dir demo_output
+
+test: setup
+	$(PYTHON) -m pytest -q -p no:cacheprovider --durations=15
+
+test-fast: setup
+	$(PYTHON) -m pytest -q -p no:cacheprovider -m "not slow"
+
+bench: setup
+	$(VENV)/bin/maest bench --output benchmarks/results.json
+
+clean:
+	rm -rf $(VENV) demo_output build *.egg-info

@@ -1,0 +1,53 @@
+"""`maest convert`: any published MAEST checkpoint -> a `save_pretrained` directory."""
+
+import argparse
+from pathlib import Path
+
+
+def convert(source: str, output_dir: str, labels_file: str | None = None, preset: str | None = None,
+            use_swa: bool = True, feature_extractor_kwargs: dict | None = None):
+    """Converts an original checkpoint file (`*.ckpt`, `*.pt`) or an AST-format MAEST repo into a MAEST directory
+    with the model and its feature extractor. Returns the loaded model."""
+    from maest import MAESTFeatureExtractor, MAESTForAudioClassification
+
+    from .conversion import find_foreign_checkpoint, load_original_checkpoint, read_labels
+
+    labels = read_labels(labels_file) if labels_file else None
+    foreign = find_foreign_checkpoint(source)
+    if foreign is not None and foreign[0] == "original":
+        model = load_original_checkpoint(source, use_swa=use_swa, labels=labels, preset=preset)
+    else:
+        model = MAESTForAudioClassification.from_pretrained(source)
+        if labels is not None:
+            if len(labels) != model.config.num_labels:
+                raise ValueError(f"{len(labels)} labels given for a model with {model.config.num_labels} outputs")
+            model.config.id2label = dict(enumerate(labels))
+            model.config.label2id = {label: index for index, label in enumerate(labels)}
+    output_dir = Path(output_dir)
+    model.save_pretrained(output_dir)
+    MAESTFeatureExtractor(max_length=model.config.max_length, **(feature_extractor_kwargs or {})).save_pretrained(output_dir)
+    return model
+
+
+def _run(args) -> int:
+    model = convert(args.source, args.output_dir, labels_file=args.labels, preset=args.preset, use_swa=not args.last_weights)
+    print(
+        f"wrote {args.output_dir}: MAEST {model.config.num_hidden_layers} blocks x {model.config.hidden_size}, "
+        f"{model.config.max_length} frames, {model.config.num_labels} labels"
+    )
+    return 0
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "convert",
+        help="convert an original or AST-format MAEST checkpoint to a MAEST directory",
+        description="Convert a released original checkpoint (*-swa.ckpt), a training checkpoint (SWA weights by "
+        "default) or an AST-format MAEST directory/Hub repo into a save_pretrained directory.",
+    )
+    parser.add_argument("source", help="checkpoint file, AST-format directory or Hub id")
+    parser.add_argument("output_dir", help="directory to write")
+    parser.add_argument("--labels", help="label names: a text file (one per line) or a JSON list")
+    parser.add_argument("--preset", help="model shape when the file name does not tell it (e.g. maest-30s, maest-tiny)")
+    parser.add_argument("--last-weights", action="store_true", help="training checkpoints: the last weights, not SWA")
+    parser.set_defaults(func=_run)
