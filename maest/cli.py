@@ -8,7 +8,9 @@ import sys
 COMMAND_MODULES = (
     "maest.modeling.cli",
     "maest.inference.cli",
+    "maest.inference.benchmark",
     "maest.training.cli",
+    "maest.training.probe",
     "maest.hub",
 )
 

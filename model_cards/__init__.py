@@ -1,0 +1,1 @@
+"""Model cards for MAEST checkpoints (filled in by its issue)."""

@@ -1,0 +1,85 @@
+"""Shared test fixtures. Everything runs offline on small models and audio that the tests make."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SAMPLING_RATE = 16000
+
+# A small MAEST for file-level tests: 5 s segments (316 frames), width 64, 3 blocks.
+SMALL_MODEL_KWARGS = dict(
+    max_length=316, hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=128
+)
+SMALL_MODEL_LABELS = ["rock", "jazz", "techno", "ambient", "hip hop", "folk", "classical"]
+
+
+def synth_music(seconds: float, sampling_rate: int = SAMPLING_RATE, seed: int = 0) -> np.ndarray:
+    """Music-like mono audio: a chord progression of harmonic tones with decaying envelopes, a kick drum on the
+    beat and a little noise; float32 in [-1, 1]."""
+    rng = np.random.default_rng(seed)
+    num_samples = int(round(seconds * sampling_rate))
+    t = np.arange(num_samples) / sampling_rate
+    audio = np.zeros(num_samples)
+    beat = 60.0 / rng.uniform(80, 140)
+    for start in np.arange(0.0, seconds, beat):
+        onset = t >= start
+        since = np.where(onset, t - start, 0.0)
+        root = 110.0 * 2 ** (rng.integers(0, 12) / 12)
+        for interval in (0, 4, 7):
+            frequency = root * 2 ** (interval / 12)
+            for harmonic in range(1, 5):
+                audio += onset * 0.08 / harmonic * np.sin(2 * np.pi * frequency * harmonic * since) * np.exp(-3 * since)
+        audio += onset * 0.3 * np.sin(2 * np.pi * 55 * since * np.exp(-8 * since)) * np.exp(-12 * since)
+    audio += 0.01 * rng.standard_normal(num_samples)
+    return (0.9 * audio / max(1e-9, np.abs(audio).max())).astype(np.float32)
+
+
+def write_audio(path, audio: np.ndarray, sampling_rate: int = SAMPLING_RATE) -> Path:
+    """Encodes audio (mono `(samples,)` or `(channels, samples)`) to any FFmpeg format, by the file's extension."""
+    from torchcodec.encoders import AudioEncoder
+
+    samples = torch.as_tensor(audio, dtype=torch.float32)
+    if samples.ndim == 1:
+        samples = samples[None]
+    AudioEncoder(samples, sample_rate=sampling_rate).to_file(str(path))
+    return Path(path)
+
+
+@pytest.fixture(scope="session")
+def reference():
+    """Outputs of the original MAEST implementation on the tiny reference checkpoint."""
+    return dict(np.load(FIXTURES / "tiny_expected.npz"))
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    """The shape of the reference checkpoint (tests/fixtures/tiny_config.json)."""
+    from maest import MAESTConfig
+
+    return MAESTConfig.from_preset("maest-tiny")
+
+
+@pytest.fixture(scope="session")
+def small_model_dir(tmp_path_factory):
+    """A saved, randomly initialized small MAEST (model, feature extractor, code) with named labels."""
+    from maest import MAESTConfig, MAESTFeatureExtractor, MAESTForAudioClassification
+
+    torch.manual_seed(0)
+    config = MAESTConfig(
+        **SMALL_MODEL_KWARGS,
+        id2label=dict(enumerate(SMALL_MODEL_LABELS)),
+        label2id={label: i for i, label in enumerate(SMALL_MODEL_LABELS)},
+    )
+    directory = tmp_path_factory.mktemp("small_maest")
+    MAESTForAudioClassification(config).eval().save_pretrained(directory)
+    MAESTFeatureExtractor(max_length=config.max_length).save_pretrained(directory)
+    return directory
