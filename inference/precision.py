@@ -1,0 +1,146 @@
+"""Inference precision for MAEST: float32, bfloat16 and dynamic int8.
+
+`prepare_model` is the one place where `maest tag`, `maest embed` and `maest bench` turn a loaded model into the
+inference model for a `--dtype` / `--device` pair:
+
+- ``"float32"``: the model as is (the default, and the reference the other variants are measured against).
+- ``"bfloat16"``: parameters and buffers cast to bfloat16; inputs must be cast by the caller (`input_dtype`). Pays on
+  GPUs and on CPUs with bf16 units (AMX or AVX512-BF16); on AVX2-only CPUs bf16 matmuls are emulated and far slower
+  than float32 (DESIGN.md section 7), so this warns there.
+- ``"int8"``: dynamic int8 quantization of every `nn.Linear` (int8 weights with a per-tensor scale,
+  activations quantized on the fly per batch); CPU only. Attention score matmuls, the patch convolution and the
+  layer norms stay in float32.
+"""
+
+import functools
+import warnings
+from typing import Iterable, Optional
+
+import torch
+from torch import nn
+
+from transformers.utils import logging
+
+
+logger = logging.get_logger(__name__)
+
+SUPPORTED_DTYPES = ("float32", "bfloat16", "int8")
+SUPPORTED_DEVICES = ("cpu", "cuda")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset:
+    """The CPU feature flags of this machine (from /proc/cpuinfo; empty where that file does not exist)."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_has_bf16_units() -> bool:
+    """Whether this CPU has native bfloat16 matmul units (AMX-BF16 or AVX512-BF16)."""
+    return bool({"amx_bf16", "avx512_bf16"} & cpu_flags())
+
+
+def cpu_precision_summary() -> dict:
+    """The CPU facts that decide which precision is fast here (reported by `maest bench`)."""
+    flags = cpu_flags()
+    return {
+        "avx2": "avx2" in flags,
+        "fma": "fma" in flags,
+        "avx512f": "avx512f" in flags,
+        "avx512_bf16": "avx512_bf16" in flags,
+        "amx_bf16": "amx_bf16" in flags,
+        "amx_int8": "amx_int8" in flags,
+        "avx512_vnni": "avx512_vnni" in flags,
+        "avx_vnni": "avx_vnni" in flags,
+        "quantized_engine": torch.backends.quantized.engine,
+    }
+
+
+def input_dtype(dtype: str) -> torch.dtype:
+    """The dtype of `input_values` for a model prepared with `dtype` (int8 models take float32 inputs)."""
+    _check_dtype(dtype)
+    return torch.bfloat16 if dtype == "bfloat16" else torch.float32
+
+
+def _check_dtype(dtype: str) -> None:
+    if dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"Unsupported dtype {dtype!r}: choose one of {', '.join(SUPPORTED_DTYPES)}.")
+
+
+def _check_device(device) -> torch.device:
+    device = torch.device(device)
+    if device.type not in SUPPORTED_DEVICES:
+        raise ValueError(f"Unsupported device {str(device)!r}: choose cpu or cuda.")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"Device {str(device)!r} was asked for, but no CUDA GPU is available (torch.cuda.is_available() is False).")
+    return device
+
+
+def quantize_linear_layers_int8(model: nn.Module, skip_modules: Iterable[str] = ()) -> nn.Module:
+    """Replaces every `nn.Linear` of `model` (except those named in `skip_modules`) with a dynamically quantized int8
+    Linear, in place, and returns the model.
+
+    Uses `torch.ao.quantization.quantize_dynamic` (eager-mode dynamic quantization, fbgemm/x86 kernels on CPU). torch
+    marks the `torch.ao.quantization` namespace as deprecated in favour of torchao, but the dynamic-quantized Linear
+    kernels are still the maintained CPU path in torch 2.14 (torchao's int8 configs target GPUs and compiled graphs);
+    the deprecation notice is silenced here so that it does not reach every `maest embed --dtype int8` user.
+    """
+    skip = set(skip_modules)
+    if skip:
+        names = {name for name, module in model.named_modules() if isinstance(module, nn.Linear)}
+        unknown = skip - names
+        if unknown:
+            raise ValueError(f"skip_modules names no nn.Linear of the model: {sorted(unknown)}")
+        qconfig_spec = {name: torch.ao.quantization.default_dynamic_qconfig for name in sorted(names - skip)}
+    else:
+        qconfig_spec = {nn.Linear}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.ao\.quantization is deprecated.*")
+        warnings.filterwarnings("ignore", message=r".*quantize_per_tensor.*deprecated.*")
+        from torch.ao.quantization import quantize_dynamic
+
+        return quantize_dynamic(model, qconfig_spec, dtype=torch.qint8, inplace=True)
+
+
+def prepare_model(
+    model: nn.Module, dtype: str = "float32", device: str = "cpu", int8_skip_modules: Optional[Iterable[str]] = None
+) -> nn.Module:
+    """Puts `model` in eval mode on `device` at inference precision `dtype` and returns it (modified in place).
+
+    Args:
+        model: a MAEST (or any) `nn.Module` in float32.
+        dtype: ``"float32"`` (default), ``"bfloat16"`` or ``"int8"`` (dynamic int8 Linear layers, CPU only).
+        device: ``"cpu"`` or ``"cuda"`` (``"cuda:N"`` too).
+        int8_skip_modules: for ``"int8"``, names of `nn.Linear` modules to keep in float32 (as in
+            `model.named_modules()`).
+
+    Raises:
+        ValueError: for an unknown dtype or device, int8 on CUDA, or CUDA without a GPU.
+    """
+    _check_dtype(dtype)
+    device = _check_device(device)
+    model.eval()
+    if dtype == "int8":
+        if device.type != "cpu":
+            raise ValueError(
+                "dtype 'int8' (dynamic int8 quantization) runs on CPU only; on a GPU use dtype 'bfloat16' instead."
+            )
+        model.to(device=device, dtype=torch.float32)
+        quantize_linear_layers_int8(model, int8_skip_modules or ())
+        return model
+    if dtype == "bfloat16":
+        if device.type == "cpu" and not cpu_has_bf16_units():
+            warnings.warn(
+                "bfloat16 on a CPU without bf16 units (no AMX-BF16 / AVX512-BF16 in /proc/cpuinfo flags): bf16 matmuls "
+                "are emulated and much slower than float32 here. Use dtype 'float32' (or 'int8') on this machine.",
+                UserWarning,
+                stacklevel=2,
+            )
+        return model.to(device=device, dtype=torch.bfloat16)
+    return model.to(device=device, dtype=torch.float32)
