@@ -216,7 +216,7 @@ class MAESTFeatureExtractor(SequenceFeatureExtractor):
         keep_partial = remainder > 0 and (
             num_full == 0 or last_segment == "pad" or (last_segment == "auto" and remainder * 2 >= length)
         )
-        segments = list(features[: num_full * length].reshape(num_full, length, -1))
+        segments = list(features[: num_full * length].reshape(num_full, length, features.shape[-1]))
         if keep_partial:
             segments.append(self._pad_frames(features[num_full * length :], length))
         return torch.stack(segments)

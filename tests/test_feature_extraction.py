@@ -1,0 +1,180 @@
+"""The front-end against Essentia's TensorflowInputMusiCNN (MAEST's training features)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import synth_music
+
+from maest import MAESTFeatureExtractor
+
+essentia_standard = pytest.importorskip("essentia.standard")
+
+MEAN, STD = 2.06755686098554, 1.268292820667291
+
+
+def essentia_features(audio: np.ndarray) -> np.ndarray:
+    """Essentia's own framing and TensorflowInputMusiCNN, then MAEST's normalization."""
+    musicnn_input = essentia_standard.TensorflowInputMusiCNN()
+    frames = essentia_standard.FrameGenerator(
+        np.ascontiguousarray(audio, dtype=np.float32), frameSize=512, hopSize=256, startFromZero=False
+    )
+    log_mel = np.array([musicnn_input(frame) for frame in frames])
+    return (log_mel - MEAN) / (2 * STD)
+
+
+@pytest.fixture(scope="module")
+def extractor():
+    return MAESTFeatureExtractor()
+
+
+def ours(extractor, audio, **kwargs):
+    return extractor(audio, sampling_rate=16000, padding=False, truncation=False, **kwargs)["input_values"][0].numpy()
+
+
+def test_music_matches_essentia(extractor):
+    audio = synth_music(12.0, seed=3)
+    expected, actual = essentia_features(audio), ours(extractor, audio)
+    assert actual.shape == expected.shape == (1 + math.ceil(audio.size / 256), 96)
+    error = np.abs(actual - expected)
+    assert error.max() < 1e-3 and error.mean() < 5e-6, (error.max(), error.mean())
+
+
+@pytest.mark.parametrize(
+    "name, audio",
+    [
+        ("silence", np.zeros(16000, dtype=np.float32)),
+        ("clipped", np.clip(3 * synth_music(2.0, seed=1), -1, 1)),
+        ("length 72123", synth_music(72123 / 16000, seed=2)),
+        ("length 257", synth_music(257 / 16000, seed=4)),
+        ("one sample", np.array([0.5], dtype=np.float32)),
+        ("full-scale noise", np.random.default_rng(0).uniform(-1, 1, 7777).astype(np.float32)),
+    ],
+)
+def test_edge_cases_match_essentia(extractor, name, audio):
+    expected, actual = essentia_features(audio), ours(extractor, audio)
+    assert actual.shape == expected.shape, name
+    error = np.abs(actual - expected)
+    assert error.max() < 1e-3 and error.mean() < 5e-6, (name, error.max(), error.mean())
+
+
+def test_frame_counts_follow_essentia():
+    extractor = MAESTFeatureExtractor()
+    assert [extractor.num_frames(n) for n in (480000, 72123, 116800)] == [1876, 283, 458]
+
+
+def test_padding_happens_in_the_log_mel_domain(extractor):
+    audio = synth_music(1.0)
+    features = extractor(audio, sampling_rate=16000)["input_values"]
+    assert features.shape == (1, 1876, 96)
+    frames = extractor.num_frames(audio.size)
+    np.testing.assert_allclose(features[0, frames:].numpy(), -MEAN / (2 * STD), rtol=1e-6)
+    assert extractor.padding_value == pytest.approx(-0.8151, abs=1e-4)
+    np.testing.assert_allclose(features[0, :frames].numpy(), ours(extractor, audio), atol=1e-6)
+
+
+def test_truncation_keeps_the_first_frames(extractor):
+    audio = synth_music(40.0, seed=5)
+    features = extractor(audio, sampling_rate=16000)["input_values"][0]
+    whole = ours(extractor, audio)
+    assert features.shape == (1876, 96)
+    np.testing.assert_allclose(features.numpy(), whole[:1876], atol=1e-6)
+    with pytest.raises(ValueError, match="truncation=False"):
+        extractor(audio, sampling_rate=16000, truncation=False)
+
+
+def test_resampling_matches_the_same_signal_sampled_at_16k(extractor):
+    """A band-limited signal sampled at 44.1 kHz and resampled must give the features of the same signal
+    sampled at 16 kHz directly."""
+
+    def tones(rate):
+        t = np.arange(int(3 * rate)) / rate
+        return (0.3 * np.sin(2 * np.pi * 220 * t) + 0.2 * np.sin(2 * np.pi * 1830 * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+
+    direct = extractor(tones(16000), sampling_rate=16000, padding="longest")["input_values"]
+    resampled = extractor(tones(44100), sampling_rate=44100, padding="longest")["input_values"]
+    assert direct.shape == resampled.shape
+    # Frames away from the edges (the resampler's filter has transients there).
+    assert (direct[:, 5:-5] - resampled[:, 5:-5]).abs().mean() < 5e-3
+
+
+def test_multichannel_audio_is_downmixed(extractor):
+    left, right = synth_music(2.0, seed=1), synth_music(2.0, seed=2)
+    mono = ours(extractor, (left + right) / 2)
+    channels_first = ours(extractor, np.stack([left, right]))
+    channels_last = ours(extractor, torch.from_numpy(np.stack([left, right], axis=1)))
+    np.testing.assert_allclose(channels_first, mono, atol=1e-6)
+    np.testing.assert_allclose(channels_last, mono, atol=1e-6)
+
+
+def test_a_batch_equals_single_clips(extractor):
+    clips = [synth_music(seconds, seed=i) for i, seconds in enumerate((1.0, 2.5, 0.3))]
+    batch = extractor(clips, sampling_rate=16000, padding="longest")
+    assert batch["input_values"].shape == (3, extractor.num_frames(40000), 96)
+    assert batch["num_frames"].tolist() == [extractor.num_frames(c.size) for c in clips]
+    for clip, features, count in zip(clips, batch["input_values"], batch["num_frames"]):
+        np.testing.assert_allclose(features[:count].numpy(), ours(extractor, clip), atol=1e-5)
+        np.testing.assert_allclose(features[count:].numpy(), extractor.padding_value)
+
+
+def test_segments_of_a_long_track(extractor):
+    small = MAESTFeatureExtractor(max_length=316)
+    audio = synth_music(17.0, seed=7)  # 1064 frames = 3 segments of 316 + 116 frames
+    whole = ours(small, audio)
+    assert whole.shape[0] == 1064
+    for mode, expected_segments in (("auto", 3), ("drop", 3), ("pad", 4)):
+        output = small(audio, sampling_rate=16000, return_segments=True, last_segment=mode)
+        segments = output["input_values"]
+        assert segments.shape == (expected_segments, 316, 96), mode
+        np.testing.assert_allclose(segments[:3].reshape(-1, 96).numpy(), whole[: 3 * 316], atol=1e-6)
+        assert output["segment_clip_index"].tolist() == [0] * expected_segments
+    padded = small(audio, sampling_rate=16000, return_segments=True, last_segment="pad")["input_values"][3]
+    np.testing.assert_allclose(padded[:116].numpy(), whole[948:], atol=1e-6)
+    np.testing.assert_allclose(padded[116:].numpy(), small.padding_value)
+    # "auto" keeps a last segment with at least half a segment of audio; a short clip always gives one segment.
+    longer = small(synth_music(22.0), sampling_rate=16000, return_segments=True)  # 1376 frames: 4 x 316 + 112
+    assert longer["input_values"].shape[0] == 4
+    short = small(synth_music(1.0), sampling_rate=16000, return_segments=True, last_segment="drop")
+    assert short["input_values"].shape[0] == 1
+    two = small([synth_music(11.0), synth_music(1.0)], sampling_rate=16000, return_segments=True)
+    assert two["segment_clip_index"].tolist() == [0, 0, 1]
+
+
+def test_bad_inputs(extractor):
+    with pytest.raises(ValueError, match="empty"):
+        extractor(np.zeros(0, dtype=np.float32), sampling_rate=16000)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        extractor(np.array([0.1, np.nan, 0.2], dtype=np.float32), sampling_rate=16000)
+    with pytest.raises(ValueError, match="clip 1 contains NaN"):
+        extractor([np.zeros(100, np.float32), np.full(100, np.inf, np.float32)], sampling_rate=16000)
+    with pytest.raises(TypeError, match="int16"):
+        extractor(np.zeros(1000, dtype=np.int16), sampling_rate=16000)
+    with pytest.raises(ValueError, match="implausible"):
+        extractor(np.zeros((40, 1000), dtype=np.float32), sampling_rate=16000)
+    with pytest.raises(ValueError, match="sampling_rate must be positive"):
+        extractor(np.zeros(1000, dtype=np.float32), sampling_rate=0)
+    with pytest.raises(ValueError, match="last_segment"):
+        extractor(np.zeros(1000, dtype=np.float32), sampling_rate=16000, return_segments=True, last_segment="x")
+
+
+def test_missing_sampling_rate_is_reported(monkeypatch):
+    from maest.feature_extraction import feature_extraction_maest
+
+    warnings = []
+    monkeypatch.setattr(feature_extraction_maest.logger, "warning_once", warnings.append)
+    MAESTFeatureExtractor()(np.zeros(1000, dtype=np.float32))
+    assert len(warnings) == 1 and "without `sampling_rate`" in warnings[0]
+    MAESTFeatureExtractor()(np.zeros(1000, dtype=np.float32), sampling_rate=16000)
+    assert len(warnings) == 1
+
+
+def test_save_and_load_round_trip(tmp_path):
+    extractor = MAESTFeatureExtractor(max_length=626)
+    extractor.save_pretrained(tmp_path)
+    loaded = MAESTFeatureExtractor.from_pretrained(tmp_path)
+    assert loaded.max_length == 626 and loaded.padding_value == extractor.padding_value
+    audio = synth_music(1.5)
+    torch.testing.assert_close(
+        loaded(audio, sampling_rate=16000)["input_values"], extractor(audio, sampling_rate=16000)["input_values"]
+    )
