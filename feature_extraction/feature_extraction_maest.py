@@ -120,7 +120,8 @@ class MAESTFeatureExtractor(SequenceFeatureExtractor):
                     f"{name} has dtype {audio.dtype}; pass floating-point audio in [-1, 1] (integer PCM: divide "
                     f"int16 by 32768)"
                 )
-            audio = torch.from_numpy(np.ascontiguousarray(audio))
+            # from_numpy shares memory; read-only arrays (e.g. decoded buffers) are copied first.
+            audio = torch.from_numpy(np.array(audio, copy=not audio.flags.writeable or None, order="C"))
         if not torch.is_tensor(audio):
             raise TypeError(f"{name} must be a numpy array, a torch tensor or a list of floats, got {type(audio).__name__}")
         if not audio.is_floating_point():

@@ -78,7 +78,7 @@ def load_tensor_file(path) -> dict:
             f"{path}: refused to load; the file holds objects other than tensors, and MAEST only unpickles tensors "
             f"(weights_only=True). Re-save its state dict with torch.save(model.state_dict(), ...). Detail: {error}"
         ) from error
-    except (RuntimeError, EOFError, OSError) as error:
+    except Exception as error:  # a damaged file can fail anywhere inside the unpickler
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (corrupt or truncated?): {error}") from error
 
 
