@@ -1,3 +1,12 @@
 """MAEST front-end: Essentia-exact log-mel features, and audio file decoding."""
 
 from .feature_extraction_maest import MAESTFeatureExtractor, slaney_mel_filter_bank
+from .audio import (
+    AUDIO_EXTENSIONS,
+    AudioDecodingError,
+    audio_info,
+    find_audio_files,
+    load_audio,
+    stream_segment_features,
+    track_segment_features,
+)
