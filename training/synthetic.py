@@ -1,0 +1,229 @@
+"""A deterministic generator of a small multi-label music corpus for the demo and the tests.
+
+Every track is a short piece in a random key and mode (major/minor) at a tempo drawn from its style: a chord
+progression of the mode's triads, played by some of six instruments synthesized with numpy (plucked string by
+Karplus-Strong, drawbar organ and a detuned pad by additive synthesis, a bass line, a square-wave lead, and a drum kit
+of a pitch-swept sine kick, a noise snare and high-passed noise hats) over the style's 16-step drum pattern.
+
+Tags, as a real collection would have them:
+- `styles` (one per track) and `instruments` (those playing): the pre-training tags, like Discogs styles;
+- `tempo` (`slow` < 95 BPM <= `medium` < 135 BPM <= `fast`) and `mode` (`major`/`minor`): held-out tags for probing.
+
+The styles share instruments and overlap in tempo, so telling them apart needs rhythm and harmony, not only timbre.
+The corpus is written as an `audiofolder` (FLAC files plus `metadata.jsonl`), which `datasets` streams.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+SAMPLING_RATE = 16000
+INSTRUMENTS = ("plucked", "organ", "pad", "bass", "lead", "drums")
+TEMPO_CLASSES = ("slow", "medium", "fast")
+MODES = ("major", "minor")
+
+# Per style: tempo range (BPM), P(major), P(instrument), and a 16-step drum pattern (kick, snare, hat steps).
+STYLES = {
+    "ballad": dict(tempo=(62, 100), major=0.8, instruments=dict(plucked=0.7, organ=0.4, pad=0.6, bass=0.5, lead=0.4, drums=0.5),
+                   kick=(0, 8), snare=(4, 12), hats=(0, 2, 4, 6, 8, 10, 12, 14)),
+    "doom": dict(tempo=(55, 92), major=0.15, instruments=dict(plucked=0.4, organ=0.7, pad=0.4, bass=0.8, lead=0.2, drums=0.7),
+                 kick=(0, 3), snare=(8,), hats=(0, 4, 8, 12)),
+    "funk": dict(tempo=(92, 124), major=0.55, instruments=dict(plucked=0.7, organ=0.4, pad=0.2, bass=0.9, lead=0.5, drums=0.9),
+                 kick=(0, 3, 10), snare=(4, 12), hats=tuple(range(16))),
+    "house": dict(tempo=(116, 134), major=0.35, instruments=dict(plucked=0.3, organ=0.3, pad=0.7, bass=0.8, lead=0.4, drums=1.0),
+                  kick=(0, 4, 8, 12), snare=(4, 12), hats=(2, 6, 10, 14)),
+    "punk": dict(tempo=(140, 190), major=0.75, instruments=dict(plucked=0.9, organ=0.2, pad=0.1, bass=0.8, lead=0.3, drums=0.9),
+                 kick=(0, 8), snare=(4, 12), hats=(0, 2, 4, 6, 8, 10, 12, 14)),
+    "dnb": dict(tempo=(160, 180), major=0.25, instruments=dict(plucked=0.2, organ=0.2, pad=0.6, bass=0.9, lead=0.4, drums=1.0),
+                kick=(0, 10), snare=(4, 12), hats=tuple(range(0, 16, 2))),
+}
+MAJOR_SCALE = (0, 2, 4, 5, 7, 9, 11)
+MINOR_SCALE = (0, 2, 3, 5, 7, 8, 10)
+PROGRESSIONS = {"major": ((0, 4, 5, 3), (0, 3, 4, 0), (0, 5, 3, 4)), "minor": ((0, 5, 2, 6), (0, 3, 4, 0), (0, 6, 5, 4))}
+
+
+def tempo_class(bpm: float) -> str:
+    return "slow" if bpm < 95 else "medium" if bpm < 135 else "fast"
+
+
+def _midi_to_hz(note: float) -> float:
+    return 440.0 * 2 ** ((note - 69) / 12)
+
+
+def _envelope(length: int, attack: float, decay: float) -> np.ndarray:
+    t = np.arange(length) / SAMPLING_RATE
+    return np.minimum(1.0, t / max(attack, 1e-4)) * np.exp(-t / decay)
+
+
+def _add(track: np.ndarray, start: int, sound: np.ndarray) -> None:
+    end = min(len(track), start + len(sound))
+    if end > start:
+        track[start:end] += sound[: end - start]
+
+
+def karplus_strong(frequency: float, length: int, rng: np.random.Generator, damping: float = 0.996) -> np.ndarray:
+    """A plucked string: a noise burst in a delay line of one period, averaged (low-passed) every round trip.
+    Computed one period at a time (vectorized within the period)."""
+    period = max(2, int(round(SAMPLING_RATE / frequency)))
+    out = np.empty(length + period + 1)
+    out[: period + 1] = rng.uniform(-1, 1, period + 1)
+    position = period + 1
+    while position < len(out):
+        end = min(len(out), position + period)
+        previous = out[position - period - 1 : end - period]
+        out[position:end] = damping * 0.5 * (previous[1:] + previous[:-1])[: end - position] if len(previous) > 1 else 0
+        position = end
+    return out[:length]
+
+
+def _additive(frequency: float, length: int, harmonics, detune: float = 0.0) -> np.ndarray:
+    t = np.arange(length) / SAMPLING_RATE
+    sound = np.zeros(length)
+    for multiple, amplitude in harmonics:
+        if frequency * multiple < SAMPLING_RATE / 2 - 500:
+            sound += amplitude * np.sin(2 * np.pi * frequency * multiple * (1 + detune) * t)
+    return sound
+
+
+def _noise_hit(length: int, rng: np.random.Generator, high_pass: int) -> np.ndarray:
+    noise = rng.standard_normal(length + high_pass)
+    return np.diff(noise, n=high_pass)[:length] / (2.0**high_pass) ** 0.5
+
+
+def synthesize_track(style: str, seconds: float, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+    """One track of `style`; returns (float32 audio in [-1, 1], its tags and facts)."""
+    spec = STYLES[style]
+    bpm = float(rng.uniform(*spec["tempo"]))
+    mode = "major" if rng.random() < spec["major"] else "minor"
+    instruments = [name for name in INSTRUMENTS if rng.random() < spec["instruments"][name]] or ["plucked"]
+    key = int(rng.integers(0, 12))
+    scale = MAJOR_SCALE if mode == "major" else MINOR_SCALE
+    progression = PROGRESSIONS[mode][int(rng.integers(len(PROGRESSIONS[mode])))]
+    length = int(seconds * SAMPLING_RATE)
+    step = 60.0 / bpm / 4  # a 16th note
+    bar = 16 * step
+    chord_seconds = bar if bpm < 120 else 2 * bar
+    parts = {}
+
+    def chord_at(time):
+        degree = progression[int(time / chord_seconds) % len(progression)]
+        return [48 + key + scale[(degree + i) % 7] + 12 * ((degree + i) // 7) for i in (0, 2, 4)]
+
+    num_steps = int(np.ceil(seconds / step))
+    if "drums" in instruments:
+        drums = np.zeros(length)
+        kick_length, snare_length, hat_length = int(0.25 * SAMPLING_RATE), int(0.18 * SAMPLING_RATE), int(0.05 * SAMPLING_RATE)
+        t = np.arange(kick_length) / SAMPLING_RATE
+        # A sine gliding from 120 Hz down to 50 Hz: phase of f(t) = 50 + 70 exp(-t / 0.03).
+        kick = np.sin(2 * np.pi * (50 * t + 70 * 0.03 * (1 - np.exp(-t / 0.03)))) * np.exp(-t / 0.09)
+        for i in range(num_steps):
+            start = int(i * step * SAMPLING_RATE)
+            if i % 16 in spec["kick"]:
+                _add(drums, start, 0.9 * kick)
+            if i % 16 in spec["snare"]:
+                snare = 0.5 * _noise_hit(snare_length, rng, 1) * _envelope(snare_length, 0.001, 0.05)
+                snare += 0.3 * _additive(185.0, snare_length, [(1, 1.0)]) * _envelope(snare_length, 0.001, 0.04)
+                _add(drums, start, snare)
+            if i % 16 in spec["hats"]:
+                _add(drums, start, 0.25 * _noise_hit(hat_length, rng, 3) * _envelope(hat_length, 0.0005, 0.012))
+        parts["drums"] = drums
+    if "bass" in instruments:
+        bass = np.zeros(length)
+        note_steps = 2 if style in ("funk", "house") else 4
+        for i in range(0, num_steps, note_steps):
+            if style == "house" and i % 4 == 0:
+                continue  # off-beat bass
+            time = i * step
+            root = chord_at(time)[0] - 12 + (12 if rng.random() < 0.15 else 0)
+            note_length = int(note_steps * step * SAMPLING_RATE)
+            sound = _additive(_midi_to_hz(root), note_length, [(1, 1.0), (2, 0.5), (3, 0.25), (4, 0.12)])
+            _add(bass, int(time * SAMPLING_RATE), 0.5 * sound * _envelope(note_length, 0.005, 0.25))
+        parts["bass"] = bass
+    if "plucked" in instruments:
+        plucked = np.zeros(length)
+        for i in range(0, num_steps, 2):
+            time = i * step
+            chord = chord_at(time)
+            note = chord[(i // 2) % 3] + 12
+            note_length = int(min(0.6, 4 * step) * SAMPLING_RATE)
+            _add(plucked, int(time * SAMPLING_RATE), 0.45 * karplus_strong(_midi_to_hz(note), note_length, rng))
+        parts["plucked"] = plucked
+    if "organ" in instruments or "pad" in instruments:
+        for name in ("organ", "pad"):
+            if name not in instruments:
+                continue
+            voice = np.zeros(length)
+            time = 0.0
+            while time < seconds:
+                chord_length = int(chord_seconds * SAMPLING_RATE)
+                for note in chord_at(time):
+                    frequency = _midi_to_hz(note + 12)
+                    if name == "organ":
+                        sound = _additive(frequency, chord_length, [(1, 1.0), (2, 0.6), (3, 0.4), (4, 0.3), (6, 0.2), (8, 0.15)])
+                        sound *= _envelope(chord_length, 0.01, 10.0)
+                    else:
+                        sound = sum(_additive(frequency, chord_length, [(h, 1.0 / h) for h in range(1, 6)], detune=d) for d in (-0.004, 0.004))
+                        sound *= np.minimum(1.0, np.arange(chord_length) / (0.3 * SAMPLING_RATE))
+                    _add(voice, int(time * SAMPLING_RATE), 0.12 * sound)
+                time += chord_seconds
+            parts[name] = voice
+    if "lead" in instruments:
+        lead = np.zeros(length)
+        for i in range(0, num_steps, 4):
+            time = i * step
+            if rng.random() < 0.3:
+                continue
+            note = 72 + key + scale[int(rng.integers(0, 7))]
+            note_length = int(4 * step * SAMPLING_RATE)
+            sound = _additive(_midi_to_hz(note), note_length, [(h, 1.0 / h) for h in (1, 3, 5, 7, 9)])
+            _add(lead, int(time * SAMPLING_RATE), 0.15 * sound * _envelope(note_length, 0.01, 0.4))
+        parts["lead"] = lead
+    mix = np.zeros(length)
+    for part in parts.values():
+        peak = np.abs(part).max()
+        if peak > 0:
+            mix += part / peak * rng.uniform(0.5, 1.0)
+    mix += 0.003 * rng.standard_normal(length)
+    mix = 0.9 * mix / np.abs(mix).max()
+    facts = {"styles": [style], "instruments": instruments, "tempo": [tempo_class(bpm)], "mode": [mode],
+             "bpm": round(bpm, 1), "key": key}
+    return mix.astype(np.float32), facts
+
+
+def write_corpus(output_dir, num_tracks: int = 240, seconds: float = 8.0, seed: int = 0, audio_format: str = "flac",
+                 splits=(("train", 0.7), ("validation", 0.15), ("test", 0.15))) -> dict:
+    """Writes `num_tracks` tracks as an `audiofolder`: `<split>/<name>.flac` and `<split>/metadata.jsonl` with the
+    tag columns `tags` (styles + instruments: the pre-training tags), `styles`, `instruments`, `tempo`, `mode`,
+    `held_out` (tempo + mode) and the numbers `bpm` and `key`. Styles are balanced and spread over the splits.
+    Deterministic for a seed. Returns `{split: number of tracks}`."""
+    from torchcodec.encoders import AudioEncoder
+    import torch
+
+    output_dir = Path(output_dir)
+    rng = np.random.default_rng(seed)
+    styles = [list(STYLES)[i % len(STYLES)] for i in range(num_tracks)]
+    order = rng.permutation(num_tracks)
+    boundaries = np.cumsum([int(round(fraction * num_tracks)) for _, fraction in splits])
+    counts = {}
+    for split_index, (split, _) in enumerate(splits):
+        start = 0 if split_index == 0 else boundaries[split_index - 1]
+        end = num_tracks if split_index == len(splits) - 1 else boundaries[split_index]
+        directory = output_dir / split
+        directory.mkdir(parents=True, exist_ok=True)
+        rows = []
+        for track in order[start:end]:
+            track_rng = np.random.default_rng([seed, int(track)])
+            audio, facts = synthesize_track(styles[track], seconds, track_rng)
+            name = f"track_{track:04d}.{audio_format}"
+            AudioEncoder(torch.from_numpy(audio)[None], sample_rate=SAMPLING_RATE).to_file(str(directory / name))
+            rows.append({"file_name": name, "tags": facts["styles"] + facts["instruments"],
+                         "held_out": facts["tempo"] + facts["mode"], **facts})
+        with open(directory / "metadata.jsonl", "w") as handle:
+            for row in rows:
+                handle.write(json.dumps(row) + "\n")
+        counts[split] = len(rows)
+    return counts
+
+
+__all__ = ["INSTRUMENTS", "MODES", "STYLES", "TEMPO_CLASSES", "synthesize_track", "tempo_class", "write_corpus"]
