@@ -13,6 +13,7 @@ boundaries by about 1e-2.
 """
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -101,6 +102,8 @@ def _decoder(path, sampling_rate: int | None):
 
 def _short(error: Exception) -> str:
     message = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+    # torchcodec prefixes FFmpeg's message with its C++ source location.
+    message = re.sub(r"^.*?\.cpp:\d+,\s*", "", message)
     return message[:300]
 
 

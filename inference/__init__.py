@@ -1,0 +1,22 @@
+"""Inference at scale: whole-track tags and embeddings of music collections (`maest tag`, `maest embed`), the same
+as a Python API, and ONNX export."""
+
+from .api import InferenceResults, analyze, embed, process_tracks, tag
+from .model import DEFAULT_MODEL, InferenceModel, ModelNotAvailableError, load_model
+from .store import SettingsMismatchError, finalize_output, read_output
+
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "InferenceModel",
+    "InferenceResults",
+    "ModelNotAvailableError",
+    "SettingsMismatchError",
+    "analyze",
+    "embed",
+    "finalize_output",
+    "load_model",
+    "process_tracks",
+    "read_output",
+    "tag",
+]

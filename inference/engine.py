@@ -1,0 +1,319 @@
+"""Whole-track MAEST inference over many tracks, with decoding and the front-end running in parallel with the model.
+
+Data flow: a `torch.utils.data.DataLoader` whose worker processes each take every `num_workers`-th track, decode it
+(torchcodec), compute its log-mel segments and send them on in chunks of a few segments (long tracks are streamed,
+so no process holds a whole hour of audio); the main process packs segments of consecutive tracks into batches of
+`batch_size`, runs the model under `torch.inference_mode()`, and completes a track when its last segment is done:
+scores are the mean of the per-segment sigmoid activations, embeddings the mean of the per-segment embeddings.
+"""
+
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from maest.feature_extraction.audio import DEFAULT_STREAM_THRESHOLD_SECONDS, AudioDecodingError, track_segment_features
+
+from .model import InferenceModel
+
+
+@dataclass
+class TrackInput:
+    """One track: a file path, or audio in memory (`audio` with its `sampling_rate`) under a display `name`."""
+
+    name: str
+    audio: object = None
+    sampling_rate: int | None = None
+
+
+@dataclass
+class SegmentChunk:
+    """What a loader worker sends: some consecutive segments of track `index`; the last chunk of a track carries its
+    `duration`; a failed track sends one chunk with `error` set."""
+
+    index: int
+    segments: torch.Tensor | None
+    duration: float | None = None
+    last: bool = False
+    error: str | None = None
+
+
+@dataclass
+class TrackResult:
+    """The outputs of one track.
+
+    Attributes:
+        outputs: per output name (`"scores"`, `"embedding"`), the track value (mean over segments, shape `(dim,)`).
+        segment_outputs: per output name, the per-segment values of shape `(num_segments, dim)`.
+    """
+
+    index: int
+    name: str
+    duration: float
+    num_segments: int
+    outputs: dict
+    segment_outputs: dict
+
+
+@dataclass
+class TrackFailure:
+    index: int
+    name: str
+    reason: str
+
+
+@dataclass
+class FrontEndSettings:
+    segment_frames: int
+    last_segment: str = "auto"
+    min_duration: float = 1.0
+    stream_threshold_seconds: float = DEFAULT_STREAM_THRESHOLD_SECONDS
+    segments_per_chunk: int = 4
+
+
+class TrackSegmentDataset(IterableDataset):
+    """Segments of tracks as `SegmentChunk`s; with several loader workers each takes every `num_workers`-th track."""
+
+    def __init__(self, tracks: list[TrackInput], feature_extractor, settings: FrontEndSettings):
+        self.tracks = tracks
+        self.feature_extractor = feature_extractor
+        self.settings = settings
+
+    def __iter__(self):
+        worker = get_worker_info()
+        indices = range(len(self.tracks))
+        if worker is not None:
+            indices = indices[worker.id :: worker.num_workers]
+        for index in indices:
+            yield from self.track_chunks(index)
+
+    def track_chunks(self, index: int):
+        track = self.tracks[index]
+        try:
+            if track.audio is None:
+                chunks = track_segment_features(
+                    track.name,
+                    self.feature_extractor,
+                    segment_frames=self.settings.segment_frames,
+                    last_segment=self.settings.last_segment,
+                    stream_threshold_seconds=self.settings.stream_threshold_seconds,
+                    segments_per_chunk=self.settings.segments_per_chunk,
+                    min_duration_seconds=self.settings.min_duration,
+                )
+            else:
+                chunks = self._array_chunks(track)
+            for segments, duration in chunks:
+                yield SegmentChunk(index, segments, duration=duration, last=duration is not None)
+        except Exception as error:  # one bad track never stops a collection
+            reason = str(error) if isinstance(error, AudioDecodingError) else f"{track.name}: {type(error).__name__}: {error}"
+            yield SegmentChunk(index, None, last=True, error=reason)
+
+    def _array_chunks(self, track: TrackInput):
+        extractor = self.feature_extractor
+        clip = extractor.prepare_audio(track.audio, track.sampling_rate)[0]
+        duration = clip.shape[0] / extractor.sampling_rate
+        if duration < self.settings.min_duration:
+            raise AudioDecodingError(
+                f"{track.name}: too short ({duration:.2f} s; the minimum is {self.settings.min_duration:g} s)"
+            )
+        segments = extractor(
+            clip,
+            sampling_rate=extractor.sampling_rate,
+            max_length=self.settings.segment_frames,
+            return_segments=True,
+            last_segment=self.settings.last_segment,
+        )["input_values"]
+        chunks = segments.split(self.settings.segments_per_chunk)
+        for position, chunk in enumerate(chunks):
+            yield chunk, duration if position == len(chunks) - 1 else None
+
+
+def _identity(item):
+    return item
+
+
+def _worker_init(_):
+    # Each worker is one decoding/front-end pipeline; the model in the main process gets the cores.
+    torch.set_num_threads(1)
+
+
+@dataclass
+class _TrackState:
+    expected: int = 0
+    outputs: dict = field(default_factory=dict)
+    received: int = 0
+    duration: float | None = None
+    finished: bool = False
+    failed: bool = False
+
+
+class CollectionRunner:
+    """Runs an `InferenceModel` over tracks and calls back per finished or failed track.
+
+    Args:
+        inference_model: the loaded model.
+        scores / embedding: which outputs to compute (`embedding` uses `block` and `tokens`).
+        batch_size: segments per model call (segments of several tracks share a batch).
+        num_workers: loader processes for decoding and features (0: in this process).
+        progress: show a tqdm bar (tracks, audio minutes per second, ETA) on stderr.
+    """
+
+    def __init__(
+        self,
+        inference_model: InferenceModel,
+        scores: bool = True,
+        embedding: bool = False,
+        block: int | None = None,
+        tokens="cls,dist,mean",
+        batch_size: int = 8,
+        num_workers: int = 0,
+        last_segment: str = "auto",
+        min_duration: float = 1.0,
+        stream_threshold_seconds: float = DEFAULT_STREAM_THRESHOLD_SECONDS,
+        progress: bool = False,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if not (scores or embedding):
+            raise ValueError("nothing to compute: ask for scores and/or an embedding")
+        self.inference_model = inference_model
+        self.scores = scores
+        self.embedding = embedding
+        self.block = inference_model.resolve_block(block) if embedding else None
+        self.tokens = tokens
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.front_end = FrontEndSettings(
+            segment_frames=inference_model.segment_frames,
+            last_segment=last_segment,
+            min_duration=min_duration,
+            stream_threshold_seconds=stream_threshold_seconds,
+            segments_per_chunk=max(1, min(batch_size, 4)),
+        )
+        self.progress = progress
+
+    def chunks(self, tracks: list[TrackInput]) -> Iterable[SegmentChunk]:
+        dataset = TrackSegmentDataset(tracks, self.inference_model.feature_extractor, self.front_end)
+        if self.num_workers == 0 or len(tracks) == 0:
+            return iter(dataset)
+        loader = DataLoader(
+            dataset,
+            batch_size=None,
+            collate_fn=_identity,
+            num_workers=min(self.num_workers, len(tracks)),
+            worker_init_fn=_worker_init,
+            prefetch_factor=4,
+            pin_memory=self.inference_model.device.type == "cuda",
+        )
+        return iter(loader)
+
+    def run(
+        self,
+        tracks: list[TrackInput],
+        on_result: Callable[[TrackResult], None],
+        on_failure: Callable[[TrackFailure], None],
+    ) -> None:
+        """Processes `tracks`; `on_result` / `on_failure` are called once per track, in order of completion."""
+        from tqdm.auto import tqdm
+
+        states: dict[int, _TrackState] = {}
+        queue: list[tuple[int, torch.Tensor]] = []
+        queued = 0
+        bar = tqdm(total=len(tracks), unit="track", file=sys.stderr, disable=not self.progress, dynamic_ncols=True)
+        started, audio_seconds = time.monotonic(), 0.0
+
+        def complete(index: int) -> None:
+            nonlocal audio_seconds
+            state = states.pop(index)
+            segment_outputs = {name: torch.cat(parts).numpy() for name, parts in state.outputs.items()}
+            result = TrackResult(
+                index=index,
+                name=tracks[index].name,
+                duration=float(state.duration),
+                num_segments=state.expected,
+                outputs={name: values.mean(axis=0, dtype=np.float64).astype(np.float32) for name, values in segment_outputs.items()},
+                segment_outputs=segment_outputs,
+            )
+            on_result(result)
+            audio_seconds += result.duration
+            elapsed = max(time.monotonic() - started, 1e-9)
+            bar.set_postfix_str(f"{audio_seconds / 60 / elapsed:.2f} audio min/s", refresh=False)
+            bar.update(1)
+
+        def run_batch(size: int) -> None:
+            nonlocal queue, queued
+            taken, count = [], 0
+            while queue and count < size:
+                index, segments = queue.pop(0)
+                if count + len(segments) > size:
+                    queue.insert(0, (index, segments[size - count :]))
+                    segments = segments[: size - count]
+                taken.append((index, segments))
+                count += len(segments)
+            queued -= count
+            live = [(index, segments) for index, segments in taken if not states[index].failed]
+            if live:
+                outputs = self.inference_model.run(
+                    torch.cat([segments for _, segments in live]),
+                    scores=self.scores,
+                    embedding=self.embedding,
+                    block=self.block,
+                    tokens=self.tokens,
+                )
+                offset = 0
+                for index, segments in live:
+                    state = states[index]
+                    for name, values in outputs.items():
+                        state.outputs.setdefault(name, []).append(values[offset : offset + len(segments)])
+                    state.received += len(segments)
+                    offset += len(segments)
+            for index in dict.fromkeys(index for index, _ in taken):
+                settle(index)
+
+        def settle(index: int) -> None:
+            # A track is done once its last chunk arrived and all its segments went through the model; a failed
+            # track is forgotten once none of its segments wait in the queue.
+            state = states.get(index)
+            if state is None or not state.finished:
+                return
+            if state.failed:
+                if not any(queued_index == index for queued_index, _ in queue):
+                    states.pop(index)
+            elif state.received == state.expected:
+                complete(index)
+
+        try:
+            for chunk in self.chunks(tracks):
+                state = states.setdefault(chunk.index, _TrackState())
+                name = tracks[chunk.index].name
+                if chunk.error is None and chunk.last and state.expected + len(chunk.segments) == 0:
+                    chunk.error = f"{name}: no segments"
+                if chunk.error is not None:
+                    state.failed = state.finished = True
+                    settle(chunk.index)
+                    on_failure(TrackFailure(chunk.index, name, chunk.error))
+                    bar.update(1)
+                    continue
+                if len(chunk.segments):
+                    queue.append((chunk.index, chunk.segments))
+                    queued += len(chunk.segments)
+                    state.expected += len(chunk.segments)
+                if chunk.last:
+                    state.finished = True
+                    state.duration = chunk.duration
+                    settle(chunk.index)
+                while queued >= self.batch_size:
+                    run_batch(self.batch_size)
+            while queued:
+                run_batch(self.batch_size)
+        finally:
+            bar.close()
+
+
+__all__ = ["CollectionRunner", "SegmentChunk", "TrackFailure", "TrackInput", "TrackResult", "TrackSegmentDataset"]

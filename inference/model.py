@@ -1,0 +1,192 @@
+"""Loading a MAEST model for inference: the model at the asked precision and device, with its feature extractor."""
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from maest.modeling.modeling_maest import parse_embedding_tokens
+
+from .precision import input_dtype, prepare_model
+
+
+DEFAULT_MODEL = "mtg-upf/discogs-maest-30s-pw-129e-519l"
+
+
+class ModelNotAvailableError(OSError):
+    """The model is neither a local directory nor in the Hugging Face cache, and cannot be downloaded."""
+
+
+@dataclass
+class InferenceModel:
+    """A MAEST classifier prepared for inference, with the front-end that makes its inputs.
+
+    Attributes:
+        model: `MAESTForAudioClassification` in eval mode at `dtype` on `device`.
+        feature_extractor: `MAESTFeatureExtractor` whose `max_length` is the segment length.
+        name: what the model was loaded from (a Hub id or a directory).
+    """
+
+    model: torch.nn.Module
+    feature_extractor: object
+    name: str
+    device: torch.device
+    dtype: str
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def segment_frames(self) -> int:
+        return self.feature_extractor.max_length
+
+    @property
+    def segment_seconds(self) -> float:
+        """Audio per segment (frames are `hop` samples apart): 30.016 s for the 30 s model."""
+        return self.segment_frames * self.feature_extractor.hop_size / self.feature_extractor.sampling_rate
+
+    @property
+    def labels(self) -> list[str]:
+        id2label = self.config.id2label
+        return [str(id2label.get(index, id2label.get(str(index), f"LABEL_{index}"))) for index in range(self.config.num_labels)]
+
+    @property
+    def inference_patchout_time_stride(self) -> int:
+        return int(self.config.inference_patchout_time_stride)
+
+    @inference_patchout_time_stride.setter
+    def inference_patchout_time_stride(self, stride: int) -> None:
+        if int(stride) < 1:
+            raise ValueError(f"inference_patchout_time_stride must be >= 1, got {stride}")
+        # The embeddings read the (shared) config at every forward pass.
+        self.config.inference_patchout_time_stride = int(stride)
+
+    def resolve_block(self, block: int | None) -> int:
+        """The 0-based block index (`config.embedding_block` for None; negative values count from the end)."""
+        num_layers = self.config.num_hidden_layers
+        block = self.config.embedding_block if block is None else int(block)
+        if not -num_layers <= block < num_layers:
+            raise ValueError(f"block must be in [{-num_layers}, {num_layers}) for this {num_layers}-block model, got {block}")
+        return block % num_layers
+
+    @torch.inference_mode()
+    def run(self, segments: torch.Tensor, scores: bool = True, embedding: bool = False, block=None, tokens="cls,dist,mean"):
+        """Runs the model on a batch of segments.
+
+        Args:
+            segments (`torch.Tensor` of shape `(batch, segment_frames, 96)`): features from the feature extractor.
+            scores: return the sigmoid activations of the tagging head.
+            embedding: return the paper's embedding of `block` pooled over `tokens`.
+
+        Returns:
+            `dict` with `"scores"` of shape `(batch, num_labels)` and/or `"embedding"` of shape
+            `(batch, len(tokens) * hidden_size)`, float32 on CPU.
+        """
+        inputs = segments.to(self.device, dtype=input_dtype(self.dtype), non_blocking=True)
+        outputs = {}
+        if scores:
+            block_index = self.resolve_block(block) if embedding else None
+            result = self.model(inputs, output_hidden_states=embedding)
+            outputs["scores"] = torch.sigmoid(result.logits.float()).cpu()
+            if embedding:
+                from maest.modeling import pool_embedding_tokens
+
+                hidden_state = result.hidden_states[block_index + 1]
+                outputs["embedding"] = pool_embedding_tokens(hidden_state, tokens).float().cpu()
+        elif embedding:
+            outputs["embedding"] = self.model.maest.embed(inputs, block=self.resolve_block(block), tokens=tokens).float().cpu()
+        return outputs
+
+
+def _is_local(name_or_path: str) -> bool:
+    # Hub ids are "owner/name"; anything else (or anything that exists on disk) is a path.
+    return Path(name_or_path).expanduser().exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") != 1
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _not_available(name: str, reason: str) -> ModelNotAvailableError:
+    return ModelNotAvailableError(
+        f"Model {name!r} is not available offline: {reason}. Download it once with network access (it is then "
+        f"cached), or pass --model DIR with a MAEST directory (for example one written by `maest convert`)."
+    )
+
+
+def _load_feature_extractor(source: str, max_length: int):
+    from maest import MAESTFeatureExtractor
+
+    # MAEST directories carry their own front-end settings; the published AST-format repos carry an older extractor
+    # (periodic Hann window) that differs from the training features, so those get the Essentia-exact default.
+    config_file = Path(source) / "config.json"
+    preprocessor_file = Path(source) / "preprocessor_config.json"
+    if config_file.is_file() and preprocessor_file.is_file():
+        if json.loads(config_file.read_text()).get("model_type") == "maest":
+            feature_extractor = MAESTFeatureExtractor.from_pretrained(source)
+            if feature_extractor.max_length != max_length:
+                raise ValueError(
+                    f"{source}: the feature extractor's max_length ({feature_extractor.max_length}) differs from the "
+                    f"model's ({max_length})"
+                )
+            return feature_extractor
+    return MAESTFeatureExtractor(max_length=max_length)
+
+
+def load_model(
+    name_or_path: str = DEFAULT_MODEL,
+    device: str = "cpu",
+    dtype: str = "float32",
+    inference_patchout_time_stride: int | None = None,
+) -> InferenceModel:
+    """Loads a MAEST classifier for inference.
+
+    Args:
+        name_or_path: a MAEST directory, an AST-format MAEST repo or directory (`mtg-upf/discogs-maest-*`, converted
+            on the fly), or an original checkpoint file. Defaults to the 519-style 30 s model.
+        device: ``"cpu"`` or ``"cuda"``.
+        dtype: ``"float32"``, ``"bfloat16"`` or ``"int8"`` (see `maest.inference.precision.prepare_model`).
+        inference_patchout_time_stride: keep every k-th patch column at inference (1: all, the default of the
+            model's config when None).
+
+    Raises:
+        ModelNotAvailableError: a Hub id that is not cached while offline (or without network).
+        FileNotFoundError: a local path that does not exist.
+    """
+    from maest import MAESTForAudioClassification
+
+    name = str(name_or_path)
+    local = _is_local(name)
+    if local:
+        path = Path(name).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(f"Model path {name} does not exist")
+        source = str(path)
+    else:
+        source = name
+        if _offline():
+            from huggingface_hub import try_to_load_from_cache
+
+            if not isinstance(try_to_load_from_cache(name, "config.json"), str):
+                raise _not_available(name, "it is not in the local Hugging Face cache and HF_HUB_OFFLINE is set")
+    try:
+        model = MAESTForAudioClassification.from_pretrained(source)
+    except OSError as error:
+        if local:
+            raise
+        raise _not_available(name, f"it is not in the local cache and the Hub could not be reached ({error})") from error
+    if inference_patchout_time_stride is not None:
+        model.config.inference_patchout_time_stride = int(inference_patchout_time_stride)
+    feature_extractor = _load_feature_extractor(source, model.config.max_length)
+    model = prepare_model(model, dtype=dtype, device=device)
+    inference_model = InferenceModel(model, feature_extractor, name, torch.device(device), dtype)
+    inference_model.inference_patchout_time_stride = model.config.inference_patchout_time_stride
+    return inference_model
+
+
+__all__ = ["DEFAULT_MODEL", "InferenceModel", "ModelNotAvailableError", "load_model", "parse_embedding_tokens"]
