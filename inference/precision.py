@@ -7,9 +7,9 @@ inference model for a `--dtype` / `--device` pair:
 - ``"bfloat16"``: parameters and buffers cast to bfloat16; inputs must be cast by the caller (`input_dtype`). Pays on
   GPUs and on CPUs with bf16 units (AMX or AVX512-BF16); on AVX2-only CPUs bf16 matmuls are emulated and far slower
   than float32 (DESIGN.md section 7), so this warns there.
-- ``"int8"``: dynamic int8 quantization of every `nn.Linear` (int8 weights with a per-tensor scale,
-  activations quantized on the fly per batch); CPU only. Attention score matmuls, the patch convolution and the
-  layer norms stay in float32.
+- ``"int8"``: dynamic int8 quantization of every `nn.Linear` (int8 weights with one scale per output channel,
+  activations quantized on the fly per call); CPU only. Attention's score matmuls, the patch convolution, GELU and
+  the layer norms stay in float32.
 """
 
 import functools
@@ -73,12 +73,21 @@ def _check_dtype(dtype: str) -> None:
         raise ValueError(f"Unsupported dtype {dtype!r}: choose one of {', '.join(SUPPORTED_DTYPES)}.")
 
 
+def _parse_device(device) -> torch.device:
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"Unsupported device {device!r}: choose cpu or cuda.") from error
+
+
 def _check_device(device) -> torch.device:
-    device = torch.device(device)
+    device = _parse_device(device)
     if device.type not in SUPPORTED_DEVICES:
         raise ValueError(f"Unsupported device {str(device)!r}: choose cpu or cuda.")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"Device {str(device)!r} was asked for, but no CUDA GPU is available (torch.cuda.is_available() is False).")
+        raise ValueError(
+            f"Device {str(device)!r} was asked for, but no CUDA GPU is available (torch.cuda.is_available() is False)."
+        )
     return device
 
 
@@ -96,15 +105,18 @@ def quantize_linear_layers_int8(model: nn.Module, skip_modules: Iterable[str] = 
         names = {name for name, module in model.named_modules() if isinstance(module, nn.Linear)}
         unknown = skip - names
         if unknown:
-            raise ValueError(f"skip_modules names no nn.Linear of the model: {sorted(unknown)}")
-        qconfig_spec = {name: torch.ao.quantization.default_dynamic_qconfig for name in sorted(names - skip)}
-    else:
-        qconfig_spec = {nn.Linear}
+            raise ValueError(f"skip_modules names modules that are not nn.Linear layers of the model: {sorted(unknown)}")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*torch\.ao\.quantization is deprecated.*")
         warnings.filterwarnings("ignore", message=r".*quantize_per_tensor.*deprecated.*")
-        from torch.ao.quantization import quantize_dynamic
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
+        # Per-channel weight scales: closer to float32 than one scale per tensor (block-6 embedding cosine 0.9993
+        # against 0.9991 on the 30 s model), at the same speed.
+        if skip:
+            qconfig_spec = {name: per_channel_dynamic_qconfig for name in sorted(names - skip)}
+        else:
+            qconfig_spec = {nn.Linear: per_channel_dynamic_qconfig}
         return quantize_dynamic(model, qconfig_spec, dtype=torch.qint8, inplace=True)
 
 
@@ -124,13 +136,14 @@ def prepare_model(
         ValueError: for an unknown dtype or device, int8 on CUDA, or CUDA without a GPU.
     """
     _check_dtype(dtype)
+    if dtype == "int8" and _parse_device(device).type != "cpu":
+        raise ValueError(
+            f"dtype 'int8' (dynamic int8 quantization) runs on CPU only, not on {str(device)!r}; on a GPU use dtype "
+            "'bfloat16' instead."
+        )
     device = _check_device(device)
     model.eval()
     if dtype == "int8":
-        if device.type != "cpu":
-            raise ValueError(
-                "dtype 'int8' (dynamic int8 quantization) runs on CPU only; on a GPU use dtype 'bfloat16' instead."
-            )
         model.to(device=device, dtype=torch.float32)
         quantize_linear_layers_int8(model, int8_skip_modules or ())
         return model
