@@ -301,13 +301,30 @@ def _offline_error():
     return OfflineModeIsEnabled("HF_HUB_OFFLINE is set")
 
 
-def push_model_to_hub(model, repo_id: str, feature_extractor=None, *, card_kwargs: dict | None = None, **push_kwargs):
+def push_model_to_hub(
+    model,
+    repo_id: str,
+    feature_extractor=None,
+    *,
+    card_kwargs: dict | None = None,
+    max_shard_size: int | str | None = None,
+    tags: list[str] | None = None,
+    **push_kwargs,
+):
     """Saves `model` (and its feature extractor: a default `MAESTFeatureExtractor` of the model's length when not
-    given) to a temporary directory, writes its card and pushes it with [`push_to_hub`] in one commit."""
+    given) to a temporary directory with its model card and pushes it with [`push_to_hub`] in one commit.
+
+    Takes the arguments of transformers' `PreTrainedModel.push_to_hub` (`private`, `token`, `commit_message`,
+    `commit_description`, `revision`, `create_pr`, `max_shard_size`, `tags`), so that a model class can delegate its
+    `push_to_hub` here; `card_kwargs` go to `maest.model_cards.build_model_card`.
+    """
     from maest import MAESTFeatureExtractor
 
+    card_kwargs = dict(card_kwargs or {})
+    if tags:
+        card_kwargs["tags"] = [*card_kwargs.get("tags", []), *tags]
     with tempfile.TemporaryDirectory(prefix="maest-push-") as temporary:
-        model.save_pretrained(temporary)
+        model.save_pretrained(temporary, **({"max_shard_size": max_shard_size} if max_shard_size else {}))
         feature_extractor = feature_extractor or MAESTFeatureExtractor(max_length=model.config.max_length)
         feature_extractor.save_pretrained(temporary)
         return push_to_hub(temporary, repo_id, card_kwargs=card_kwargs, **push_kwargs)

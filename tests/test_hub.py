@@ -229,10 +229,14 @@ def test_push_cli_errors_exit_nonzero(model_dir, monkeypatch, capsys):
 
 def test_push_model_object(small_model_dir, hub):
     model = MAESTForAudioClassification.from_pretrained(small_model_dir)
-    push_model_to_hub(model, "my-org/maest-small", card_kwargs={"base_model": "my-org/maest-30s"})
-    assert len(hub.commits) == 1
+    push_model_to_hub(
+        model, "my-org/maest-small", card_kwargs={"base_model": "my-org/maest-30s"}, private=True,
+        commit_message="Upload", tags=["genre"],
+    )
+    assert len(hub.commits) == 1 and hub.commits[0]["commit_message"] == "Upload" and hub.repos[0]["private"]
     files = hub.commits[0]["files"]
     assert set(files) == MODEL_FILES
     assert json.loads(files["config.json"])["auto_map"] == AUTO_MAP
     assert json.loads(files["preprocessor_config.json"])["max_length"] == model.config.max_length
-    assert ModelCard(files["README.md"].decode()).data.base_model == "my-org/maest-30s"
+    card = ModelCard(files["README.md"].decode())
+    assert card.data.base_model == "my-org/maest-30s" and "genre" in card.data.tags
