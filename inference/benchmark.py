@@ -311,7 +311,7 @@ def _accuracy(reference_embeddings, reference_logits, embeddings, logits) -> dic
 # Sections of the benchmark
 
 
-def benchmark_inference(model, inputs, device, rounds: int, variants: list, log) -> dict:
+def benchmark_inference(model, inputs, device, rounds: int, variants: list, log, peak_size: Optional[int] = None) -> dict:
     """Model-only throughput of each variant, the matmul peak, and their accuracy against float32 without patchout."""
     config = model.config
     num_frames = inputs.shape[1]
@@ -348,7 +348,7 @@ def benchmark_inference(model, inputs, device, rounds: int, variants: list, log)
             flops[name] = count_flops(config, num_frames)
         else:
             raise ValueError(f"unknown variant {name!r}")
-    peak_call, peak_flops = matmul_peak_flops(device)
+    peak_call, peak_flops = matmul_peak_flops(device, size=peak_size)
     calls["matmul_peak"] = peak_call
 
     log(f"timing {len(calls)} variants x {rounds} rounds, batch {inputs.shape[0]} ...")
@@ -724,7 +724,7 @@ def run_benchmark(args, log=None) -> dict:
     }
     inputs = music_features(model.config, batch_size, seed=args.seed).to(device)
     variants = ["float32", "bfloat16", "int8", "stride2", "stride3", "ast"] + list(args.extra_variants or [])
-    results["inference"] = benchmark_inference(model, inputs, device, rounds, variants, log)
+    results["inference"] = benchmark_inference(model, inputs, device, rounds, variants, log, args.peak_size)
     if args.skip_training:
         results["training"] = {"skipped": "--skip-training"}
     else:
@@ -774,6 +774,7 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--preset", default="maest-30s", help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
+    parser.add_argument("--peak-size", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--training-batch-size", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--training-rounds", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--e2e-files", type=int, help=argparse.SUPPRESS)
