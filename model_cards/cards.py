@@ -145,7 +145,7 @@ def results_table(rows: list[dict]) -> str:
         cells = [row["task"], row["dataset_name"], row["split"] or ""]
         cells += [f"{row['metrics'][key]:.4f}" if key in row["metrics"] else "" for key in metrics]
         cells += [row["details"]] if has_details else []
-        lines.append("| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |")
+        lines.append("| " + " | ".join(_table_cell(cell) for cell in cells) + " |")
     return "\n".join(lines)
 
 
@@ -192,15 +192,20 @@ def _format_value(value) -> str:
     return str(value)
 
 
+def _table_cell(text: str) -> str:
+    """Text that stays inside one Markdown table cell."""
+    return str(text).replace("|", "\\|").replace("\r\n", "<br>").replace("\n", "<br>")
+
+
 def _flatten(summary: Mapping, prefix: str = "") -> list[tuple[str, str]]:
-    """Nested training-summary dicts -> `("recipe.learning_rate", "2e-05")` pairs, in their order."""
+    """Nested training-summary dicts -> `("recipe.learning_rate", "2e-05")` pairs (table-cell safe), in order."""
     items = []
     for key, value in summary.items():
         name = f"{prefix}{key}"
         if isinstance(value, Mapping):
             items.extend(_flatten(value, prefix=f"{name}."))
         elif value is not None:
-            items.append((name, _format_value(value)))
+            items.append((_table_cell(name), _table_cell(_format_value(value))))
     return items
 
 
@@ -266,12 +271,16 @@ def _model_facts(config, save_directory: Path) -> dict:
     }
 
 
+def _is_hub_id(name: str | None) -> bool:
+    """`namespace/name` that is not a local path: what the Hub accepts as `base_model`."""
+    return bool(name) and bool(re.fullmatch(r"[\w.-]+/[\w.-]+", name)) and not Path(name).exists()
+
+
 def _base_model_link(base_model: str | None) -> str | None:
     """A Markdown link for a Hub id, the name in code style for a local path."""
     if base_model is None:
         return None
-    looks_like_hub_id = re.fullmatch(r"[\w.-]+/[\w.-]+", base_model) and not Path(base_model).exists()
-    return f"[`{base_model}`](https://huggingface.co/{base_model})" if looks_like_hub_id else f"`{base_model}`"
+    return f"[`{base_model}`](https://huggingface.co/{base_model})" if _is_hub_id(base_model) else f"`{base_model}`"
 
 
 def _render(template_name: str, card_data: ModelCardData, context: dict) -> ModelCard:
@@ -340,7 +349,8 @@ def build_model_card(
         library_name="transformers",
         pipeline_tag="audio-classification",
         tags=default_tags + [tag for tag in (tags or []) if tag not in default_tags],
-        base_model=base_model,
+        # The Hub's `base_model` must name a Hub model; a local path is only mentioned in the text.
+        base_model=base_model if _is_hub_id(base_model) else None,
         datasets=datasets,
         metrics=sorted({result.metric_type for result in eval_results}) or None,
         model_name=model_name if eval_results else None,
@@ -402,7 +412,8 @@ def write_model_card(
             (`"discogs-maest-30s-pw-129e"`, a `*-swa.ckpt` file name) or repo name (`"maest-30s"`). The card then
             describes that checkpoint (training data, initialization, input length) and, for the 30 s model, carries
             the paper's downstream results as its `model-index`. The config must have that checkpoint's shape.
-        base_model (`str`, *optional*): Hub id (or path) of the model this one was fine-tuned or initialized from.
+        base_model (`str`, *optional*): Hub id (or path) of the model this one was fine-tuned or initialized from;
+            a Hub id also goes into the metadata (`base_model`), a local path only into the text.
         training_summary (`dict`, *optional*): how the model was trained, e.g. `{"dataset": ..., "epochs": ...,
             "steps": ..., "recipe": {"learning_rate": ..., "mixup_alpha": ...}}`; shown as a table (nested dicts are
             flattened to `recipe.learning_rate`).

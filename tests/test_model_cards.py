@@ -119,7 +119,7 @@ def test_trained_card_from_training_summary_and_probe_results(tmp_path, small_mo
     ]
     (directory / "probe.json").write_text(json.dumps(probe_results))
     summary = {"dataset": "my-discogs-subset", "epochs": 3, "steps": 1200,
-               "recipe": {"learning_rate": 2e-5, "mixup_alpha": 0.3, "swa": True}}
+               "recipe": {"learning_rate": 2e-5, "mixup_alpha": 0.3, "swa": True}, "notes": "kept | dropped\nretried"}
     path = write_model_card(
         directory, base_model="my-org/maest-30s", training_summary=summary, probe_results=directory / "probe.json",
         evaluation_results={"task": "styles", "eval_roc_auc": 0.91, "eval_loss": 0.2, "eval_runtime": 3.0},
@@ -137,6 +137,7 @@ def test_trained_card_from_training_summary_and_probe_results(tmp_path, small_mo
     }
     text = card.text
     assert "| recipe.learning_rate | 2e-05 |" in text and "| steps | 1200 |" in text
+    assert "| notes | kept \\| dropped<br>retried |" in text  # one table row whatever the text holds
     assert "block=6, tokens=cda" in text
     assert "eval_loss" not in text and "runtime" not in text
     # Parameters counted from the weights file agree with the model.
@@ -145,6 +146,8 @@ def test_trained_card_from_training_summary_and_probe_results(tmp_path, small_mo
     assert f"{count_parameters(directory) / 1e3:.1f}k parameters" in text
     assert ", ".join(SMALL_MODEL_LABELS) in text
     assert "https://huggingface.co/my-org/maest-30s" in text
+    local = build_model_card(directory, base_model=str(small_model_dir))
+    assert local.data.base_model is None and f"`{small_model_dir}`" in local.text
 
 
 @pytest.mark.parametrize(
