@@ -41,12 +41,18 @@ class InferenceResults:
         metadata: the model and settings used (`metadata["settings"]`), label names, segment length.
         failed: `[{"path": ..., "reason": ...}]` for the tracks that could not be analyzed.
         skipped: tracks that were already finished in the output file or its progress store.
+        num_ok: tracks of this call's inputs in the results (an output file may also hold other tracks).
     """
 
     table: pa.Table
     metadata: dict
     failed: list = field(default_factory=list)
     skipped: int = 0
+    num_ok: int | None = None
+
+    def __post_init__(self):
+        if self.num_ok is None:
+            self.num_ok = self.table.num_rows
 
     def __len__(self) -> int:
         return self.table.num_rows
@@ -277,7 +283,11 @@ def analyze(
     table, all_failures = finalize_output(out, store, metadata, existing=existing, order=[track.name for track in tracks])
     wanted = {track.name for track in tracks}
     return InferenceResults(
-        table, dict(metadata, failed=all_failures), [item for item in all_failures if item["path"] in wanted], len(tracks) - len(todo)
+        table,
+        dict(metadata, failed=all_failures),
+        failed=[item for item in all_failures if item["path"] in wanted],
+        skipped=len(tracks) - len(todo),
+        num_ok=sum(path in wanted for path in table["path"].to_pylist()),
     )
 
 

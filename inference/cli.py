@@ -1,5 +1,258 @@
-"""Subcommands of this subpackage (filled in by its issue)."""
+"""`maest tag`, `maest embed` and `maest export-onnx`.
+
+Exit status: 0 when every track was analyzed, 1 when some failed (they are listed, and the others are still
+written), 2 for a usage error (bad option, unknown model, output made with other settings), 130 when interrupted
+(the finished tracks are kept; rerun the same command to continue).
+"""
+
+import argparse
+import csv
+import json
+import os
+import signal
+import sys
+from contextlib import contextmanager
+
+
+def _display_path(path: str) -> str:
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else relative
+
+
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
+
+
+@contextmanager
+def _terminate_as_interrupt():
+    """`kill` (SIGTERM) ends a run the way Ctrl-C does: the finished tracks are written before exiting."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _common_options(parser: argparse.ArgumentParser) -> None:
+    from .model import DEFAULT_MODEL
+
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="audio files and directories (searched recursively)")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"MAEST directory, Hub id or checkpoint (default: {DEFAULT_MODEL})")
+    parser.add_argument(
+        "--last-segment",
+        choices=("auto", "pad", "drop"),
+        default="auto",
+        help="the partial last segment of a track: auto (default) keeps it, padded, if it holds at least half a "
+        "segment of audio; pad always keeps it; drop drops it. A track shorter than one segment is one padded segment",
+    )
+    parser.add_argument(
+        "--inference-patchout-time-stride", type=int, default=None, metavar="K",
+        help="keep every K-th patch column (faster, slightly less accurate; default: the model's, 1)",
+    )
+    parser.add_argument("--batch-size", type=int, default=8, help="segments per model call (default 8)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "int8"), default="float32", help="inference precision")
+    parser.add_argument(
+        "--num-workers", type=int, default=None,
+        help="processes decoding audio and computing features in parallel with the model (default: by device)",
+    )
+    parser.add_argument("--min-duration", type=float, default=1.0, help="tracks shorter than this (seconds) are skipped as failed")
+    parser.add_argument("--per-segment", action="store_true", help="also store each segment's vector")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output and discard its progress store")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def _analyze(args, **task) -> tuple:
+    """Runs the analysis for the parsed options; returns (results, exit status or None)."""
+    from .api import analyze
+
+    if args.quiet:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+
+    def report(failure):
+        from tqdm.auto import tqdm
+
+        tqdm.write(f"failed: {failure.reason}", file=sys.stderr)
+
+    results = analyze(
+        args.paths,
+        args.model,
+        out=getattr(args, "out", None),
+        per_segment=args.per_segment,
+        inference_patchout_time_stride=args.inference_patchout_time_stride,
+        last_segment=args.last_segment,
+        min_duration=args.min_duration,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        device=args.device,
+        dtype=args.dtype,
+        progress=not args.quiet,
+        overwrite=args.overwrite,
+        on_failure=report,
+        **task,
+    )
+    return results
+
+
+def _summary(results, out=None) -> int:
+    failed = len(results.failed)
+    skipped = f" ({results.skipped} already done)" if results.skipped else ""
+    where = f"; failures listed in {out}.failed.tsv" if failed and out else ""
+    print(f"{results.num_ok} tracks ok{skipped}, {failed} failed{where}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _run_command(function, args) -> int:
+    from .model import ModelNotAvailableError
+    from .store import SettingsMismatchError
+
+    try:
+        with _terminate_as_interrupt():
+            return function(args)
+    except KeyboardInterrupt:
+        out = getattr(args, "out", None)
+        if out:
+            print(f"interrupted: finished tracks are kept in {out}.partial; rerun the same command to continue", file=sys.stderr)
+        else:
+            print("interrupted", file=sys.stderr)
+        return 130
+    except (ModelNotAvailableError, SettingsMismatchError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+# ------------------------------------------------------------------------------------------------------- tag
+def _tag(args) -> int:
+    if args.top_k < 1:
+        raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
+    if args.plot:
+        from .api import _tracks
+
+        if len(_tracks(args.paths, None)) != 1:
+            raise ValueError("--plot draws the timeline of one track; pass a single audio file")
+        args.per_segment = True
+    results = _analyze(args, scores=True, embedding=False)
+    if args.out:
+        # The output file may hold other tracks too (earlier runs); print this call's.
+        from .api import _tracks
+
+        wanted = {track.name for track in _tracks(args.paths, None)}
+        results.table = results.table.filter([path in wanted for path in results.paths])
+    _print_tags(results, args.top_k, args.format)
+    if args.plot and len(results):
+        from .plot import plot_timeline
+
+        plotted = plot_timeline(
+            results.segment_scores[0],
+            results.labels,
+            results.metadata["segment_seconds"],
+            args.plot,
+            top_k=args.top_k,
+            title=os.path.basename(results.paths[0]),
+        )
+        print(f"wrote {args.plot} ({', '.join(plotted)})", file=sys.stderr)
+    return _summary(results, args.out)
+
+
+def _print_tags(results, top_k: int, output_format: str) -> None:
+    rows = list(zip(results.paths, results.durations.tolist(), results.num_segments.tolist(), results.top(top_k)))
+    if output_format == "json":
+        items = [
+            {
+                "path": path,
+                "duration": duration,
+                "num_segments": num_segments,
+                "tags": [{"label": label, "score": round(score, 6)} for label, score in top],
+            }
+            for path, duration, num_segments, top in rows
+        ]
+        json.dump(items, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    elif output_format == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerow(["path", "duration", "num_segments", "rank", "label", "score"])
+        for path, duration, num_segments, top in rows:
+            for rank, (label, score) in enumerate(top, 1):
+                writer.writerow([path, f"{duration:.3f}", num_segments, rank, label, f"{score:.6f}"])
+    else:
+        for path, duration, num_segments, top in rows:
+            print(f"{_display_path(path)}  ({_duration(duration)}, {num_segments} segment{'s' * (num_segments != 1)})")
+            for label, score in top:
+                print(f"  {score:.3f}  {label}")
+
+
+# ------------------------------------------------------------------------------------------------------- embed
+def _embed(args) -> int:
+    results = _analyze(args, scores=False, embedding=True, block=args.block, tokens=args.tokens)
+    metadata = results.metadata
+    settings = metadata["settings"]
+    print(
+        f"wrote {args.out}: {len(results)} tracks x {results.table['embedding'].type.list_size} dims (block "
+        f"{settings['block']}, tokens {','.join(settings['tokens'])})",
+        file=sys.stderr,
+    )
+    return _summary(results, args.out)
+
+
+# ------------------------------------------------------------------------------------------------------- export
+def _export_onnx(args) -> int:
+    from .onnx_export import export_onnx
+
+    path = export_onnx(
+        args.model, args.out, block=args.block, tokens=args.tokens,
+        inference_patchout_time_stride=args.inference_patchout_time_stride, opset_version=args.opset,
+    )
+    print(f"wrote {path}: input_values (batch, frames, 96) -> logits (batch, labels), embedding (batch, dim)", file=sys.stderr)
+    return 0
 
 
 def register(subparsers) -> None:
-    pass
+    tag = subparsers.add_parser(
+        "tag",
+        help="style tags of whole tracks (files or directories)",
+        description="Tags whole tracks: the model runs on consecutive segments of its length, and a track's scores "
+        "are the mean of the per-segment sigmoid activations.",
+    )
+    _common_options(tag)
+    tag.add_argument("--top-k", type=int, default=5, help="labels per track (default 5)")
+    tag.add_argument("--format", choices=("table", "json", "csv"), default="table", help="what to print (default table)")
+    tag.add_argument("--plot", metavar="OUT.png", help="draw the timeline of the top styles per segment of one track")
+    tag.add_argument("--out", help="also write all scores to a .parquet or .npz file (resumable)")
+    tag.set_defaults(func=lambda args: _run_command(_tag, args))
+
+    embed = subparsers.add_parser(
+        "embed",
+        help="track (and segment) embeddings of files or directories, to Parquet or NPZ",
+        description="Embeds whole tracks: the paper's block embedding of each consecutive segment, averaged per "
+        "track. Resumable: an interrupted run continues where it stopped; tracks already in OUT are skipped.",
+    )
+    _common_options(embed)
+    embed.add_argument("--out", required=True, help="output file, .parquet or .npz")
+    embed.add_argument("--block", type=int, default=None, help="0-based block (default: the model's embedding_block, 6 of 12)")
+    embed.add_argument("--tokens", default="cls,dist,mean", help="tokens to concatenate: cls,dist,mean (default) or a subset")
+    embed.set_defaults(func=lambda args: _run_command(_embed, args))
+
+    export = subparsers.add_parser(
+        "export-onnx",
+        help="export a MAEST model to ONNX (dynamic batch and frames)",
+        description="Exports input_values (batch, frames, 96) -> logits and the block embedding to ONNX.",
+    )
+    export.add_argument("model", help="MAEST directory (or Hub id / checkpoint)")
+    export.add_argument("out", help="the .onnx file to write")
+    export.add_argument("--block", type=int, default=None, help="block of the embedding output (default: embedding_block)")
+    export.add_argument("--tokens", default="cls,dist,mean", help="tokens of the embedding output")
+    export.add_argument("--inference-patchout-time-stride", type=int, default=None, metavar="K", help="fixed in the graph")
+    export.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
+    export.set_defaults(func=lambda args: _run_command(_export_onnx, args))

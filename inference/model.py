@@ -112,6 +112,20 @@ def _offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE)
 
 
+def _hub_resolvable() -> bool:
+    """Whether the Hub's host name resolves (a quick check, instead of the Hub client's retries with back-off)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    try:
+        socket.getaddrinfo(urlparse(constants.ENDPOINT).hostname, 443)
+        return True
+    except OSError:
+        return False
+
+
 def _not_available(name: str, reason: str) -> ModelNotAvailableError:
     return ModelNotAvailableError(
         f"Model {name!r} is not available offline: {reason}. Download it once with network access (it is then "
@@ -169,11 +183,13 @@ def load_model(
         source = str(path)
     else:
         source = name
-        if _offline():
-            from huggingface_hub import try_to_load_from_cache
+        from huggingface_hub import try_to_load_from_cache
 
-            if not isinstance(try_to_load_from_cache(name, "config.json"), str):
+        if not isinstance(try_to_load_from_cache(name, "config.json"), str):
+            if _offline():
                 raise _not_available(name, "it is not in the local Hugging Face cache and HF_HUB_OFFLINE is set")
+            if not _hub_resolvable():
+                raise _not_available(name, "it is not in the local Hugging Face cache and the Hub's host cannot be resolved")
     try:
         model = MAESTForAudioClassification.from_pretrained(source)
     except OSError as error:
