@@ -319,7 +319,10 @@ def build_model_card(
     """The model card of a MAEST directory, without writing it; see [`write_model_card`] for the arguments."""
     save_directory = Path(save_directory)
     config = _load_config(save_directory, config)
-    model_name = model_name or (repo_id.split("/")[-1] if repo_id else save_directory.resolve().name)
+    if published is not None and not isinstance(published, PublishedCheckpoint):
+        published = find_published(published)
+    default_name = published.repo_name if published is not None else save_directory.resolve().name
+    model_name = model_name or (repo_id.split("/")[-1] if repo_id else default_name)
     facts = _model_facts(config, save_directory)
     probe_rows = _normalize_results(probe_results, "probe_results")
     evaluation_rows = _normalize_results(evaluation_results, "evaluation_results")
@@ -327,7 +330,6 @@ def build_model_card(
     eval_results += _eval_results(evaluation_rows, "Audio classification")
 
     if published is not None:
-        published = published if isinstance(published, PublishedCheckpoint) else find_published(published)
         from maest.modeling import MAEST_PRESETS
 
         shape = MAEST_PRESETS[published.preset]
@@ -405,8 +407,8 @@ def write_model_card(
         save_directory: the `save_pretrained` directory; the card goes to `save_directory / filename`.
         config (`MAESTConfig` or `dict`, *optional*): the model's config; read from `save_directory/config.json`
             when not given.
-        model_name (`str`, *optional*): the card's title and `model-index` name; the last part of `repo_id`, or the
-            directory name, by default.
+        model_name (`str`, *optional*): the card's title and `model-index` name; by default the last part of
+            `repo_id`, else the released checkpoint's repo name (`maest-30s`), else the directory name.
         repo_id (`str`, *optional*): the Hub repo the usage examples load from (e.g. `"my-org/maest-30s"`).
         published (`str`, *optional*): for conversions of the released checkpoints, the original checkpoint name
             (`"discogs-maest-30s-pw-129e"`, a `*-swa.ckpt` file name) or repo name (`"maest-30s"`). The card then

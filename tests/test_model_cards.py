@@ -79,6 +79,7 @@ def test_every_released_checkpoint_has_a_valid_card(tmp_path, checkpoint):
     config = MAESTConfig.from_preset(published.preset)
     card = ModelCard(str(build_model_card(tmp_path, config, published=checkpoint)))
     assert card.data.license == "cc-by-nc-sa-4.0"
+    assert card.text.lstrip().startswith(f"# {published.repo_name}\n")  # maest-5s ... maest-30s-519l
     assert f"`{checkpoint}`" in card.text
     assert f"up to\n  {PRESET_FRAMES[published.preset]} frames" in card.text
     assert f"{published.num_labels} multi-label style activations" in card.text
