@@ -1,0 +1,500 @@
+"""Per-track MAEST embeddings of a dataset, for probing, with an on-disk cache.
+
+A track's embedding is the mean over its consecutive segments (`MAESTFeatureExtractor(..., return_segments=True)`,
+segments of the model's length) of the paper's pooled block outputs. One forward pass with `output_hidden_states`
+gives every block at once, and each block's output is pooled into the three token vectors of the poster
+(`pool_embedding_tokens`: c = cls token, d = distillation token, a = average of the patch tokens); any token set
+(`c`, `d`, `a`, `cd`, `ca`, `da`, `cda`) is a concatenation of those, so a whole blocks x token-sets sweep costs one
+pass over the audio.
+
+Blocks are numbered 1..num_hidden_layers as on the poster: block `b` is `hidden_states[b]`, the output of the b-th
+transformer block (no final norm), i.e. `model.maest.embed(block=b - 1)`; the paper's embedding is block 7 `cda`.
+
+The cache
+---------
+`cache_dir/<model key>/<cache name>.safetensors`, one file per (model, split), holding for every track and every
+block the three token vectors (`block_<b>`: `(num_tracks, 3, hidden_size)` float32; 3 x 12 x 768 floats, about 110 KB
+per track for a base-size model), the number of segments per track, and in its metadata the tracks' keys.
+
+- The model key is a hash of the encoder's weights, its configuration (less the label names), the feature extractor's
+  settings and the segmenting mode: anything that changes the embeddings changes the key.
+- A track's key is its file (absolute path, size and modification time) when the audio is a local file, otherwise a
+  hash of its encoded bytes (or of its decoded samples). A changed file has a new key, so its old entry is not used;
+  it is replaced on the next write.
+- A call reads the split's file, computes only the tracks it lacks, and rewrites the file atomically (a temporary
+  file renamed over it) with the new entries added; entries of other tracks stay. Deleting the folder is always safe.
+"""
+
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from maest.modeling import parse_embedding_tokens, pool_embedding_tokens
+
+
+logger = logging.getLogger(__name__)
+
+CACHE_FORMAT = "maest-track-embeddings-v1"
+# Stored token order; `pool_embedding_tokens(hidden, STORED_TOKENS)` gives these three vectors concatenated.
+STORED_TOKENS = ("cls", "dist", "mean")
+TOKEN_LETTERS = {"cls": "c", "dist": "d", "mean": "a"}
+POSTER_TOKEN_SETS = ("c", "d", "a", "cd", "ca", "da", "cda")
+
+
+class AudioDecodingError(ValueError):
+    """A track's audio could not be read or is empty; `source` names the track (its file when known)."""
+
+    def __init__(self, source: str, problem: str):
+        super().__init__(f"{source}: {problem}")
+        self.source = source
+
+
+def token_set_name(tokens) -> str:
+    """The poster's name of a token set: `("cls", "mean")`, `"cls,mean"` or `"ca"` -> `"ca"`."""
+    return "".join(TOKEN_LETTERS[name] for name in parse_embedding_tokens(tokens))
+
+
+def parse_blocks(blocks, num_blocks: int) -> list[int]:
+    """1-based block numbers from `None` (all), an int, an iterable of ints, or a string such as `"1-12"`, `"6"`,
+    `"1,4,7-9"`."""
+    if blocks is None:
+        numbers = list(range(1, num_blocks + 1))
+    elif isinstance(blocks, (int, np.integer)):
+        numbers = [int(blocks)]
+    elif isinstance(blocks, str):
+        numbers = []
+        for part in blocks.replace(" ", "").split(","):
+            match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+            if match is None:
+                raise ValueError(f"cannot read blocks {blocks!r}: use numbers and ranges such as '1-12', '6' or '1,4,7-9'")
+            first, last = int(match.group(1)), int(match.group(2) or match.group(1))
+            if last < first:
+                raise ValueError(f"block range {part!r} is empty")
+            numbers.extend(range(first, last + 1))
+    else:
+        numbers = [int(block) for block in blocks]
+    if not numbers:
+        raise ValueError("no blocks given")
+    bad = [block for block in numbers if not 1 <= block <= num_blocks]
+    if bad:
+        raise ValueError(f"blocks are numbered 1..{num_blocks} for this model (block b = hidden_states[b]); got {bad}")
+    return sorted(set(numbers))
+
+
+# ----------------------------------------------------------------------------------------------- model
+def load_encoder(model_or_path, device=None):
+    """The MAEST encoder (`MAESTModel`) in eval mode, from a model object (`MAESTModel` or
+    `MAESTForAudioClassification`, used on its device unless `device` is given) or anything `from_pretrained` loads
+    (a MAEST directory, an AST-format MAEST repo, an original checkpoint file)."""
+    from maest import MAESTModel
+
+    if isinstance(model_or_path, (str, os.PathLike)):
+        encoder = MAESTModel.from_pretrained(str(model_or_path))
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        encoder = getattr(model_or_path, "maest", model_or_path)
+        if not isinstance(encoder, MAESTModel):
+            raise TypeError(f"expected a MAEST model or a path, got {type(model_or_path).__name__}")
+    if device is not None:
+        encoder = encoder.to(device)
+    return encoder.eval()
+
+
+def model_cache_key(encoder, feature_extractor, last_segment: str) -> str:
+    """A hash of everything that determines the embeddings: weights, configuration (less label names), front-end
+    settings and segmenting."""
+    digest = hashlib.sha256(CACHE_FORMAT.encode())
+    for name, tensor in sorted(encoder.state_dict().items()):
+        tensor = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    ignored = {"id2label", "label2id", "architectures", "auto_map", "transformers_version", "dtype", "torch_dtype"}
+    config = {key: value for key, value in encoder.config.to_dict().items() if key not in ignored and not key.startswith("_")}
+    front_end = {key: value for key, value in feature_extractor.to_dict().items() if key not in ("processor_class", "auto_map")}
+    settings = {"config": config, "feature_extractor": front_end, "last_segment": last_segment}
+    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:20]
+
+
+# ----------------------------------------------------------------------------------------------- audio
+def _content_key(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _file_key(path: Path) -> str:
+    stat = path.stat()
+    return f"file:{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+
+
+def _identity(key: str) -> str:
+    """What a key is about (a file, whatever its version), to replace outdated entries of the same file."""
+    return key.split("|", 1)[0]
+
+
+@dataclass
+class _AudioSource:
+    key: str
+    description: str
+    path: Path | None = None
+    data: bytes | None = None
+    samples: np.ndarray | None = None
+    sampling_rate: int | None = None
+
+    def decode(self) -> tuple[torch.Tensor, int]:
+        """`(channels, samples)` float32 audio and its sampling rate."""
+        if self.samples is not None:
+            return torch.as_tensor(np.asarray(self.samples, dtype=np.float32)), int(self.sampling_rate)
+        from torchcodec.decoders import AudioDecoder
+
+        try:
+            decoded = AudioDecoder(str(self.path) if self.path is not None else self.data).get_all_samples()
+        except Exception as error:  # torchcodec raises RuntimeError/ValueError with FFmpeg's message
+            raise AudioDecodingError(self.description, f"cannot decode audio ({error})") from error
+        if decoded.data.numel() == 0:
+            raise AudioDecodingError(self.description, "no audio samples")
+        return decoded.data, int(decoded.sample_rate)
+
+
+def _audio_source(value, index: int) -> _AudioSource:
+    """Where a track's audio is and its cache key, from a dataset's audio value (an undecoded `Audio` dict with
+    `path`/`bytes`, a decoded dict with `array`/`sampling_rate`, or a file path)."""
+    if isinstance(value, (str, os.PathLike)):
+        value = {"path": str(value), "bytes": None}
+    if not isinstance(value, dict):
+        raise TypeError(
+            f"track {index}: unsupported audio value of type {type(value).__name__}; pass file paths, or a dataset "
+            f"whose audio column is an `Audio` feature (decoded audio objects are read again from their files)"
+        )
+    if value.get("array") is not None:
+        samples = np.asarray(value["array"], dtype=np.float32)
+        if value.get("sampling_rate") is None:
+            raise ValueError(f"track {index}: decoded audio needs its 'sampling_rate'")
+        key = _content_key(samples.tobytes() + str(int(value["sampling_rate"])).encode())
+        return _AudioSource(key, value.get("path") or f"track {index}", samples=samples, sampling_rate=value["sampling_rate"])
+    path, data = value.get("path"), value.get("bytes")
+    description = str(path) if path else f"track {index}"
+    if data is not None:
+        return _AudioSource(_content_key(data), description, data=data)
+    if not path:
+        raise ValueError(f"track {index}: the audio value has neither a path nor bytes")
+    if Path(path).is_file():
+        return _AudioSource(_file_key(Path(path)), description, path=Path(path).resolve())
+    if "://" in str(path):  # remote file of a streamed dataset: read it once through datasets' file system layer
+        from datasets.utils.file_utils import xopen
+
+        with xopen(path, "rb") as handle:
+            data = handle.read()
+        return _AudioSource(_content_key(data), description, data=data)
+    raise AudioDecodingError(description, "file not found")
+
+
+def _rows(dataset, audio_column: str, keep_columns):
+    """Rows of a `datasets` (Iterable)Dataset with the audio left undecoded, or of a list of paths/dicts."""
+    try:
+        import datasets
+    except ImportError:  # pragma: no cover - datasets is a dependency
+        datasets = None
+    if datasets is not None and isinstance(dataset, (datasets.Dataset, datasets.IterableDataset)):
+        columns = dataset.column_names
+        if columns is not None:
+            for name in (audio_column, *keep_columns):
+                if name not in columns:
+                    raise KeyError(f"the dataset has no column {name!r}; its columns are {columns}")
+            dataset = dataset.select_columns([audio_column, *keep_columns])
+        features = dataset.features
+        if features is not None and isinstance(features.get(audio_column), datasets.Audio):
+            dataset = dataset.cast_column(audio_column, datasets.Audio(decode=False))
+        yield from dataset
+        return
+    for item in dataset:
+        if isinstance(item, dict) and audio_column in item:
+            missing = [name for name in keep_columns if name not in item]
+            if missing:
+                raise KeyError(f"an example has no column(s) {missing}")
+            yield item
+        else:
+            if keep_columns:
+                raise KeyError(f"plain audio values have no columns {list(keep_columns)}; pass dicts")
+            yield {audio_column: item}
+
+
+# ----------------------------------------------------------------------------------------------- cache files
+def _cache_file(cache_dir, model_key: str, cache_name: str) -> Path:
+    safe_name = re.sub(r"[^A-Za-z0-9._-]+", "_", cache_name).strip("._") or "embeddings"
+    return Path(cache_dir).expanduser() / model_key / f"{safe_name}.safetensors"
+
+
+def _read_cache(path: Path, num_blocks: int) -> dict[str, tuple[np.ndarray, int]]:
+    """`{track key: ((num_blocks, 3, hidden) array, num_segments)}` from a cache file; an unreadable or foreign file
+    is ignored (and later replaced) with a warning."""
+    if not path.is_file():
+        return {}
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="np") as handle:
+            metadata = handle.metadata() or {}
+            if metadata.get("format") != CACHE_FORMAT:
+                raise ValueError(f"format {metadata.get('format')!r}")
+            keys = json.loads(metadata["keys"])
+            blocks = np.stack([handle.get_tensor(f"block_{b}") for b in range(1, num_blocks + 1)], axis=1)
+            num_segments = handle.get_tensor("num_segments")
+        if len(keys) != len(blocks) or len(keys) != len(num_segments):
+            raise ValueError("keys and tensors differ in length")
+    except Exception as error:
+        logger.warning(f"ignoring the unreadable embedding cache file {path} ({error}); it will be rewritten")
+        return {}
+    return {key: (blocks[i], int(num_segments[i])) for i, key in enumerate(keys)}
+
+
+def _write_cache(path: Path, entries: dict[str, tuple[np.ndarray, int]], description: dict) -> None:
+    from safetensors.numpy import save_file
+
+    keys = list(entries)
+    stacked = np.stack([entries[key][0] for key in keys]).astype(np.float32)  # (tracks, blocks, 3, hidden)
+    tensors = {f"block_{b + 1}": np.ascontiguousarray(stacked[:, b]) for b in range(stacked.shape[1])}
+    tensors["num_segments"] = np.array([entries[key][1] for key in keys], dtype=np.int64)
+    metadata = {"format": CACHE_FORMAT, "keys": json.dumps(keys), "model": json.dumps(description, default=str)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(descriptor)
+    try:
+        save_file(tensors, temporary, metadata=metadata)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+# ----------------------------------------------------------------------------------------------- extraction
+@dataclass
+class TrackEmbeddings:
+    """Per-track embeddings of every block of a dataset split.
+
+    Attributes:
+        tokens (`dict[int, np.ndarray]`): block number (1-based) -> `(num_tracks, 3, hidden_size)` float32, the mean
+            over the track's segments of its cls, dist and patch-average vectors.
+        keys (`list[str]`): each track's cache key.
+        indices (`list[int]`): each track's position in the dataset (tracks that could not be read are missing).
+        num_segments (`np.ndarray`): segments per track.
+        columns (`dict[str, list]`): the `keep_columns` values of the tracks.
+        problems (`list[dict]`): tracks skipped (`index`, `source`, `error`).
+        num_cached, num_computed (`int`): tracks read from the cache and computed.
+    """
+
+    tokens: dict
+    keys: list
+    indices: list
+    num_segments: np.ndarray
+    columns: dict = field(default_factory=dict)
+    problems: list = field(default_factory=list)
+    num_cached: int = 0
+    num_computed: int = 0
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @property
+    def blocks(self) -> list[int]:
+        return sorted(self.tokens)
+
+    def features(self, block: int, tokens="cda") -> np.ndarray:
+        """`(num_tracks, len(tokens) * hidden_size)` embeddings of one block and token set, concatenated in the order
+        given (as `pool_embedding_tokens`)."""
+        if block not in self.tokens:
+            raise ValueError(f"block {block} is not available; blocks are {self.blocks}")
+        order = [STORED_TOKENS.index(name) for name in parse_embedding_tokens(tokens)]
+        vectors = self.tokens[block][:, order]
+        return vectors.reshape(len(vectors), -1)
+
+    def as_dict(self, blocks=None, token_sets=POSTER_TOKEN_SETS) -> dict:
+        """`{(block, token set name): (num_tracks, dims) array}` for the given blocks (all by default) and token sets."""
+        blocks = self.blocks if blocks is None else parse_blocks(blocks, max(self.blocks))
+        names = [token_set_name(tokens) for tokens in ([token_sets] if isinstance(token_sets, str) else token_sets)]
+        return {(block, name): self.features(block, name) for block in blocks for name in names}
+
+
+def extract_track_embeddings(
+    model_or_path,
+    dataset,
+    *,
+    feature_extractor=None,
+    cache_dir=None,
+    cache_name: str | None = None,
+    audio_column: str = "audio",
+    keep_columns=(),
+    batch_size: int = 8,
+    last_segment: str = "auto",
+    device=None,
+    skip_bad_audio: bool = False,
+    progress: bool = True,
+) -> TrackEmbeddings:
+    """Embeddings of every block for every track of `dataset` (see the module docstring).
+
+    Args:
+        model_or_path: a MAEST model object or anything `MAESTModel.from_pretrained` loads.
+        dataset: a `datasets.Dataset` / `IterableDataset` (streaming works) with an audio column, or a list of file
+            paths or of dicts holding the audio column.
+        feature_extractor (`MAESTFeatureExtractor`, *optional*): the front-end; by default the spec-exact one with
+            segments of the model's length (`config.max_length`).
+        cache_dir (*optional*): the cache folder; no caching without it.
+        cache_name (`str`, *optional*): the cache file's name within the model's folder, one per split; the
+            dataset's `split` by default.
+        keep_columns: other columns to return per kept track (e.g. the labels), read in the same pass.
+        batch_size (`int`): segments per forward pass.
+        last_segment: what to do with a partial last segment (see `MAESTFeatureExtractor.segment`).
+        skip_bad_audio (`bool`): skip (and list in `problems`) tracks whose audio cannot be read, instead of raising
+            `AudioDecodingError` naming the file.
+        progress (`bool`): show a progress bar.
+    """
+    from tqdm.auto import tqdm
+
+    from maest import MAESTFeatureExtractor
+
+    encoder = load_encoder(model_or_path, device)
+    config = encoder.config
+    feature_extractor = feature_extractor or MAESTFeatureExtractor(max_length=config.max_length)
+    model_key = model_cache_key(encoder, feature_extractor, last_segment)
+    num_blocks = config.num_hidden_layers
+    cache_name = cache_name or str(getattr(dataset, "split", None) or "embeddings")
+    cache_file = _cache_file(cache_dir, model_key, cache_name) if cache_dir is not None else None
+    cached = _read_cache(cache_file, num_blocks) if cache_file is not None else {}
+    model_device = next(encoder.parameters()).device
+    model_dtype = next(encoder.parameters()).dtype
+
+    # Per kept track, in dataset order: key, index, columns; entries filled from the cache or the model.
+    keys, indices, problems = [], [], []
+    columns = {name: [] for name in keep_columns}
+    entries: dict[str, tuple[np.ndarray, int]] = {}
+    computed: dict[str, tuple[np.ndarray, int]] = {}
+    pending: list[tuple[str, torch.Tensor]] = []  # (key, (segments, frames, mel)) waiting for a forward pass
+    num_cached = 0
+
+    def run_pending():
+        segments = torch.cat([track_segments for _, track_segments in pending])
+        pooled = []  # per forward batch: (segments, blocks, 3, hidden)
+        with torch.inference_mode():
+            for start in range(0, len(segments), batch_size):
+                batch = segments[start : start + batch_size].to(model_device, model_dtype)
+                hidden_states = encoder(batch, output_hidden_states=True).hidden_states
+                per_block = [
+                    pool_embedding_tokens(hidden_states[block], STORED_TOKENS).view(len(batch), len(STORED_TOKENS), -1)
+                    for block in range(1, num_blocks + 1)
+                ]
+                pooled.append(torch.stack(per_block, dim=1).float().cpu())
+        pooled = torch.cat(pooled).numpy()
+        offset = 0
+        for key, track_segments in pending:
+            count = len(track_segments)
+            computed[key] = entries[key] = (pooled[offset : offset + count].mean(axis=0), count)
+            offset += count
+        pending.clear()
+
+    total = len(dataset) if hasattr(dataset, "__len__") else None
+    rows = _rows(dataset, audio_column, tuple(keep_columns))
+    for index, row in enumerate(tqdm(rows, total=total, desc=f"embeddings ({cache_name})", disable=not progress)):
+        try:
+            source = _audio_source(row[audio_column], index)
+            if source.key not in entries:
+                if source.key in cached:
+                    entries[source.key] = cached[source.key]
+                    num_cached += 1
+                else:
+                    audio, sampling_rate = source.decode()
+                    try:
+                        segments = feature_extractor(
+                            audio, sampling_rate=sampling_rate, return_segments=True, last_segment=last_segment
+                        )["input_values"]
+                    except ValueError as error:  # empty, NaN samples...
+                        raise AudioDecodingError(source.description, str(error)) from error
+                    entries[source.key] = None  # filled by run_pending
+                    pending.append((source.key, segments))
+                    if sum(len(s) for _, s in pending) >= batch_size:
+                        run_pending()
+        except AudioDecodingError as error:
+            if not skip_bad_audio:
+                raise
+            problems.append({"index": index, "source": error.source, "error": str(error)})
+            logger.warning(f"skipping a track: {error}")
+            continue
+        keys.append(source.key)
+        indices.append(index)
+        for name in keep_columns:
+            columns[name].append(row[name])
+    if pending:
+        run_pending()
+    if not keys:
+        raise ValueError(f"no track of {cache_name!r} could be embedded ({len(problems)} unreadable)")
+
+    if cache_file is not None and computed:
+        new_identities = {_identity(key) for key in computed}
+        kept = {key: value for key, value in cached.items() if _identity(key) not in new_identities}
+        description = {"name_or_path": getattr(config, "_name_or_path", None) or getattr(config, "name_or_path", None),
+                       "model_type": config.model_type, "hidden_size": config.hidden_size, "blocks": num_blocks}
+        _write_cache(cache_file, {**kept, **computed}, description)
+
+    stacked = np.stack([entries[key][0] for key in keys])  # (tracks, blocks, 3, hidden)
+    return TrackEmbeddings(
+        tokens={block: np.ascontiguousarray(stacked[:, block - 1]) for block in range(1, num_blocks + 1)},
+        keys=keys,
+        indices=indices,
+        num_segments=np.array([entries[key][1] for key in keys]),
+        columns=columns,
+        problems=problems,
+        num_cached=num_cached,
+        num_computed=len(computed),
+    )
+
+
+def extract_embeddings(
+    model_or_path,
+    dataset_split,
+    blocks=None,
+    tokens=POSTER_TOKEN_SETS,
+    cache_dir=None,
+    audio_column: str = "audio",
+    batch_size: int = 8,
+    **kwargs,
+) -> dict:
+    """Per-track embeddings of a dataset split for each (block, token set).
+
+    Args:
+        model_or_path: a MAEST model object or anything `MAESTModel.from_pretrained` loads.
+        dataset_split: a `datasets.Dataset` / `IterableDataset` with an audio column, or a list of audio file paths.
+        blocks: 1-based block numbers (`hidden_states[b]`): `None` for all, an int, a list, or `"1-12"`.
+        tokens: one token set (`"cda"`, `("cls", "mean")`...) or a list of them; the poster's seven by default.
+        cache_dir: on-disk cache folder (see the module docstring); a second call with the same model and files does
+            not run the model.
+        audio_column, batch_size, **kwargs: see [`extract_track_embeddings`].
+
+    Returns:
+        `{(block, token set name): np.ndarray of shape (num_tracks, len(tokens) * hidden_size)}`, tracks in dataset
+        order, e.g. `{(7, "cda"): (N, 2304)}`. A track whose audio cannot be read raises `AudioDecodingError`.
+    """
+    if kwargs.get("skip_bad_audio"):
+        raise ValueError("extract_embeddings keeps every track aligned with the dataset; use extract_track_embeddings to skip")
+    embeddings = extract_track_embeddings(
+        model_or_path, dataset_split, cache_dir=cache_dir, audio_column=audio_column, batch_size=batch_size, **kwargs
+    )
+    return embeddings.as_dict(blocks, tokens)
+
+
+__all__ = [
+    "POSTER_TOKEN_SETS",
+    "AudioDecodingError",
+    "TrackEmbeddings",
+    "extract_embeddings",
+    "extract_track_embeddings",
+    "load_encoder",
+    "model_cache_key",
+    "parse_blocks",
+    "token_set_name",
+]
