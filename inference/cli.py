@@ -195,6 +195,10 @@ def _print_tags(results, top_k: int, output_format: str) -> None:
 
 # ------------------------------------------------------------------------------------------------------- embed
 def _embed(args) -> int:
+    from .distributed import embed_command, is_launched
+
+    if args.devices is not None or is_launched():  # several processes: maest.inference.distributed
+        return embed_command(args)
     results = _analyze(args, scores=False, embedding=True, block=args.block, tokens=args.tokens)
     metadata = results.metadata
     settings = metadata["settings"]
@@ -242,6 +246,11 @@ def register(subparsers) -> None:
     embed.add_argument("--out", required=True, help="output file, .parquet or .npz")
     embed.add_argument("--block", type=int, default=None, help="0-based block (default: the model's embedding_block, 6 of 12)")
     embed.add_argument("--tokens", default="cls,dist,mean", help="tokens to concatenate: cls,dist,mean (default) or a subset")
+    embed.add_argument(
+        "--devices", default=None, metavar="LIST|N",
+        help="one worker process per device on this machine, e.g. cuda:0,cuda:1 or 2 (the first 2 GPUs) or cpu,cpu; "
+        "under torchrun / accelerate launch leave it out: each launched process takes its share of the tracks",
+    )
     embed.set_defaults(func=lambda args: _run_command(_embed, args))
 
     export = subparsers.add_parser(
