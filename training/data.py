@@ -247,23 +247,28 @@ def decode_audio(value, sampling_rate: int, crop_seconds: float | None, crop: st
 
             audio = torchaudio.functional.resample(audio, source_rate, sampling_rate)
         return _crop_samples(audio, sampling_rate, crop_seconds, crop, rng)
-    if isinstance(value, dict):
-        source = value.get("bytes") or value.get("path")
+    if hasattr(value, "get_samples_played_in_range"):
+        # Already a decoder: a `datasets` Audio column whose decoding was left on (e.g. after a `map`, when the
+        # features are unknown and cannot be switched off); it decodes at the file's own rate.
+        decoder = value
     else:
-        source = value
-    if source is None:
-        raise ValueError("the audio value has neither bytes nor a path")
-    if isinstance(source, Path):
-        source = str(source)
-    decoder = AudioDecoder(source, sample_rate=sampling_rate, num_channels=1)
+        source = value.get("bytes") or value.get("path") if isinstance(value, dict) else value
+        if source is None:
+            raise ValueError("the audio value has neither bytes nor a path")
+        decoder = AudioDecoder(str(source) if isinstance(source, Path) else source, sample_rate=sampling_rate, num_channels=1)
     duration = decoder.metadata.duration_seconds
     if crop_seconds is not None and duration and duration > crop_seconds:
         span = duration - crop_seconds
         start = rng.uniform(0.0, span) if crop == "random" else span / 2
-        samples = decoder.get_samples_played_in_range(start, start + crop_seconds).data
+        decoded = decoder.get_samples_played_in_range(start, start + crop_seconds)
     else:
-        samples = decoder.get_all_samples().data
-    return _crop_samples(samples[0], sampling_rate, crop_seconds, crop, rng)
+        decoded = decoder.get_all_samples()
+    samples = decoded.data.mean(dim=0)
+    if decoded.sample_rate != sampling_rate:
+        import torchaudio
+
+        samples = torchaudio.functional.resample(samples, decoded.sample_rate, sampling_rate)
+    return _crop_samples(samples, sampling_rate, crop_seconds, crop, rng)
 
 
 def _crop_samples(audio, sampling_rate, crop_seconds, crop, rng):
@@ -386,12 +391,13 @@ class TaggedAudioStream(torch.utils.data.IterableDataset):
         if audio.numel() == 0 or not torch.isfinite(audio).all() or audio.abs().max() == 0:
             return skip("empty_audio", " (no samples, silence or non-finite samples)")
         features = self.feature_extractor(audio, sampling_rate=self.feature_extractor.sampling_rate)["input_values"][0]
-        return features, target, teacher
+        return features, target, teacher, self._describe(example)
 
     def _batch(self, items, worker, pass_index, position, counts):
         batch = {
             "input_values": torch.stack([item[0] for item in items]),
             "labels": torch.from_numpy(np.stack([item[1] for item in items])),
+            "ids": [item[3] for item in items],
             "worker": worker,
             "position": (pass_index, position),
             "counts": dict(counts),

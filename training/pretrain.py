@@ -109,6 +109,7 @@ class PretrainConfig:
     resume: str | None = None  # "latest" or a checkpoint directory
     stop_after_steps: int | None = None  # stop (after checkpointing) at this step without finishing; for tests
     progress_bar: bool = True
+    record_example_ids: bool = False  # write the examples each process trained on to example_ids_rank<r>.txt
     model_card: bool = True
 
     @classmethod
@@ -161,43 +162,13 @@ def parse_overrides(tokens: list[str]) -> dict:
 
 # ----------------------------------------------------------------------------------------------- metrics
 def macro_roc_auc_and_map(scores: np.ndarray, targets: np.ndarray) -> dict:
-    """Macro ROC-AUC and macro average precision over the classes with both positives and negatives; uses the
-    project's `evaluate` metric modules (`maest.training.metrics`) when they are installed."""
-    try:
-        from maest.training.metrics import macro_roc_auc_and_average_precision  # the probe's metrics, if present
+    """Macro ROC-AUC and macro average precision (the project's metrics, `maest.training.metrics`) over the labels
+    with both positives and negatives in `targets` `(examples, labels)`."""
+    from .metrics import average_precision, roc_auc
 
-        return macro_roc_auc_and_average_precision(scores, targets)
-    except ImportError:
-        pass
-    targets = targets > 0.5
-    aucs, aps = [], []
-    for column in range(targets.shape[1]):
-        positive = targets[:, column]
-        num_positive = int(positive.sum())
-        if num_positive == 0 or num_positive == len(positive):
-            continue
-        score = scores[:, column].astype(np.float64)
-        # ROC-AUC = P(score of a positive > score of a negative), ties counted half (average ranks).
-        order = np.argsort(score, kind="mergesort")
-        ranks = np.empty(len(score))
-        sorted_scores = score[order]
-        _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
-        average_rank = first + (counts + 1) / 2.0
-        ranks[order] = np.repeat(average_rank, counts)
-        num_negative = len(positive) - num_positive
-        aucs.append((ranks[positive].sum() - num_positive * (num_positive + 1) / 2) / (num_positive * num_negative))
-        # Average precision: sum over distinct thresholds of (recall step) x precision.
-        descending = np.argsort(-score, kind="mergesort")
-        hits = positive[descending].astype(np.float64)
-        distinct = np.r_[np.diff(score[descending]) != 0, True]
-        true_positives = np.cumsum(hits)[distinct]
-        predicted = (np.arange(1, len(hits) + 1))[distinct]
-        precision = true_positives / predicted
-        recall_steps = np.diff(np.r_[0.0, true_positives / num_positive])
-        aps.append(float((recall_steps * precision).sum()))
-    if not aucs:
-        return {"roc_auc": float("nan"), "average_precision": float("nan"), "num_classes": 0}
-    return {"roc_auc": float(np.mean(aucs)), "average_precision": float(np.mean(aps)), "num_classes": len(aucs)}
+    value, skipped = roc_auc(targets, scores)
+    precision, _ = average_precision(targets, scores)
+    return {"roc_auc": value, "average_precision": precision, "num_classes": int(targets.shape[1] - skipped)}
 
 
 # ----------------------------------------------------------------------------------------------- checkpoints
@@ -437,6 +408,7 @@ class Pretrainer:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
         unwrapped = accelerator.unwrap_model(model)
+        self.model = unwrapped
         self.swa = WeightAveraging(unwrapped) if config.swa else None
         swa_start = max(1, round(config.swa_start_epoch * steps_per_epoch))
         swa_every = max(1, round(config.swa_update_every_epochs * steps_per_epoch))
@@ -490,6 +462,9 @@ class Pretrainer:
                 state["batches"] += 1
                 state["positions"][str(batch["worker"])] = list(batch["position"])
                 state["counts"][str(batch["worker"])] = batch["counts"]
+                if config.record_example_ids:
+                    with open(self.output_dir / f"example_ids_rank{accelerator.process_index}.txt", "a") as handle:
+                        handle.write("".join(f"{step}\t{example_id}\n" for example_id in batch["ids"]))
                 input_values = batch["input_values"].to(accelerator.device)
                 targets = [batch["labels"].to(accelerator.device)]
                 if teacher is not None:
