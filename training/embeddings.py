@@ -63,9 +63,9 @@ def token_set_name(tokens) -> str:
 
 
 def parse_blocks(blocks, num_blocks: int) -> list[int]:
-    """1-based block numbers from `None` (all), an int, an iterable of ints, or a string such as `"1-12"`, `"6"`,
-    `"1,4,7-9"`."""
-    if blocks is None:
+    """1-based block numbers from `None` or `"all"` (all), an int, an iterable of ints, or a string such as `"1-12"`,
+    `"6"`, `"1,4,7-9"`."""
+    if blocks is None or (isinstance(blocks, str) and blocks.strip().lower() == "all"):
         numbers = list(range(1, num_blocks + 1))
     elif isinstance(blocks, (int, np.integer)):
         numbers = [int(blocks)]
@@ -97,7 +97,7 @@ def load_encoder(model_or_path, device=None):
     from maest import MAESTModel
 
     if isinstance(model_or_path, (str, os.PathLike)):
-        encoder = MAESTModel.from_pretrained(str(model_or_path))
+        encoder = _from_pretrained_encoder(str(model_or_path))
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     else:
         encoder = getattr(model_or_path, "maest", model_or_path)
@@ -106,6 +106,24 @@ def load_encoder(model_or_path, device=None):
     if device is not None:
         encoder = encoder.to(device)
     return encoder.eval()
+
+
+def _from_pretrained_encoder(path: str):
+    """Loads the encoder through the class the checkpoint was saved as, so that a tagging model's head weights are
+    not reported as unexpected (original checkpoint files and AST-format repos are converted without a report)."""
+    from transformers import PreTrainedConfig
+
+    from maest import MAESTForAudioClassification, MAESTModel
+
+    if not Path(path).is_file():
+        try:
+            config_dict, _ = PreTrainedConfig.get_config_dict(path)
+        except (OSError, ValueError):
+            config_dict = {}
+        architectures = config_dict.get("architectures") or []
+        if config_dict.get("model_type") == "maest" and any(name.endswith("ForAudioClassification") for name in architectures):
+            return MAESTForAudioClassification.from_pretrained(path).maest
+    return MAESTModel.from_pretrained(path)
 
 
 def model_cache_key(encoder, feature_extractor, last_segment: str) -> str:
@@ -314,6 +332,20 @@ class TrackEmbeddings:
         order = [STORED_TOKENS.index(name) for name in parse_embedding_tokens(tokens)]
         vectors = self.tokens[block][:, order]
         return vectors.reshape(len(vectors), -1)
+
+    def subset(self, rows) -> "TrackEmbeddings":
+        """The tracks at positions `rows` (of this object, not of the dataset)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return TrackEmbeddings(
+            tokens={block: vectors[rows] for block, vectors in self.tokens.items()},
+            keys=[self.keys[i] for i in rows],
+            indices=[self.indices[i] for i in rows],
+            num_segments=self.num_segments[rows],
+            columns={name: [values[i] for i in rows] for name, values in self.columns.items()},
+            problems=self.problems,
+            num_cached=self.num_cached,
+            num_computed=self.num_computed,
+        )
 
     def as_dict(self, blocks=None, token_sets=POSTER_TOKEN_SETS) -> dict:
         """`{(block, token set name): (num_tracks, dims) array}` for the given blocks (all by default) and token sets."""

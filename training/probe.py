@@ -11,19 +11,28 @@ a(verage of the patch tokens) and their concatenations cd, ca, da, cda.
 """
 
 import copy
-from contextlib import contextmanager
-import json
 import logging
 import math
-import time
+import os
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from .embeddings import POSTER_TOKEN_SETS
+from .embeddings import (
+    POSTER_TOKEN_SETS,
+    TrackEmbeddings,
+    extract_embeddings,
+    extract_track_embeddings,
+    load_encoder,
+    parse_blocks,
+    token_set_name,
+)
 from .metrics import average_precision, roc_auc
+from .probe_report import markdown_tables, result_row, write_probe_report, write_results_json
 
 
 logger = logging.getLogger(__name__)
@@ -257,5 +266,281 @@ def train_probe(
     return result
 
 
+# ----------------------------------------------------------------------------------------------- sweeps
+def _configurations(train_features, blocks, token_sets) -> list[tuple[int, str]]:
+    if isinstance(train_features, TrackEmbeddings):
+        blocks = train_features.blocks if blocks is None else parse_blocks(blocks, max(train_features.blocks))
+        token_sets = POSTER_TOKEN_SETS if token_sets is None else token_sets
+        names = [token_set_name(tokens) for tokens in ([token_sets] if isinstance(token_sets, str) else token_sets)]
+        return [(block, name) for block in blocks for name in names]
+    available = list(train_features)
+    if blocks is not None:
+        wanted = set(parse_blocks(blocks, max(block for block, _ in available)))
+        available = [key for key in available if key[0] in wanted]
+    if token_sets is not None:
+        wanted = {token_set_name(tokens) for tokens in ([token_sets] if isinstance(token_sets, str) else token_sets)}
+        available = [key for key in available if key[1] in wanted]
+    if not available:
+        raise ValueError("no (block, token set) configuration to probe")
+    order = {name: i for i, name in enumerate(POSTER_TOKEN_SETS)}
+    return sorted(available, key=lambda key: (key[0], order.get(key[1], len(order)), key[1]))
+
+
+def _features(split_features, block: int, tokens: str) -> np.ndarray:
+    if isinstance(split_features, TrackEmbeddings):
+        return split_features.features(block, tokens)
+    return split_features[(block, tokens)]
+
+
+def probe_sweep(
+    features: dict,
+    labels: dict,
+    blocks=None,
+    token_sets=None,
+    kind: str = "mlp",
+    output_dir=None,
+    settings: dict | None = None,
+    title: str | None = None,
+    progress: bool = True,
+    **probe_kwargs,
+) -> list[dict]:
+    """Trains a probe for every (block, token set) and reports each one's test metrics.
+
+    Args:
+        features: `{"train": X, "validation": X, "test": X}`, each X either a [`TrackEmbeddings`] or a dict
+            `{(block, token set): (num_tracks, dims) array}` as [`extract_embeddings`] returns.
+        labels: `{"train": y, "validation": y, "test": y}`, multi-hot `(N, C)` or class indices `(N,)`.
+        blocks, token_sets: the configurations (default: every one available; the poster's seven token sets for
+            `TrackEmbeddings`).
+        kind: `"mlp"` or `"linear"`.
+        output_dir: when given, `results.json` is rewritten after every configuration (finished ones are never lost)
+            and `results.md` and `heatmap.png` are written at the end.
+        settings: recorded in `results.json`; title: of the table and the heatmap.
+        **probe_kwargs: passed to [`train_probe`] (epochs, batch_size, learning_rate, weight_decay, seed...).
+
+    Returns:
+        One row per configuration: `block`, `tokens`, `roc_auc`, `average_precision`, `best_epoch`,
+        `validation_roc_auc`, `validation_average_precision`, `num_labels_skipped`, `history`.
+    """
+    from tqdm.auto import tqdm
+
+    missing = [split for split in ("train", "validation", "test") if split not in features or split not in labels]
+    if missing:
+        raise ValueError(f"features and labels are needed for the splits {missing}")
+    configurations = _configurations(features["train"], blocks, token_sets)
+    settings = dict(settings or {}, probe=kind, **{k: v for k, v in probe_kwargs.items() if k != "device"})
+    rows = []
+    for block, tokens in tqdm(configurations, desc=f"{kind} probes", disable=not progress):
+        result = train_probe(
+            *(value for split in ("train", "validation", "test")
+              for value in (_features(features[split], block, tokens), labels[split])),
+            kind=kind,
+            **probe_kwargs,
+        )
+        rows.append(result_row(block, tokens, result))
+        logger.info(f"block {block} {tokens}: test ROC-AUC {result['roc_auc']:.4f}, mAP {result['average_precision']:.4f}")
+        if output_dir is not None:
+            write_results_json(output_dir, rows, settings)
+    if output_dir is not None:
+        write_probe_report(output_dir, rows, settings, title)
+    return rows
+
+
+def _default_label_column(columns) -> str:
+    for name in ("tags", "labels", "label", "genre", "genres"):
+        if name in (columns or ()):
+            return name
+    raise ValueError(f"name the label column with --label-column; the dataset's columns are {columns}")
+
+
+def probe_dataset(
+    model_or_path,
+    data,
+    *,
+    blocks=None,
+    token_sets=("cda",),
+    kind: str = "mlp",
+    label_column: str | None = None,
+    audio_column: str = "audio",
+    task: str = "auto",
+    label_names=None,
+    output_dir=None,
+    cache_dir=None,
+    validation_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    seed: int = 0,
+    extraction_batch_size: int = 8,
+    device=None,
+    config_name: str | None = None,
+    progress: bool = True,
+    **probe_kwargs,
+) -> dict:
+    """Embeds a labeled dataset with a MAEST model and probes it (what `maest probe` runs).
+
+    Args:
+        model_or_path: a MAEST model object or anything `MAESTModel.from_pretrained` loads.
+        data: a dataset source (see [`load_labeled_splits`]) or a dict of splits (`datasets` objects).
+        blocks: 1-based blocks (`"1-12"`, `6`, ...); default the model's embedding block (`config.embedding_block`
+            + 1: block 7 of 12, the paper's).
+        token_sets: token sets to probe (`"cda"` ...; the poster's are c, d, a, cd, ca, da, cda).
+        label_column: default the first of `tags`, `labels`, `label`, `genre`, `genres` that exists.
+        output_dir: where `results.json`, `results.md` and `heatmap.png` go (none written without it).
+        cache_dir: the embedding cache (see `maest.training.embeddings`); none without it.
+        validation_fraction, test_fraction: for missing splits: a validation split (and, when the test split is
+            missing too, a test split) is carved from the training split with `seed`, deterministically.
+
+    Returns:
+        `{"rows": [...], "settings": {...}, "paths": {...}}`; `settings` records the splits' sizes, any carved split,
+        the tracks skipped (unreadable audio, missing labels) and the label vocabulary.
+    """
+    from .probe_data import build_label_encoding, carve_split, load_labeled_splits
+
+    encoder = load_encoder(model_or_path, device)
+    num_blocks = encoder.config.num_hidden_layers
+    blocks = parse_blocks(encoder.config.embedding_block % num_blocks + 1 if blocks is None else blocks, num_blocks)
+    splits = dict(data) if isinstance(data, dict) else load_labeled_splits(str(data), config_name=config_name)
+    if "train" not in splits:
+        raise ValueError(f"the data needs a 'train' split; it has {sorted(splits)}")
+    label_column = label_column or _default_label_column(splits["train"].column_names)
+    train_features = getattr(splits["train"], "features", None) or {}
+    label_feature = train_features.get(label_column) if hasattr(train_features, "get") else None
+
+    embeddings, skipped = {}, {}
+    for split, dataset in splits.items():
+        embeddings[split] = extract_track_embeddings(
+            encoder, dataset, cache_dir=cache_dir, cache_name=split, audio_column=audio_column,
+            keep_columns=(label_column,), batch_size=extraction_batch_size, skip_bad_audio=True, progress=progress,
+        )
+        skipped[split] = {"unreadable_audio": embeddings[split].problems}
+    encoding = build_label_encoding(
+        {split: track_embeddings.columns[label_column] for split, track_embeddings in embeddings.items()},
+        feature=label_feature, task=task, label_names=label_names,
+    )
+    labels = {}
+    for split in list(embeddings):
+        targets, kept = encoding.encode(embeddings[split].columns[label_column])
+        skipped[split]["missing_labels"] = len(embeddings[split]) - len(kept)
+        if len(kept) < len(embeddings[split]):
+            logger.warning(f"{split}: {len(embeddings[split]) - len(kept)} tracks have no label value; left out")
+            embeddings[split] = embeddings[split].subset(kept)
+        labels[split] = targets
+
+    carved = {}
+    for missing_split, fraction in (("validation", validation_fraction), ("test", test_fraction)):
+        if missing_split in embeddings:
+            continue
+        kept, taken = carve_split(len(embeddings["train"]), fraction, seed)
+        embeddings[missing_split] = embeddings["train"].subset(taken)
+        labels[missing_split] = labels["train"][taken]
+        embeddings["train"] = embeddings["train"].subset(kept)
+        labels["train"] = labels["train"][kept]
+        carved[missing_split] = f"{len(taken)} tracks carved from the training split ({fraction:.0%}, seed {seed})"
+        logger.warning(f"no {missing_split} split: {carved[missing_split]}")
+
+    name = getattr(encoder.config, "_name_or_path", None) or getattr(encoder.config, "name_or_path", None)
+    model_name = str(model_or_path) if isinstance(model_or_path, (str, os.PathLike)) else (name or type(model_or_path).__name__)
+    settings = {
+        "model": model_name,
+        "data": str(data) if not isinstance(data, dict) else "in-memory splits",
+        "label_column": label_column,
+        "task": encoding.task,
+        "labels": encoding.names,
+        "num_tracks": {split: len(embeddings[split]) for split in ("train", "validation", "test")},
+        "carved_splits": carved,
+        "skipped_tracks": skipped,
+        "cache": {split: {"cached": e.num_cached, "computed": e.num_computed} for split, e in embeddings.items()},
+        "seed": seed,
+    }
+    title = f"{Path(model_name).name}: {kind} probe on {Path(str(settings['data'])).name}"
+    rows = probe_sweep(
+        {split: embeddings[split] for split in ("train", "validation", "test")}, labels, blocks=blocks,
+        token_sets=token_sets, kind=kind, output_dir=output_dir, settings=settings, title=title, progress=progress,
+        seed=seed, task=encoding.task, **probe_kwargs,
+    )
+    paths = {}
+    if output_dir is not None:
+        names = {"json": "results.json", "markdown": "results.md", "heatmap": "heatmap.png"}
+        paths = {what: Path(output_dir) / name for what, name in names.items()}
+    return {"rows": rows, "settings": settings, "paths": paths, "title": title}
+
+
+# ----------------------------------------------------------------------------------------------- command line
+def _run(args) -> int:
+    from .embeddings import AudioDecodingError
+
+    if args.sweep:
+        args.blocks = args.blocks or "all"
+        args.tokens = args.tokens or ",".join(POSTER_TOKEN_SETS)
+    token_sets = [name.strip() for name in (args.tokens or "cda").split(",") if name.strip()]
+    label_names = None
+    try:
+        if args.label_names:
+            from maest.modeling.conversion import read_labels
+
+            label_names = read_labels(args.label_names)
+        report = probe_dataset(
+            args.model, args.data, blocks=args.blocks, token_sets=token_sets, kind=args.probe, label_column=args.label_column,
+            audio_column=args.audio_column, task=args.task, label_names=label_names, output_dir=args.output_dir,
+            cache_dir=None if args.no_cache else args.cache_dir, validation_fraction=args.validation_fraction,
+            test_fraction=args.test_fraction, seed=args.seed, extraction_batch_size=args.extraction_batch_size,
+            device=args.device, config_name=args.config_name, progress=not args.quiet, epochs=args.epochs,
+            batch_size=args.batch_size, learning_rate=args.learning_rate, weight_decay=args.weight_decay,
+        )
+    except (ValueError, KeyError, FileNotFoundError, AudioDecodingError) as error:
+        print(f"maest probe: error: {error}", file=sys.stderr)
+        return 2
+    settings = report["settings"]
+    for split, note in settings["carved_splits"].items():
+        print(f"note: no {split} split in the data; {note}")
+    for split, problems in settings["skipped_tracks"].items():
+        if problems["unreadable_audio"] or problems["missing_labels"]:
+            print(f"note: {split}: skipped {len(problems['unreadable_audio'])} unreadable tracks and "
+                  f"{problems['missing_labels']} without labels")
+    print(f"tracks: " + ", ".join(f"{split} {count}" for split, count in settings["num_tracks"].items()) +
+          f"; {len(settings['labels'])} labels ({settings['task']})")
+    print(markdown_tables(report["rows"], report["title"]))
+    best = max(report["rows"], key=lambda row: -math.inf if row["roc_auc"] is None else row["roc_auc"])
+    print(f"best: block {best['block']} {best['tokens']}: ROC-AUC {100 * (best['roc_auc'] or math.nan):.2f}, "
+          f"mAP {100 * (best['average_precision'] or math.nan):.2f} (epoch {best['best_epoch']})")
+    if report["paths"]:
+        print("wrote " + ", ".join(str(path) for path in report["paths"].values()))
+    return 0
+
+
 def register(subparsers) -> None:
-    pass
+    parser = subparsers.add_parser(
+        "probe",
+        help="evaluate MAEST embeddings on a labeled dataset with the paper's probes (one config or a sweep)",
+        description="Embed a labeled dataset (train/validation/test splits; any `datasets` source) with a MAEST model "
+        "(mean over consecutive segments per track, cached on disk), train the paper's probe per (block, token set) "
+        "with model selection on validation ROC-AUC, and report test macro ROC-AUC and mAP. Writes results.json, "
+        "results.md and the poster's heatmap (heatmap.png). Blocks are 1-based as on the poster (block b = "
+        "hidden_states[b]); tokens: c = cls, d = dist, a = average of the patch tokens.",
+    )
+    parser.add_argument("--model", required=True, help="MAEST directory, Hub id, AST-format repo or original checkpoint")
+    parser.add_argument("--data", required=True, help="dataset: Hub id, audiofolder/Parquet folder, save_to_disk folder or Parquet file(s)")
+    parser.add_argument("--config-name", help="the Hub dataset's configuration")
+    parser.add_argument(
+        "--blocks", help="blocks, 1-based: '1-12', '7', '1,4,7-9' or 'all' (default: the model's embedding block, 7 of 12)"
+    )
+    parser.add_argument("--tokens", help="comma-separated token sets of c, d, a: 'cda' (default) or 'c,d,a,cd,ca,da,cda'")
+    parser.add_argument("--sweep", action="store_true", help="the poster's sweep: every block x c,d,a,cd,ca,da,cda")
+    parser.add_argument("--probe", choices=PROBE_KINDS, default="mlp", help="probe: mlp (512 hidden, dropout 0.5) or linear")
+    parser.add_argument("--label-column", help="label column (default: tags, labels, label, genre or genres)")
+    parser.add_argument("--audio-column", default="audio")
+    parser.add_argument("--task", choices=TASKS, default="auto", help="multilabel (BCE) or multiclass (CE); auto from the labels")
+    parser.add_argument("--label-names", help="label names file (one per line, or JSON list), e.g. for multi-hot labels")
+    parser.add_argument("--output-dir", default="probe-results", help="where results.json, results.md, heatmap.png go")
+    parser.add_argument("--cache-dir", default=str(Path("~/.cache/maest/embeddings").expanduser()), help="embedding cache")
+    parser.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
+    parser.add_argument("--validation-fraction", type=float, default=0.15, help="carved from train when there is no validation split")
+    parser.add_argument("--test-fraction", type=float, default=0.15, help="carved from train when there is no test split")
+    parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--weight-decay", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--extraction-batch-size", type=int, default=8, help="segments per forward pass")
+    parser.add_argument("--device", help="device for the model (default: cuda when available)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(func=_run)
