@@ -58,7 +58,8 @@ _IGNORED_KEYS = ("loss", "runtime", "samples_per_second", "steps_per_second", "e
 def _metric_key(key: str) -> str | None:
     """`eval_roc_auc`, `test_mAP`, `roc_auc` -> `roc_auc`; None for keys that are not metrics."""
     name = key.lower()
-    for prefix in ("eval_", "test_", "validation_"):
+    # Only test-set and Trainer-eval keys: `validation_roc_auc` (model selection) is not the reported score.
+    for prefix in ("eval_", "test_"):
         if name.startswith(prefix):
             name = name[len(prefix) :]
     name = _METRIC_ALIASES.get(name, name)
@@ -82,6 +83,8 @@ def read_results(results) -> list[dict]:
             raise FileNotFoundError(f"results file {path} does not exist") from error
         except json.JSONDecodeError as error:
             raise ValueError(f"results file {path} is not valid JSON: {error}") from error
+    if isinstance(results, Mapping) and "best" in results and "results" in results:
+        return [_probe_report_row(results)]
     if isinstance(results, Mapping):
         has_metric = any(_metric_key(str(key)) for key in results)
         if not has_metric and results and all(isinstance(value, Mapping) for value in results.values()):
@@ -91,6 +94,29 @@ def read_results(results) -> list[dict]:
     if isinstance(results, (list, tuple)) and all(isinstance(item, Mapping) for item in results):
         return [dict(item) for item in results]
     raise TypeError(f"results must be a dict, a list of dicts or a JSON file path, got {type(results).__name__}")
+
+
+def _probe_report_row(report: Mapping) -> dict:
+    """The reported result of a `maest probe` report (`results.json`: `settings`, `best`, `results`): its best
+    configuration by validation-selected test ROC-AUC, described by the settings."""
+    best = report.get("best")
+    if not best:
+        raise ValueError("the probe report has no finished result ('best' is empty)")
+    settings = report.get("settings") or {}
+    data = settings.get("data")
+    row = {
+        "task": settings.get("label_column") or "probe",  # what was predicted, e.g. "genre"
+        "split": "test",
+        "roc_auc": best.get("roc_auc"),
+        "average_precision": best.get("average_precision"),
+        "block": best.get("block"),
+        "tokens": best.get("tokens"),
+        "probe": settings.get("probe"),
+    }
+    if data and data != "in-memory splits":
+        row["dataset_name"] = Path(str(data)).name
+        row["dataset"] = _slug(Path(str(data)).name)
+    return {key: value for key, value in row.items() if value is not None}
 
 
 def _normalize_results(results, source: str) -> list[dict]:
@@ -104,7 +130,9 @@ def _normalize_results(results, source: str) -> list[dict]:
                 continue
             metric = _metric_key(str(key))
             if metric is None:
-                if not any(str(key).lower().endswith(ignored) for ignored in _IGNORED_KEYS):
+                # Scalars describe the result; histories, per-split counts and the like stay in their files.
+                scalar = isinstance(value, (str, int, float, bool))
+                if scalar and not any(str(key).lower().endswith(ignored) for ignored in _IGNORED_KEYS):
                     details[str(key)] = value
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -419,7 +447,8 @@ def write_model_card(
         training_summary (`dict`, *optional*): how the model was trained, e.g. `{"dataset": ..., "epochs": ...,
             "steps": ..., "recipe": {"learning_rate": ..., "mixup_alpha": ...}}`; shown as a table (nested dicts are
             flattened to `recipe.learning_rate`).
-        probe_results (`dict`, list of `dict`, or JSON file path, *optional*): `maest probe` results, each
+        probe_results (`dict`, list of `dict`, or JSON file path, *optional*): a `maest probe` report
+            (`results.json`; its best configuration is reported), or results, each
             `{"task": "genre", "roc_auc": 0.88, "average_precision": 0.21, ...}` (optional `dataset`,
             `dataset_name`, `dataset_config`, `split`; other keys such as `block` or `tokens` are shown as
             details). Metrics are fractions in [0, 1]; they become `model-index` entries.

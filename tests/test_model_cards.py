@@ -255,3 +255,28 @@ def test_card_cli_never_overwrites_without_force(tmp_path, small_model_dir, caps
     assert (directory / "README.md").read_text() == "my own notes"
     assert main(["card", str(directory), "--force"]) == 0
     assert ModelCard.load(directory / "README.md").data.pipeline_tag == "audio-classification"
+
+
+def test_maest_probe_report_gives_its_best_result(tmp_path):
+    """A `maest probe` results.json (settings, best, every configuration) becomes one model-index entry: the best
+    configuration's test scores, not its validation scores."""
+    rows = [
+        {"block": block, "tokens": tokens, "roc_auc": 0.80 + 0.01 * block, "average_precision": 0.20 + 0.01 * block,
+         "best_epoch": 5, "validation_roc_auc": 0.99, "validation_average_precision": 0.98, "num_labels_skipped": 0,
+         "history": [{"epoch": 0, "train_loss": 0.7}]}
+        for block, tokens in ((5, "cda"), (6, "cd"))
+    ]
+    report = {
+        "settings": {"model": "runs/maest", "data": "data/genre_tracks", "label_column": "genre", "probe": "mlp",
+                     "num_tracks": {"train": 80, "validation": 10, "test": 10}},
+        "best": {key: value for key, value in rows[1].items() if key != "history"},
+        "results": rows,
+    }
+    (tmp_path / "results.json").write_text(json.dumps(report))
+    config = MAESTConfig(max_length=300, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
+                         intermediate_size=128, num_labels=7)
+    card = ModelCard(str(build_model_card(tmp_path, config, probe_results=tmp_path / "results.json")))
+    assert _metrics(card) == {("genre-tracks", None, "roc_auc"): 0.86, ("genre-tracks", None, "average_precision"): 0.26}
+    text = " ".join(card.text.split())
+    assert "| genre | genre_tracks | test | 0.8600 | 0.2600 |" in text
+    assert "block=6, tokens=cd, probe=mlp" in text and "history" not in text
