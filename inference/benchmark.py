@@ -293,17 +293,21 @@ def _load_or_build(args, device: torch.device):
 # Accuracy
 
 
-def _accuracy(reference_embeddings, reference_logits, embeddings, logits) -> dict:
-    cosine = nn.functional.cosine_similarity(reference_embeddings.float(), embeddings.float(), dim=-1)
-    k = min(5, reference_logits.shape[-1])
+def _top_k_agreement(reference_logits, logits, k: int = 5) -> float:
+    """Mean over inputs of the fraction of the reference's top-k tags that are also in the variant's top-k."""
+    k = min(k, reference_logits.shape[-1])
     top_reference = reference_logits.float().topk(k, dim=-1).indices.tolist()
     top_variant = logits.float().topk(k, dim=-1).indices.tolist()
-    agreement = [len(set(a) & set(b)) / k for a, b in zip(top_reference, top_variant)]
+    return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(top_reference, top_variant)]))
+
+
+def _accuracy(reference_embeddings, reference_logits, embeddings, logits) -> dict:
+    cosine = nn.functional.cosine_similarity(reference_embeddings.float(), embeddings.float(), dim=-1)
     return {
         "embedding_cosine_mean": float(cosine.mean()),
         "embedding_cosine_min": float(cosine.min()),
-        "top5_agreement": float(np.mean(agreement)),
-        "top1_agreement": float(np.mean([a[0] == b[0] for a, b in zip(top_reference, top_variant)])),
+        "top5_agreement": _top_k_agreement(reference_logits, logits),
+        "top1_agreement": _top_k_agreement(reference_logits, logits, k=1),
     }
 
 
@@ -315,7 +319,7 @@ def benchmark_inference(model, inputs, device, rounds: int, variants: list, log,
     """Model-only throughput of each variant, the matmul peak, and their accuracy against float32 without patchout."""
     config = model.config
     num_frames = inputs.shape[1]
-    calls, flops, models = {}, {}, {"float32": model}
+    calls, flops, models, compile_seconds = {}, {}, {"float32": model}, {}
     inputs_bf16 = inputs.to(torch.bfloat16)
     skipped = {}
     for name in variants:
@@ -346,6 +350,17 @@ def benchmark_inference(model, inputs, device, rounds: int, variants: list, log,
             models[name] = _ast_peer(model, device)
             calls[name] = lambda: models["ast"](inputs)
             flops[name] = count_flops(config, num_frames)
+        elif name == "float32-compiled":
+            # torch.compile (inductor) with freezing: weights become constants, linears get prepacked oneDNN
+            # kernels with fused bias/GELU epilogues. Not the default path; shows what compilation adds here.
+            compiled = torch.compile(model, options={"freezing": True})
+            with torch.inference_mode():
+                seconds = time_call(lambda: compiled(inputs), device)
+            log(f"compiled float32 model in {seconds:.1f} s")
+            compile_seconds[name] = seconds
+            models[name] = compiled
+            calls[name] = lambda: models["float32-compiled"](inputs)
+            flops[name] = count_flops(config, num_frames)
         else:
             raise ValueError(f"unknown variant {name!r}")
     peak_call, peak_flops = matmul_peak_flops(device, size=peak_size)
@@ -370,6 +385,7 @@ def benchmark_inference(model, inputs, device, rounds: int, variants: list, log,
         }
     results["model_only"] = throughput
     results["skipped_variants"] = skipped
+    results["compile_seconds"] = compile_seconds
     if "float32" in times:
         per_round_fraction = [
             flops["float32"] * batch_size / seconds / peak for seconds, peak in zip(times["float32"], peak_per_round)
@@ -394,6 +410,11 @@ def benchmark_inference(model, inputs, device, rounds: int, variants: list, log,
         "int8_over_float32": ratio("int8", "float32"),
         "fraction_of_flop_bound": _median(results["flop_bound"]["float32_fraction_rounds"]) if "float32" in times else None,
     }
+    if "float32-compiled" in times:
+        results["ratios"]["compiled_over_float32"] = ratio("float32-compiled", "float32")
+        results["ratios"]["compiled_fraction_of_flop_bound"] = _median(
+            [flops["float32"] * batch_size / seconds / peak for seconds, peak in zip(times["float32-compiled"], peak_per_round)]
+        )
     for name in times:
         if name.startswith("int8-keep-"):
             results["ratios"][f"{name}_over_float32"] = ratio(name, "float32")
@@ -434,22 +455,13 @@ def _accuracy_report(model, models: dict, inputs, inputs_bf16, names: list) -> d
             elif name.startswith("int8"):
                 variant = models[name]
                 embeddings, logits = variant.maest.embed(inputs), variant(inputs).logits
-            elif name == "ast":
-                # The peer carries the same weights: its tags should match MAEST's (a check that it is the same model).
+            elif name in ("ast", "float32-compiled"):
+                # Same weights, same float32 math in another implementation: tags must match MAEST's (for the AST
+                # peer, a check that it is the same model). Only logits: neither has `maest.embed`.
                 logits = models[name](inputs).logits
-                k = min(5, logits.shape[-1])
                 report[name] = {
                     "logits_max_abs_difference": float((logits - reference_logits).abs().max()),
-                    "top5_agreement": float(
-                        np.mean(
-                            [
-                                len(set(a) & set(b)) / k
-                                for a, b in zip(
-                                    reference_logits.topk(k).indices.tolist(), logits.topk(k).indices.tolist()
-                                )
-                            ]
-                        )
-                    ),
+                    "top5_agreement": _top_k_agreement(reference_logits, logits),
                 }
                 continue
             else:
@@ -513,20 +525,16 @@ def benchmark_training(model, device, batch_size: int, rounds: int, patchout_tim
     }
 
 
-def benchmark_end_to_end(model, device, batch_size: int, rounds: int, num_files: int, dtype: str, log) -> dict:
-    """Audio files -> embeddings through `maest.inference`, against model-only `embed` at the same batch size."""
+def benchmark_end_to_end(
+    model, device, batch_size: int, rounds: int, num_files: int, dtype: str, log, num_workers: Optional[int] = None
+) -> dict:
+    """Audio files -> track embeddings through `maest.inference.embed` (decode, resample, front-end in loader
+    processes, model), against the model-only time of the same segments in the same batches."""
     try:
-        from maest.inference import embed as embed_api  # noqa: F401
+        from maest.inference import embed, load_model
     except ImportError as error:
-        return {"skipped": f"maest.inference has no embed API yet ({error})"}
-    return _run_end_to_end(model, device, batch_size, rounds, num_files, dtype, log)
-
-
-def _run_end_to_end(model, device, batch_size, rounds, num_files, dtype, log) -> dict:
-    import inspect
-
+        return {"skipped": f"maest.inference has no embed API ({error})"}
     from maest import MAESTFeatureExtractor
-    from maest.inference import embed as embed_api
 
     extractor = MAESTFeatureExtractor(max_length=model.config.max_length)
     segment_seconds = extractor_seconds(extractor, model.config.max_length)
@@ -534,35 +542,37 @@ def _run_end_to_end(model, device, batch_size, rounds, num_files, dtype, log) ->
         directory = Path(directory)
         model.save_pretrained(directory / "model")
         extractor.save_pretrained(directory / "model")
+        inference_model = load_model(str(directory / "model"), device=str(device), dtype=dtype)
+        inference_model.inference_patchout_time_stride = 1
         files, total_seconds = [], 0.0
         rng = np.random.default_rng(0)
         for index in range(num_files):
-            seconds = float(rng.uniform(1.0, 2.0) * segment_seconds)  # 30-60 s for the 30 s model
-            audio = synthetic_music(seconds, 44100, seed=100 + index)
+            # One to two segments long (30-60 s for the 30 s model), 44.1 kHz, in several formats: resampling and
+            # decoding are part of the work.
+            seconds = float(rng.uniform(1.0, 2.0) * segment_seconds)
             path = directory / f"track{index:02d}.{('flac', 'mp3', 'wav', 'ogg')[index % 4]}"
-            _write_audio(path, audio, 44100)
+            _write_audio(path, synthetic_music(seconds, 44100, seed=100 + index), 44100)
             files.append(str(path))
             total_seconds += seconds
-        # What the end-to-end run computes, model-only: every segment of every file (last partial segment padded).
-        num_segments = sum(
-            len(extractor.segment(torch.zeros(extractor.num_frames(int(s * 16000)), 96), model.config.max_length, "auto"))
-            for s in _durations(files)
-        )
-        log(f"end-to-end: {num_files} files, {total_seconds / 60:.1f} min, {num_segments} segments ...")
-        features = torch.randn(batch_size, model.config.max_length, model.config.num_mel_bins, device=device)
-        embed_model = prepare_model(copy.deepcopy(model), dtype, device)
-        features = features.to(input_dtype(dtype))
-        num_batches = math.ceil(num_segments / batch_size)
-
-        def model_only():
-            for _ in range(num_batches):
-                embed_model.maest.embed(features)
 
         def end_to_end():
-            embed_api(files, model=str(directory / "model"), batch_size=batch_size, device=str(device), dtype=dtype)
+            results = embed(files, model=inference_model, batch_size=batch_size, num_workers=num_workers)
+            if len(results.failed):
+                raise RuntimeError(f"end-to-end benchmark: tracks failed: {results.failed}")
+            return results
 
-        with torch.inference_mode():
-            model_only()
+        warm_up = end_to_end()
+        num_segments = int(np.sum(warm_up.num_segments))
+        # The model-only twin: the same segments in the same batch sizes, through the same prepared model.
+        sizes = [batch_size] * (num_segments // batch_size) + ([num_segments % batch_size] if num_segments % batch_size else [])
+        generator = torch.Generator().manual_seed(0)
+        batches = [torch.randn(size, model.config.max_length, model.config.num_mel_bins, generator=generator) for size in sizes]
+
+        def model_only():
+            for batch in batches:
+                inference_model.run(batch, scores=False, embedding=True)
+
+        log(f"end-to-end: {num_files} files, {total_seconds / 60:.1f} min of audio, {num_segments} segments, batch {batch_size} ...")
         times = interleaved_rounds({"end_to_end": end_to_end, "model_only": model_only}, rounds, device)
     ratios = [m / e for m, e in zip(times["model_only"], times["end_to_end"])]
     return {
@@ -571,6 +581,7 @@ def _run_end_to_end(model, device, batch_size, rounds, num_files, dtype, log) ->
         "segments": num_segments,
         "batch_size": batch_size,
         "dtype": dtype,
+        "num_workers": num_workers,
         "end_to_end_minutes_audio_per_second": total_seconds / 60 / _median(times["end_to_end"]),
         "model_only_minutes_audio_per_second": num_segments * segment_seconds / 60 / _median(times["model_only"]),
         "seconds_rounds": times,
@@ -582,12 +593,6 @@ def _write_audio(path: Path, audio: np.ndarray, sampling_rate: int) -> None:
     from torchcodec.encoders import AudioEncoder
 
     AudioEncoder(torch.from_numpy(audio)[None], sample_rate=sampling_rate).to_file(str(path))
-
-
-def _durations(files) -> list:
-    from torchcodec.decoders import AudioDecoder
-
-    return [AudioDecoder(path).metadata.duration_seconds_from_header for path in files]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -781,6 +786,7 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--extra-variants",
         nargs="*",
-        help="more int8 variants keeping some Linears in float32: int8-keep-fc2, int8-keep-first-last, int8-keep-heads",
+        help="more variants: float32-compiled (torch.compile, inductor with freezing), and int8 keeping some Linears "
+        "in float32: int8-keep-fc2, int8-keep-first-last, int8-keep-heads",
     )
     parser.set_defaults(func=bench_command)

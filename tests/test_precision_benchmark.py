@@ -91,7 +91,7 @@ def test_quick_benchmark_writes_a_complete_report(tmp_path, capsys):
     output = tmp_path / "results.json"
     status = main(
         [
-            "bench", "--quick", "--preset", "maest-tiny", "--rounds", "2", "--training-rounds", "1",
+            "bench", "--quick", "--preset", "maest-tiny", "--rounds", "1", "--training-rounds", "1",
             "--skip-e2e", "--extra-variants", "int8-keep-fc2", "--peak-size", "256", "--output", str(output),
         ]
     )  # fmt: skip
@@ -102,7 +102,7 @@ def test_quick_benchmark_writes_a_complete_report(tmp_path, capsys):
     variants = {"float32", "bfloat16", "int8", "int8-keep-fc2", "stride2", "stride3", "ast"}
     assert set(inference["model_only"]) == variants
     for entry in inference["model_only"].values():
-        assert len(entry["seconds_per_batch_rounds"]) == 2
+        assert len(entry["seconds_per_batch_rounds"]) == 1
         assert entry["minutes_audio_per_second"] > 0
     assert inference["matmul_peak_gflops"] > 0
     config = MAESTConfig.from_preset("maest-tiny")
@@ -132,3 +132,22 @@ def test_quick_benchmark_writes_a_complete_report(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert printed.strip() == format_report(results).strip()
     assert "fraction_of_flop_bound" in printed and "int8-keep-fc2" in printed
+
+
+@pytest.mark.slow
+def test_end_to_end_section_runs_files_through_the_embed_api(tiny_config):
+    from maest.inference.benchmark import benchmark_end_to_end
+
+    torch.manual_seed(0)
+    model = MAESTForAudioClassification(tiny_config).eval()
+    result = benchmark_end_to_end(
+        model, torch.device("cpu"), batch_size=2, rounds=1, num_files=2, dtype="float32", log=lambda _: None,
+        num_workers=0,
+    )  # fmt: skip
+    assert result["num_files"] == 2 and result["batch_size"] == 2
+    # Files of one to two segments: at least one segment each, at most two.
+    assert 2 <= result["segments"] <= 4
+    segment_seconds = (tiny_config.max_length - 1) * 256 / 16000
+    assert segment_seconds * 2 / 60 <= result["audio_minutes"] <= segment_seconds * 4 / 60
+    assert len(result["seconds_rounds"]["end_to_end"]) == len(result["seconds_rounds"]["model_only"]) == 1
+    assert result["end_to_end_over_model_only"] > 0
