@@ -332,7 +332,8 @@ def finetune(
         datasets=[dataset_name] if dataset_name and "/" in dataset_name and not Path(dataset_name).exists() else None,
         repo_id=push_to_hub,
     )
-    (output_dir / "finetune_metrics.json").write_text(json.dumps({"initial": initial, "train": train_result.metrics, "eval": metrics}, indent=2))
+    recorded = {"initial": initial, "train": train_result.metrics, "eval": metrics}
+    (output_dir / "finetune_metrics.json").write_text(json.dumps(recorded, indent=2))
     if push_to_hub:
         from maest.hub import push_to_hub as push
 

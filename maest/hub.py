@@ -419,7 +419,9 @@ def register(subparsers) -> None:
     card.add_argument("--model-name", help="card title and model-index name (default: repo or directory name)")
     card.add_argument("--base-model", help="Hub id of the model it was fine-tuned or initialized from")
     card.add_argument("--training-summary", help="JSON file: dict describing the training run")
-    card.add_argument("--probe-results", help="JSON file: a `maest probe` results.json (its best configuration), or result dicts")
+    card.add_argument(
+        "--probe-results", help="JSON file: a `maest probe` results.json (its best configuration), or result dicts"
+    )
     card.add_argument("--evaluation-results", help="JSON file: the model's own evaluation results")
     card.add_argument("--license", default=DEFAULT_LICENSE, help=f"Hub license id (default {DEFAULT_LICENSE})")
     card.add_argument("--force", action="store_true", help="replace an existing README.md")
