@@ -59,6 +59,11 @@ class ProbeClassifier(nn.Module):
             self.layers = nn.Sequential(
                 nn.Linear(num_features, hidden_size), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden_size, num_labels)
             )
+        # The output layer starts near zero (as MAE's linear-probe head): with the paper's small learning rate, a
+        # default-initialized layer's random scores would outweigh what a few hundred steps on a small dataset learn.
+        output_layer = self.layers if kind == "linear" else self.layers[-1]
+        nn.init.normal_(output_layer.weight, std=0.01)
+        nn.init.zeros_(output_layer.bias)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.layers(features)
