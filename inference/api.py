@@ -25,7 +25,7 @@ from maest.modeling import parse_embedding_tokens
 
 from .engine import CollectionRunner, TrackFailure, TrackInput, TrackResult
 from .model import DEFAULT_MODEL, InferenceModel, load_model
-from .store import ProgressStore, Row, finalize_output, load_existing_output, rows_to_table
+from .store import ProgressStore, Row, finalize_output, load_existing_output, output_format, rows_to_table
 
 
 LAST_SEGMENT_DEFAULT = "auto"
@@ -225,6 +225,8 @@ def analyze(
     With `out`, rows go to a Parquet/NPZ file through a resumable progress store: tracks finished in `out` or in its
     progress store are skipped, and the final file is written atomically.
     """
+    if out is not None:
+        output_format(out)  # before any work
     if isinstance(model, InferenceModel):
         inference_model = model
         if inference_patchout_time_stride is not None:

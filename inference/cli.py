@@ -69,6 +69,10 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-duration", type=float, default=1.0, help="tracks shorter than this (seconds) are skipped as failed")
     parser.add_argument("--per-segment", action="store_true", help="also store each segment's vector")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output and discard its progress store")
+    parser.add_argument(
+        "--flush-every", type=int, default=32, metavar="N",
+        help="with --out: save finished tracks to the progress store every N tracks (and every 30 s; default 32)",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
@@ -100,6 +104,7 @@ def _analyze(args, **task) -> tuple:
         dtype=args.dtype,
         progress=not args.quiet,
         overwrite=args.overwrite,
+        flush_every_tracks=args.flush_every,
         on_failure=report,
         **task,
     )
