@@ -199,6 +199,7 @@ class _JobStore(ProgressStore):
         self._report(0.0, failed=True)
 
     def _report(self, seconds: float, failed: bool) -> None:
+        _check_interrupted()
         if self.reporter is None:
             return
         self.reporter.track(seconds, failed)
@@ -235,19 +236,20 @@ class _GlobalProgress:
             total=total, unit="track", desc=description, file=sys.stderr, disable=not enabled, dynamic_ncols=True
         )
         self.reports: list = [None] * num_processes
+        self.totals = {"tracks": 0, "failed": 0, "seconds": 0.0}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll_forever, name="maest-progress", daemon=True)
         self._thread.start()
 
     def poll(self) -> None:
         self.reports = [_read_json(_progress_file(self.run_directory, rank)) or self.reports[rank] for rank in range(self.num_processes)]
-        tracks = sum(report["tracks"] for report in self.reports if report)
-        seconds = sum(report["seconds"] for report in self.reports if report)
-        failed = sum(report["failed"] for report in self.reports if report)
+        self.totals = {key: sum(report[key] for report in self.reports if report) for key in ("tracks", "failed", "seconds")}
         elapsed = max(time.monotonic() - self.started, 1e-9)
-        postfix = f"{seconds / 60 / elapsed:.2f} audio min/s" + (f", {failed} failed" if failed else "")
+        postfix = f"{self.totals['seconds'] / 60 / elapsed:.2f} audio min/s"
+        if self.totals["failed"]:
+            postfix += f", {self.totals['failed']} failed"
         self.bar.set_postfix_str(postfix, refresh=False)
-        self.bar.update(tracks - self.bar.n)
+        self.bar.update(self.totals["tracks"] - self.bar.n)
 
     def _poll_forever(self) -> None:
         while not self._stop.wait(POLL_SECONDS):
@@ -259,6 +261,7 @@ class _GlobalProgress:
     def wait(self, alive=None) -> None:
         """Blocks until every process reported its end; `alive()` (optional) raises when a worker died."""
         while True:
+            _check_interrupted()
             self.poll()
             if self.all_done():
                 return
@@ -346,29 +349,42 @@ def _run_share(options: dict, job: _Job, rank: int, inference_model, num_local_p
         stream_threshold_seconds=options["stream_threshold_seconds"], progress=False,
     )
     share = [TrackInput(name=job.todo[index]) for index in job.shards[rank]]
-    with _flush_on_sigterm():
-        process_tracks(runner, share, store)
+    process_tracks(runner, share, store)
     reporter.finish()
 
 
-class _flush_on_sigterm:
-    """Turns SIGTERM (a launcher tearing the job down, Slurm's time limit, preemption) into an exception, so the
-    buffered tracks are flushed to the part files before the process ends."""
+_INTERRUPTED = threading.Event()
+
+
+class _interrupt_on_signals:
+    """Turns SIGTERM (a launcher tearing the job down, Slurm's time limit, preemption) and SIGINT into
+    `KeyboardInterrupt`, as `maest embed` does, so the buffered tracks are flushed to the part files before the
+    process ends. The signal is also remembered and raised again at the next track or poll: an exception raised
+    by a signal handler is lost when it lands in a `__del__`."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __enter__(self):
-        self.previous = None
+        self.previous = {}
+        _INTERRUPTED.clear()
         if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGTERM, self._raise)
+            self.previous = {signum: signal.signal(signum, self._interrupt) for signum in self.SIGNALS}
         return self
 
     @staticmethod
-    def _raise(signum, frame):
-        raise KeyboardInterrupt  # as `maest embed` treats SIGTERM: finished tracks kept, rerun to continue
+    def _interrupt(signum, frame):
+        _INTERRUPTED.set()
+        raise KeyboardInterrupt
 
     def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
         return False
+
+
+def _check_interrupted() -> None:
+    if _INTERRUPTED.is_set() and threading.current_thread() is threading.main_thread():
+        raise KeyboardInterrupt
 
 
 def _finish(options, job, tracks, store, existing, metadata, progress: _GlobalProgress, alive=None):
@@ -379,7 +395,7 @@ def _finish(options, job, tracks, store, existing, metadata, progress: _GlobalPr
         progress.wait(alive)
     finally:
         progress.close()
-    processed = sum(report["tracks"] for report in progress.reports if report)
+    processed = progress.totals["tracks"]
     store.keep_directory = True
     table, failures = finalize_output(options["out"], store, metadata, existing=existing, order=[track.name for track in tracks])
     wanted = {track.name for track in tracks}
@@ -482,6 +498,7 @@ def _run_launched(options: dict) -> DistributedResults:
         _write_json(status_file, status)
     else:
         while (status := _read_json(status_file)) is None:
+            _check_interrupted()
             time.sleep(POLL_SECONDS)
     state.wait_for_everyone()  # everyone has read the status: the store's folder can go
     if state.is_main_process:
@@ -505,7 +522,8 @@ def _device_worker(worker_index: int, options: dict, job: _Job, devices: list) -
     inference_model = _load(options, device)
     if _settings(options, inference_model) != job.settings:
         raise DistributedJobError(f"the worker on {device} loaded the model with other settings")
-    _run_share(options, job, rank, inference_model, len(devices))
+    with _interrupt_on_signals():
+        _run_share(options, job, rank, inference_model, len(devices))
 
 
 def _run_devices(options: dict, devices: list[str]) -> DistributedResults:
@@ -573,19 +591,35 @@ def embed_command(args) -> int:
     except DistributedJobError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    if not job.is_main_process:
-        return 1 if job.failed else 0
-    results = job.results
-    for item in job.failed:
-        print(f"failed: {item['reason']}", file=sys.stderr)
-    settings = results.metadata["settings"]
-    print(
-        f"wrote {args.out}: {len(results)} tracks x {results.table['embedding'].type.list_size} dims (block "
-        f"{settings['block']}, tokens {','.join(settings['tokens'])}); {job.processed} tracks processed by "
-        f"{job.num_processes} processes",
-        file=sys.stderr,
-    )
-    return _summary(results, args.out)
+    status = 1 if job.failed else 0
+    if job.is_main_process:
+        results = job.results
+        for item in job.failed:
+            print(f"failed: {item['reason']}", file=sys.stderr)
+        settings = results.metadata["settings"]
+        print(
+            f"wrote {args.out}: {len(results)} tracks x {results.table['embedding'].type.list_size} dims (block "
+            f"{settings['block']}, tokens {','.join(settings['tokens'])}); {job.processed} tracks processed by "
+            f"{job.num_processes} process{'es' * (job.num_processes != 1)}",
+            file=sys.stderr,
+        )
+        status = _summary(results, args.out)
+    if is_launched():
+        _exit_together(status)
+    return status
+
+
+def _exit_together(status: int) -> None:
+    """Ends a launched process once every process of the job is here. A launcher tears the whole job down as soon
+    as one process exits non-zero, so no process may leave before the main process has written and printed
+    everything, and all leave at once with the same status (an interpreter shutdown of a second or so would let the
+    launcher kill the slower ones, and report a signal instead of the job's status)."""
+    from accelerate import PartialState
+
+    PartialState().wait_for_everyone()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def analyze_distributed(
@@ -644,8 +678,9 @@ def analyze_distributed(
     if devices is not None:
         if is_launched():
             raise ValueError("--devices starts its own processes; under torchrun / accelerate launch leave it out")
-        return _run_devices(options, parse_devices(devices))
-    return _run_launched(options)
+        devices = parse_devices(devices)
+    with _interrupt_on_signals():
+        return _run_launched(options) if devices is None else _run_devices(options, devices)
 
 
 __all__ = [
