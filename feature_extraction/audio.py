@@ -64,12 +64,7 @@ def find_audio_files(paths, extensions=AUDIO_EXTENSIONS) -> list[str]:
     for path in paths:
         path = Path(path)
         if path.is_dir():
-            found = sorted(
-                Path(root) / name
-                for root, _, names in os.walk(path, followlinks=True)
-                for name in names
-                if Path(name).suffix.lower() in extensions and not name.startswith(".")
-            )
+            found = sorted(_walk_audio_files(path, extensions))
         elif path.exists() or path.is_symlink():
             found = [path]
         else:
@@ -80,6 +75,21 @@ def find_audio_files(paths, extensions=AUDIO_EXTENSIONS) -> list[str]:
                 seen.add(key)
                 files.append(str(file))
     return files
+
+
+def _walk_audio_files(directory: Path, extensions) -> Iterator[Path]:
+    # Symlinked folders are followed once each (a link back to a parent would otherwise loop forever).
+    visited = set()
+    for root, directories, names in os.walk(directory, followlinks=True):
+        real = os.path.realpath(root)
+        if real in visited:
+            directories[:] = []
+            continue
+        visited.add(real)
+        directories[:] = [name for name in directories if not name.startswith(".")]
+        for name in names:
+            if Path(name).suffix.lower() in extensions and not name.startswith("."):
+                yield Path(root) / name
 
 
 def _decoder(path, sampling_rate: int | None):

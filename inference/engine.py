@@ -41,6 +41,12 @@ class SegmentChunk:
     last: bool = False
     error: str | None = None
 
+    def pin_memory(self):
+        # Called by the DataLoader (pin_memory=True, for CUDA) so that copies to the GPU can overlap.
+        if self.segments is not None:
+            self.segments = self.segments.pin_memory()
+        return self
+
 
 @dataclass
 class TrackResult:

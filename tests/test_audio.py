@@ -1,5 +1,7 @@
 """Audio file decoding (torchcodec) and streaming segment features for long tracks."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -165,3 +167,10 @@ def test_long_track_is_streamed_with_bounded_memory(tmp_path, feature_extractor,
     assert largest_chunk <= 4
     # Decoded one segment of audio at a time, never the whole track.
     assert max(chunk_lengths) == SEGMENT_FRAMES * 256 and sum(chunk_lengths) == 1200 * SAMPLING_RATE
+
+
+def test_find_audio_files_survives_symlink_loops(tmp_path):
+    (tmp_path / "music" / "album").mkdir(parents=True)
+    (tmp_path / "music" / "album" / "song.mp3").write_bytes(b"x")
+    os.symlink(tmp_path / "music", tmp_path / "music" / "album" / "back-to-top")
+    assert [os.path.basename(path) for path in find_audio_files(tmp_path / "music")] == ["song.mp3"]
