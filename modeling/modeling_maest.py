@@ -203,6 +203,15 @@ class MAESTPreTrainedModel(PreTrainedModel):
         copy_remote_code(save_directory)
         return result
 
+    def push_to_hub(self, repo_id: str, *, feature_extractor=None, card_kwargs: dict | None = None, **kwargs):
+        """Uploads the model, its feature extractor, the code with a complete `auto_map` and a model card in one
+        commit (see `maest.hub.push_model_to_hub`)."""
+        try:
+            from maest.hub import push_model_to_hub
+        except ImportError:  # remote code without the package: transformers' own upload
+            return super().push_to_hub(repo_id, **kwargs)
+        return push_model_to_hub(self, repo_id, feature_extractor, card_kwargs=card_kwargs, **kwargs)
+
 
 class MAESTModel(MAESTPreTrainedModel):
     """The bare MAEST encoder: embeddings, transformer blocks and the final layer norm; `pooler_output` is the mean of

@@ -240,3 +240,12 @@ def test_push_model_object(small_model_dir, hub):
     assert json.loads(files["preprocessor_config.json"])["max_length"] == model.config.max_length
     card = ModelCard(files["README.md"].decode())
     assert card.data.base_model == "my-org/maest-30s" and "genre" in card.data.tags
+
+
+def test_model_push_to_hub_method_sends_one_complete_commit(small_model_dir, hub):
+    model = MAESTForAudioClassification.from_pretrained(small_model_dir)
+    model.push_to_hub("my-org/maest-small", private=True, commit_message="Upload")
+    assert len(hub.commits) == 1 and hub.commits[0]["commit_message"] == "Upload"
+    files = hub.commits[0]["files"]
+    assert set(files) == MODEL_FILES
+    assert json.loads(files["config.json"])["auto_map"] == AUTO_MAP
