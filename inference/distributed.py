@@ -527,11 +527,20 @@ def _device_worker(worker_index: int, options: dict, job: _Job, devices: list) -
 
 
 def _run_devices(options: dict, devices: list[str]) -> DistributedResults:
+    # CPU workers share the cores; this process's own thread count is restored afterwards.
+    threads = torch.get_num_threads()
+    try:
+        if devices[0] == "cpu":
+            torch.set_num_threads(max(1, (os.cpu_count() or 2) // sum(1 for name in devices if name == "cpu")))
+        return _run_devices_with_threads_set(options, devices)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_devices_with_threads_set(options: dict, devices: list[str]) -> DistributedResults:
     import torch.multiprocessing as multiprocessing
 
     num_processes = len(devices)
-    if devices[0] == "cpu":
-        torch.set_num_threads(max(1, (os.cpu_count() or 2) // sum(1 for name in devices if name == "cpu")))
     inference_model = _load(options, devices[0])
     job, tracks, store, existing, metadata = _plan(options, inference_model, num_processes)
     durations = probe_durations(job.todo)
@@ -545,9 +554,14 @@ def _run_devices(options: dict, devices: list[str]) -> DistributedResults:
         for index, process in enumerate(context.processes):
             # A worker that ended without reporting its end died (an error, a signal, an interrupt).
             if process.exitcode is not None and not (_read_json(_progress_file(Path(job.run_directory), index + 1)) or {}).get("done"):
+                try:
+                    context.join(timeout=0)  # raises the worker's own error (traceback included) where it had one
+                    reason = f"exit code {process.exitcode}"
+                except Exception as error:
+                    reason = str(error).strip()
                 raise DistributedJobError(
-                    f"the worker process on {devices[index + 1]} died (exit code {process.exitcode}); the finished "
-                    f"tracks are kept in {store.directory}, rerun the command to continue"
+                    f"the worker process on {devices[index + 1]} died ({reason}); the finished tracks are kept in "
+                    f"{store.directory}, rerun the command to continue"
                 )
 
     try:
@@ -585,6 +599,7 @@ def embed_command(args) -> int:
             inference_patchout_time_stride=args.inference_patchout_time_stride, last_segment=args.last_segment,
             min_duration=args.min_duration, batch_size=args.batch_size, num_workers=args.num_workers,
             device=args.device, dtype=args.dtype, progress=not args.quiet, overwrite=args.overwrite,
+            flush_every_tracks=getattr(args, "flush_every", 32),
         )
     except PeerSetupError:
         return 2  # the process whose set-up failed printed the reason
