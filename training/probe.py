@@ -11,6 +11,7 @@ a(verage of the patch tokens) and their concatenations cd, ca, da, cda.
 """
 
 import copy
+import functools
 import logging
 import math
 import os
@@ -31,7 +32,7 @@ from .embeddings import (
     parse_blocks,
     token_set_name,
 )
-from .metrics import average_precision, roc_auc
+from .metrics import average_precision, load_metric, roc_auc
 from .probe_report import markdown_tables, result_row, write_probe_report, write_results_json
 
 
@@ -113,6 +114,11 @@ def _scores(model: nn.Module, features: torch.Tensor, task: str) -> np.ndarray:
         logits = model(features)
     scores = torch.sigmoid(logits) if task == "multilabel" else torch.softmax(logits, dim=-1)
     return scores.double().cpu().numpy()
+
+
+@functools.cache
+def _test_metric(name: str):
+    return load_metric(name)
 
 
 @contextmanager
@@ -217,7 +223,9 @@ def train_probe(
     train_inputs, train_targets = tensors["train"]
     num_train = len(train_inputs)
     loss_function = nn.BCEWithLogitsLoss() if task == "multilabel" else nn.CrossEntropyLoss()
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), _torch_threads(num_threads):
+    accelerators = [] if device.type == "cpu" else [device.index if device.index is not None else 0]
+    with torch.random.fork_rng(devices=accelerators, device_type=None if device.type == "cpu" else device.type), \
+            _torch_threads(num_threads):
         torch.manual_seed(seed)
         model = ProbeClassifier(num_features, num_labels, kind, hidden_size, dropout).to(device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
@@ -246,8 +254,12 @@ def train_probe(
 
         model.load_state_dict(best["state"])
         test_scores = _scores(model, tensors["test"][0], task)
-    test_roc_auc, test_skipped = roc_auc(splits["test"][1], test_scores)
-    test_average_precision, _ = average_precision(splits["test"][1], test_scores)
+    # The reported figures come from the project's `evaluate` modules (the same numbers as `roc_auc` and
+    # `average_precision`, which the per-epoch model selection calls directly to skip evaluate's Arrow round trip).
+    metric_inputs = {"references": splits["test"][1].astype(np.int64), "prediction_scores": test_scores}
+    test_roc_auc_result = _test_metric("macro_roc_auc").compute(**metric_inputs)
+    test_roc_auc, test_skipped = test_roc_auc_result["roc_auc"], test_roc_auc_result["num_labels_skipped"]
+    test_average_precision = _test_metric("macro_average_precision").compute(**metric_inputs)["average_precision"]
     if test_skipped:
         logger.warning(f"{test_skipped} of {num_labels} labels have a single class in the test split; left out of the macro averages")
     result = {
