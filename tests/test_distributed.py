@@ -126,23 +126,33 @@ def test_killed_two_process_run_resumes_with_one_process(collection, small_model
 
 
 @pytest.mark.slow
-def test_devices_cpu_cpu_equals_one_process(collection, small_model_dir, one_process, tmp_path, capsys):
+def test_devices_cpu_cpu_equals_one_process(collection, small_model_dir, one_process, tmp_path, capsys, monkeypatch):
     from maest.cli import main
 
     out = tmp_path / "embeddings.npz"
-    status = main(["embed", str(collection), "--model", str(small_model_dir), "--out", str(out), "--num-workers", "0", "--devices", "cpu,cpu"])
-    assert status == 1  # the corrupt file
+    command = ["embed", str(collection), "--model", str(small_model_dir), "--out", str(out), "--num-workers", "0", "--devices", "cpu,cpu"]
+
+    # The spawned worker dies after its first track: the job stops with an error, the finished tracks are kept.
+    monkeypatch.setenv(EXIT_AFTER_ENVIRONMENT_VARIABLE, "1:1")
+    assert main(command) == 1
+    assert "the worker process on cpu died" in capsys.readouterr().err
+    assert not out.exists()
+    finished = ProgressStore(out, settings={}, output_names=["embedding"]).finished_paths()
+    assert len(finished) >= 1
+
+    # Rerun: the finished tracks are skipped, the rest is shared between the two processes, the output is complete.
+    monkeypatch.delenv(EXIT_AFTER_ENVIRONMENT_VARIABLE)
+    assert main(command) == 1  # the corrupt file
     captured = capsys.readouterr()
     assert captured.err.count(f"failed: {collection / CORRUPT}") == 1
-    assert "tracks processed by 2 processes" in captured.err
+    assert f"{len(TRACKS) + 1 - len(finished)} tracks processed by 2 processes" in captured.err
     _assert_same_output(read_output(out), one_process)
     with np.load(out) as saved:
         assert saved["failed_path"].tolist() == [str(collection / CORRUPT)]
     assert not (tmp_path / "embeddings.npz.partial").exists()
 
-    # Rerun: everything is in the output already; nothing is computed, no worker has work, same file.
-    status = main(["embed", str(collection), "--model", str(small_model_dir), "--out", str(out), "--num-workers", "0", "--devices", "cpu,cpu", "-q"])
-    assert status == 1  # the corrupt file is tried again, and fails again
+    # Again: only the corrupt file is left to try, so one process has nothing to do; the job still ends.
+    assert main(command + ["-q"]) == 1
     assert "1 tracks processed by 2 processes" in capsys.readouterr().err
     _assert_same_output(read_output(out), one_process)
 
