@@ -87,6 +87,7 @@ def test_bad_examples_are_skipped_and_counted(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="maest.training.data"):
         batches = list(stream(folder, vocabulary, repeat=False, batch_size=3))
     ids = [i.rsplit("/", 1)[-1] for b in batches for i in b["ids"]]
+    assert all(i.startswith("0:") for b in batches for i in b["ids"])  # all from the first pass
     assert sorted(ids) == ["good0.wav", "good1.wav", "good2.wav", "short.wav"]
     counts = batches[-1]["counts"]
     assert counts["seen"] == 8 and counts["used"] == 4

@@ -359,7 +359,7 @@ class TaggedAudioStream(torch.utils.data.IterableDataset):
             return str(value["path"])
         return f"example with labels {str(example.get(self.label_column))[:80]}"
 
-    def _prepare(self, example, rng, counts: Counter, worker: int):
+    def _prepare(self, example, rng, counts: Counter, pass_index: int):
         """One example -> (features, target, teacher logits) or None (counted under its problem)."""
 
         def skip(problem, detail=""):
@@ -391,13 +391,13 @@ class TaggedAudioStream(torch.utils.data.IterableDataset):
         if audio.numel() == 0 or not torch.isfinite(audio).all() or audio.abs().max() == 0:
             return skip("empty_audio", " (no samples, silence or non-finite samples)")
         features = self.feature_extractor(audio, sampling_rate=self.feature_extractor.sampling_rate)["input_values"][0]
-        return features, target, teacher, self._describe(example)
+        return features, target, teacher, f"{pass_index}:{self._describe(example)}"
 
     def _batch(self, items, worker, pass_index, position, counts):
         batch = {
             "input_values": torch.stack([item[0] for item in items]),
             "labels": torch.from_numpy(np.stack([item[1] for item in items])),
-            "ids": [item[3] for item in items],
+            "ids": [item[3] for item in items],  # "<pass>:<file>", for tests and audits
             "worker": worker,
             "position": (pass_index, position),
             "counts": dict(counts),
@@ -434,7 +434,7 @@ class TaggedAudioStream(torch.utils.data.IterableDataset):
                     break
                 counts["seen"] += 1
                 rng = example_rng(self.seed, self.rank, worker, pass_index, index)
-                item = self._prepare(example, rng, counts, worker)
+                item = self._prepare(example, rng, counts, pass_index)
                 if item is None:
                     self._check_quality(counts)
                     continue

@@ -268,7 +268,9 @@ class Pretrainer:
         model_kwargs.update(
             id2label=dict(enumerate(vocabulary.names)),
             label2id={name: i for i, name in enumerate(vocabulary.names)},
-            use_distillation_head=True,
+            # The distillation head only takes part in teacher-student training; an unused head would also stall
+            # DistributedDataParallel, which expects a gradient for every parameter.
+            use_distillation_head=bool(config.teacher_model or config.teacher_logits_column),
         )
         model_config = MAESTConfig.from_preset(config.model_preset, **model_kwargs)
         patchout = config.train_patchout_time

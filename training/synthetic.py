@@ -25,17 +25,17 @@ MODES = ("major", "minor")
 
 # Per style: tempo range (BPM), P(major), P(instrument), and a 16-step drum pattern (kick, snare, hat steps).
 STYLES = {
-    "ballad": dict(tempo=(62, 100), major=0.8, instruments=dict(plucked=0.7, organ=0.4, pad=0.6, bass=0.5, lead=0.4, drums=0.5),
+    "ballad": dict(tempo=(62, 100), major=0.9, instruments=dict(plucked=0.7, organ=0.4, pad=0.6, bass=0.5, lead=0.4, drums=0.5),
                    kick=(0, 8), snare=(4, 12), hats=(0, 2, 4, 6, 8, 10, 12, 14)),
-    "doom": dict(tempo=(55, 92), major=0.15, instruments=dict(plucked=0.4, organ=0.7, pad=0.4, bass=0.8, lead=0.2, drums=0.7),
+    "doom": dict(tempo=(55, 92), major=0.05, instruments=dict(plucked=0.4, organ=0.7, pad=0.4, bass=0.8, lead=0.2, drums=0.7),
                  kick=(0, 3), snare=(8,), hats=(0, 4, 8, 12)),
-    "funk": dict(tempo=(92, 124), major=0.55, instruments=dict(plucked=0.7, organ=0.4, pad=0.2, bass=0.9, lead=0.5, drums=0.9),
+    "funk": dict(tempo=(92, 124), major=0.5, instruments=dict(plucked=0.7, organ=0.4, pad=0.2, bass=0.9, lead=0.5, drums=0.9),
                  kick=(0, 3, 10), snare=(4, 12), hats=tuple(range(16))),
-    "house": dict(tempo=(116, 134), major=0.35, instruments=dict(plucked=0.3, organ=0.3, pad=0.7, bass=0.8, lead=0.4, drums=1.0),
+    "house": dict(tempo=(116, 134), major=0.15, instruments=dict(plucked=0.3, organ=0.3, pad=0.7, bass=0.8, lead=0.4, drums=1.0),
                   kick=(0, 4, 8, 12), snare=(4, 12), hats=(2, 6, 10, 14)),
-    "punk": dict(tempo=(140, 190), major=0.75, instruments=dict(plucked=0.9, organ=0.2, pad=0.1, bass=0.8, lead=0.3, drums=0.9),
+    "punk": dict(tempo=(140, 190), major=0.9, instruments=dict(plucked=0.9, organ=0.2, pad=0.1, bass=0.8, lead=0.3, drums=0.9),
                  kick=(0, 8), snare=(4, 12), hats=(0, 2, 4, 6, 8, 10, 12, 14)),
-    "dnb": dict(tempo=(160, 180), major=0.25, instruments=dict(plucked=0.2, organ=0.2, pad=0.6, bass=0.9, lead=0.4, drums=1.0),
+    "dnb": dict(tempo=(160, 180), major=0.1, instruments=dict(plucked=0.2, organ=0.2, pad=0.6, bass=0.9, lead=0.4, drums=1.0),
                 kick=(0, 10), snare=(4, 12), hats=tuple(range(0, 16, 2))),
 }
 MAJOR_SCALE = (0, 2, 4, 5, 7, 9, 11)
