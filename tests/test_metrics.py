@@ -8,7 +8,15 @@ import sys
 import numpy as np
 import pytest
 
-from maest.training.metrics import METRIC_NAMES, average_precision, load_metric, metric_path, roc_auc
+from maest.training.metrics import (
+    METRIC_NAMES,
+    average_precision,
+    binary_average_precision,
+    binary_roc_auc,
+    load_metric,
+    metric_path,
+    roc_auc,
+)
 
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
@@ -50,6 +58,8 @@ def test_metrics_match_sklearn_including_ties(seed, quantize):
     np.testing.assert_allclose(per_label_roc, expected_roc, rtol=0, atol=1e-12)
     np.testing.assert_allclose(per_label_ap, expected_ap, rtol=0, atol=1e-12)
     assert skipped == 0
+    assert binary_roc_auc(references[:, 1], scores[:, 1]) == pytest.approx(expected_roc[1], abs=1e-12)
+    assert binary_average_precision(references[:, 1], scores[:, 1]) == pytest.approx(expected_ap[1], abs=1e-12)
 
     macro_roc, _ = roc_auc(references, scores)
     macro_ap, _ = average_precision(references, scores)

@@ -422,13 +422,14 @@ def probe_dataset(
     train_features = getattr(splits["train"], "features", None) or {}
     label_feature = train_features.get(label_column) if hasattr(train_features, "get") else None
 
-    embeddings, skipped = {}, {}
+    embeddings, skipped, cache_counts = {}, {}, {}
     for split, dataset in splits.items():
         embeddings[split] = extract_track_embeddings(
             encoder, dataset, cache_dir=cache_dir, cache_name=split, audio_column=audio_column,
             keep_columns=(label_column,), batch_size=extraction_batch_size, skip_bad_audio=True, progress=progress,
         )
         skipped[split] = {"unreadable_audio": embeddings[split].problems}
+        cache_counts[split] = {"cached": embeddings[split].num_cached, "computed": embeddings[split].num_computed}
     encoding = build_label_encoding(
         {split: track_embeddings.columns[label_column] for split, track_embeddings in embeddings.items()},
         feature=label_feature, task=task, label_names=label_names,
@@ -465,7 +466,7 @@ def probe_dataset(
         "num_tracks": {split: len(embeddings[split]) for split in ("train", "validation", "test")},
         "carved_splits": carved,
         "skipped_tracks": skipped,
-        "cache": {split: {"cached": e.num_cached, "computed": e.num_computed} for split, e in embeddings.items()},
+        "cache": cache_counts,
         "seed": seed,
     }
     title = f"{Path(model_name).name}: {kind} probe on {Path(str(settings['data'])).name}"
