@@ -59,48 +59,65 @@ def _as_2d_inputs(references, prediction_scores) -> tuple[np.ndarray, np.ndarray
     return references, scores
 
 
-def _average_ranks(scores: np.ndarray) -> np.ndarray:
-    """1-based ranks of a 1-D array in increasing order, tied values sharing the mean of their ranks."""
-    order = np.argsort(scores, kind="mergesort")
-    sorted_scores = scores[order]
-    # Boundaries of runs of equal values in the sorted order.
-    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
-    ends = np.r_[starts[1:], len(scores)]
-    mean_rank_of_run = (starts + 1 + ends) / 2.0  # mean of the ranks starts+1 .. ends
-    ranks = np.empty(len(scores))
-    ranks[order] = np.repeat(mean_rank_of_run, ends - starts)
-    return ranks
+def _tie_runs(sorted_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For scores sorted along axis 0 (each column separately): the first and the last position of the run of equal
+    values that each position belongs to, both of shape `(num_examples, num_labels)`."""
+    num_examples = sorted_scores.shape[0]
+    positions = np.broadcast_to(np.arange(num_examples)[:, None], sorted_scores.shape)
+    changes = sorted_scores[1:] != sorted_scores[:-1]
+    edge = np.ones((1, sorted_scores.shape[1]), dtype=bool)
+    run_starts = np.maximum.accumulate(np.where(np.concatenate([edge, changes]), positions, 0), axis=0)
+    is_run_end = np.concatenate([changes, edge])
+    run_ends = np.minimum.accumulate(np.where(is_run_end, positions, num_examples)[::-1], axis=0)[::-1]
+    return run_starts, run_ends
 
 
-def binary_roc_auc(references: np.ndarray, scores: np.ndarray) -> float:
+def _class_counts(references: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    num_positive = references.sum(axis=0)
+    num_negative = references.shape[0] - num_positive
+    return num_positive, num_negative, (num_positive > 0) & (num_negative > 0)
+
+
+def roc_auc_per_label(references: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """ROC-AUC of each column of `(num_examples, num_labels)` 0/1 `references` and float `scores`, NaN for columns
+    with only one class. Computed from average ranks (ties share the mean of their ranks), all columns at once."""
+    order = np.argsort(scores, axis=0, kind="stable")
+    run_starts, run_ends = _tie_runs(np.take_along_axis(scores, order, axis=0))
+    ranks = np.empty_like(scores)
+    np.put_along_axis(ranks, order, (run_starts + run_ends) / 2.0 + 1.0, axis=0)  # 1-based mean rank of each run
+    num_positive, num_negative, defined = _class_counts(references)
+    positive_rank_sums = (ranks * references).sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        values = (positive_rank_sums - num_positive * (num_positive + 1) / 2.0) / (num_positive * num_negative)
+    return np.where(defined, values, np.nan)
+
+
+def average_precision_per_label(references: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Average precision of each column (see the module docstring), NaN for columns with only one class."""
+    order = np.argsort(-scores, axis=0, kind="stable")
+    run_starts, run_ends = _tie_runs(np.take_along_axis(-scores, order, axis=0))
+    true_positives = np.cumsum(np.take_along_axis(references, order, axis=0), axis=0)
+    positions = np.arange(scores.shape[0])[:, None]
+    # Each threshold (run of tied scores) contributes at its last position: the positives it adds times its precision.
+    is_threshold = positions == run_ends
+    before_run = np.where(run_starts > 0, np.take_along_axis(true_positives, np.maximum(run_starts - 1, 0), axis=0), 0)
+    added_positives = true_positives - before_run
+    precision = true_positives / (positions + 1.0)
+    num_positive, _, defined = _class_counts(references)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        values = (is_threshold * added_positives * precision).sum(axis=0) / num_positive
+    return np.where(defined, values, np.nan)
+
+
+def binary_roc_auc(references, scores) -> float:
     """ROC-AUC of one label: `references` in {0, 1} and `scores` of shape `(num_examples,)`; NaN if the references
     have only one class."""
-    positive = references > 0.5
-    num_positive = int(positive.sum())
-    num_negative = len(references) - num_positive
-    if num_positive == 0 or num_negative == 0:
-        return float("nan")
-    rank_sum = _average_ranks(scores)[positive].sum()
-    return float((rank_sum - num_positive * (num_positive + 1) / 2.0) / (num_positive * num_negative))
+    return float(roc_auc_per_label(*_as_2d_inputs(references, scores))[0])
 
 
-def binary_average_precision(references: np.ndarray, scores: np.ndarray) -> float:
+def binary_average_precision(references, scores) -> float:
     """Average precision of one label (see the module docstring); NaN if the references have only one class."""
-    positive = references > 0.5
-    num_positive = int(positive.sum())
-    if num_positive == 0 or num_positive == len(references):
-        return float("nan")
-    order = np.argsort(-scores, kind="mergesort")
-    sorted_scores = scores[order]
-    true_positives = np.cumsum(positive[order])
-    # The last example of each run of tied scores is where that threshold's counts are complete.
-    threshold_ends = np.flatnonzero(np.r_[sorted_scores[1:] != sorted_scores[:-1], True])
-    true_positives = true_positives[threshold_ends]
-    predicted_positives = threshold_ends + 1
-    precision = true_positives / predicted_positives
-    recall = true_positives / num_positive
-    recall_steps = np.diff(np.r_[0.0, recall])
-    return float(np.sum(recall_steps * precision))
+    return float(average_precision_per_label(*_as_2d_inputs(references, scores))[0])
 
 
 def _macro(per_label: np.ndarray, average: str | None):
@@ -128,15 +145,22 @@ def roc_auc(references, prediction_scores, average: str | None = "macro"):
         and how many labels had only one class in `references`.
     """
     references, scores = _as_2d_inputs(references, prediction_scores)
-    per_label = np.array([binary_roc_auc(references[:, c], scores[:, c]) for c in range(scores.shape[1])])
+    per_label = roc_auc_per_label(references, scores)
     return _macro(per_label, average)
 
 
 def average_precision(references, prediction_scores, average: str | None = "macro"):
     """Macro average precision (mAP); arguments and return value as [`roc_auc`]."""
     references, scores = _as_2d_inputs(references, prediction_scores)
-    per_label = np.array([binary_average_precision(references[:, c], scores[:, c]) for c in range(scores.shape[1])])
+    per_label = average_precision_per_label(references, scores)
     return _macro(per_label, average)
 
 
-__all__ = ["average_precision", "binary_average_precision", "binary_roc_auc", "roc_auc"]
+__all__ = [
+    "average_precision",
+    "average_precision_per_label",
+    "binary_average_precision",
+    "binary_roc_auc",
+    "roc_auc",
+    "roc_auc_per_label",
+]
