@@ -140,6 +140,10 @@ def _run_command(function, args) -> int:
 
 # ------------------------------------------------------------------------------------------------------- tag
 def _tag(args) -> int:
+    from .distributed import is_launched
+
+    if is_launched():  # every launched process would run the whole collection into the same output
+        raise ValueError("maest tag runs in one process; to share a collection between processes use maest embed")
     if args.top_k < 1:
         raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
     if args.plot:
