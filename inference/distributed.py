@@ -312,7 +312,7 @@ def _store(options: dict, settings: dict, rank: int) -> _JobStore:
     )
 
 
-def _plan(options: dict, inference_model, num_processes: int):
+def _plan(options: dict, inference_model):
     """Main process: the track list, the store opened (or checked), the finished tracks dropped, a fresh run folder.
 
     Returns `(job_without_shards, tracks, store, existing, metadata)`."""
@@ -396,7 +396,6 @@ def _finish(options, job, tracks, store, existing, metadata, progress: _GlobalPr
     finally:
         progress.close()
     processed = progress.totals["tracks"]
-    store.keep_directory = True
     table, failures = finalize_output(options["out"], store, metadata, existing=existing, order=[track.name for track in tracks])
     wanted = {track.name for track in tracks}
     failed = [item for item in failures if item["path"] in wanted]
@@ -442,29 +441,33 @@ def _run_launched(options: dict) -> DistributedResults:
     try:
         inference_model = _load(options, device)
         if state.is_main_process:
-            plan = _plan(options, inference_model, num_processes)
+            plan = _plan(options, inference_model)
     except Exception as exception:  # reported by every process below, raised where it happened
         error = exception
-    message = [None if plan is None else plan[0], None if error is None else f"{type(error).__name__}: {error}"]
     errors = gather_object([None if error is None else f"process {rank}: {type(error).__name__}: {error}"])
     if any(errors):
         if error is not None:
             raise error
         raise PeerSetupError("; ".join(item for item in errors if item))
-    job: _Job = broadcast_object_list(message)[0]
+    job: _Job = broadcast_object_list([None if plan is None else plan[0]])[0]
 
-    # 2. Durations, probed by all processes (a share each); every process checks it sees the main process's files.
+    # 2. Durations, probed by all processes (a share each). Every process also checks that it sees the main
+    # process's files and made the same settings, and all stop together if one does not.
     sees_store = os.path.isdir(job.run_directory)
+    same_settings = _settings(options, inference_model) == job.settings
     mine = job.todo[rank::num_processes] if sees_store else []
-    gathered = gather_object([(sees_store, probe_durations(mine))])
-    blind = [index for index, (seen, _) in enumerate(gathered) if not seen]
+    gathered = gather_object([(sees_store, same_settings, probe_durations(mine))])
+    blind = [index for index, (seen, _, _) in enumerate(gathered) if not seen]
     if blind:
         raise DistributedJobError(
             f"process(es) {blind} cannot see {job.run_directory}: under a launcher the output ({options['out']}) "
             f"must be on a filesystem that every node sees (a shared or network filesystem)"
         )
+    different = [index for index, (_, same, _) in enumerate(gathered) if not same]
+    if different:
+        raise DistributedJobError(f"process(es) {different} loaded the model with other settings than process 0's: {job.settings}")
     durations = [None] * len(job.todo)
-    for source, (_, values) in enumerate(gathered):
+    for source, (_, _, values) in enumerate(gathered):
         durations[source::num_processes] = values
     job.shards = shard_by_duration(job.todo, durations, num_processes)
     if state.is_main_process:
@@ -476,9 +479,6 @@ def _run_launched(options: dict) -> DistributedResults:
 
     # 3. Every process runs its share; the main process shows the job's progress meanwhile.
     local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", num_processes))
-    inference_settings = _settings(options, inference_model)
-    if inference_settings != job.settings:
-        raise DistributedJobError(f"process {rank} loaded the model with other settings: {inference_settings} != {job.settings}")
     progress = None
     if state.is_main_process:
         progress = _GlobalProgress(job.run_directory, num_processes, len(job.todo), job.skipped, options["progress"])
@@ -542,7 +542,7 @@ def _run_devices_with_threads_set(options: dict, devices: list[str]) -> Distribu
 
     num_processes = len(devices)
     inference_model = _load(options, devices[0])
-    job, tracks, store, existing, metadata = _plan(options, inference_model, num_processes)
+    job, tracks, store, existing, metadata = _plan(options, inference_model)
     durations = probe_durations(job.todo)
     job.shards = shard_by_duration(job.todo, durations, num_processes)
     context = multiprocessing.start_processes(
