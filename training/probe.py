@@ -117,6 +117,11 @@ def _scores(model: nn.Module, features: torch.Tensor, task: str) -> np.ndarray:
 
 
 @functools.cache
+def _warn_once(message: str) -> None:
+    logger.warning(message)  # a sweep meets the same split in every configuration
+
+
+@functools.cache
 def _test_metric(name: str):
     return load_metric(name)
 
@@ -261,7 +266,7 @@ def train_probe(
     test_roc_auc, test_skipped = test_roc_auc_result["roc_auc"], test_roc_auc_result["num_labels_skipped"]
     test_average_precision = _test_metric("macro_average_precision").compute(**metric_inputs)["average_precision"]
     if test_skipped:
-        logger.warning(f"{test_skipped} of {num_labels} labels have a single class in the test split; left out of the macro averages")
+        _warn_once(f"{test_skipped} of {num_labels} labels have a single class in the test split; left out of the macro averages")
     result = {
         "roc_auc": test_roc_auc,
         "average_precision": test_average_precision,
