@@ -631,6 +631,10 @@ def _exit_together(status: int) -> None:
     launcher kill the slower ones, and report a signal instead of the job's status)."""
     from accelerate import PartialState
 
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # The launcher may still tear down a process that another one's exit overtook: it ends with the same status.
+    signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(status))
     PartialState().wait_for_everyone()
     sys.stdout.flush()
     sys.stderr.flush()
