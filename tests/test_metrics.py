@@ -64,7 +64,9 @@ def test_metrics_match_sklearn_including_ties(seed, quantize):
     macro_roc, _ = roc_auc(references, scores)
     macro_ap, _ = average_precision(references, scores)
     assert macro_roc == pytest.approx(sklearn_metrics.roc_auc_score(references, scores, average="macro"), abs=1e-12)
-    assert macro_ap == pytest.approx(sklearn_metrics.average_precision_score(references, scores, average="macro"), abs=1e-12)
+    assert macro_ap == pytest.approx(
+        sklearn_metrics.average_precision_score(references, scores, average="macro"), abs=1e-12
+    )
 
 
 def test_labels_with_one_class_are_skipped_and_counted():
@@ -122,7 +124,10 @@ def test_bad_inputs_are_clear_errors(references, scores, message):
 def test_evaluate_modules_load_offline_and_agree():
     references, scores = random_multilabel(seed=4, quantize=2)
     references[:, 0] = 0
-    for name, function, key in [("macro_roc_auc", roc_auc, "roc_auc"), ("macro_average_precision", average_precision, "average_precision")]:
+    for name, function, key in [
+        ("macro_roc_auc", roc_auc, "roc_auc"),
+        ("macro_average_precision", average_precision, "average_precision"),
+    ]:
         metric = load_metric(name)
         result = metric.compute(references=references.tolist(), prediction_scores=scores.tolist())
         expected, skipped = function(references, scores)
@@ -142,14 +147,18 @@ def test_evaluate_load_of_the_folder_works_in_a_fresh_offline_process(tmp_path):
         "import evaluate, sys\n"
         "for path in sys.argv[1:]:\n"
         "    metric = evaluate.load(path, keep_in_memory=True)\n"
-        "    print(metric.compute(references=[[1, 0], [0, 1], [1, 1]], prediction_scores=[[.9, .2], [.1, .8], [.7, .1]]))\n"
+        "    scores = [[.9, .2], [.1, .8], [.7, .1]]\n"
+        "    print(metric.compute(references=[[1, 0], [0, 1], [1, 1]], prediction_scores=scores))\n"
     )
     environment = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_EVALUATE_OFFLINE="1")
     environment.update(HF_HOME=str(tmp_path / "hf"), HF_MODULES_CACHE=str(tmp_path / "modules"))
     environment.update(HTTPS_PROXY="http://127.0.0.1:9", HTTP_PROXY="http://127.0.0.1:9")  # any download would fail
     output = subprocess.run(
         [sys.executable, "-c", code, *(str(metric_path(name)) for name in METRIC_NAMES)],
-        env=environment, capture_output=True, text=True, timeout=120,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert output.returncode == 0, output.stderr
     assert output.stdout.strip().splitlines()[-2:] == [

@@ -48,7 +48,9 @@ def test_probe_learns_a_linearly_separable_task(splits, kind, minimum):
 def test_probe_is_at_chance_on_shuffled_labels():
     """With the training and validation labels shuffled there is nothing to learn: the test ROC-AUC is at chance
     (many features, so that a direction the probe drifts into by chance hardly aligns with the true ones)."""
-    train, validation, test = (separable_task(n, seed, num_features=128, margin=0.05) for n, seed in ((1000, 0), (300, 1), (300, 2)))
+    train, validation, test = (
+        separable_task(n, seed, num_features=128, margin=0.05) for n, seed in ((1000, 0), (300, 1), (300, 2))
+    )
     rng = np.random.default_rng(5)
     shuffled_train = train[1][rng.permutation(len(train[1]))]
     shuffled_validation = validation[1][rng.permutation(len(validation[1]))]
@@ -90,8 +92,15 @@ def test_probe_is_deterministic_and_standardizes_with_training_statistics(splits
     # An affine change of the features (the same for every split) is undone by standardization.
     scale, shift = np.linspace(0.01, 100, train[0].shape[1]).astype(np.float32), np.float32(50)
     rescaled = train_probe(
-        train[0] * scale + shift, train[1], validation[0] * scale + shift, validation[1], test[0] * scale + shift,
-        test[1], kind="mlp", epochs=3, seed=7,
+        train[0] * scale + shift,
+        train[1],
+        validation[0] * scale + shift,
+        validation[1],
+        test[0] * scale + shift,
+        test[1],
+        kind="mlp",
+        epochs=3,
+        seed=7,
     )
     assert rescaled["roc_auc"] == pytest.approx(first["roc_auc"], abs=2e-3)
 
@@ -102,7 +111,9 @@ def test_multiclass_probe_uses_cross_entropy_and_one_vs_rest_scores():
 
     def blobs(num_examples, seed):
         classes = np.random.default_rng(seed).integers(0, 4, num_examples)
-        return (centers[classes] + np.random.default_rng(seed + 1).standard_normal((num_examples, 8))).astype(np.float32), classes
+        return (centers[classes] + np.random.default_rng(seed + 1).standard_normal((num_examples, 8))).astype(
+            np.float32
+        ), classes
 
     train, validation, test = blobs(600, 1), blobs(200, 3), blobs(200, 5)
     result = train_probe(*train, *validation, *test, kind="mlp", epochs=30, return_scores=True)
@@ -114,7 +125,9 @@ def test_multiclass_probe_uses_cross_entropy_and_one_vs_rest_scores():
     assert result["roc_auc"] > 0.95
     # One-hot labels with task="multiclass" are the same task.
     one_hot = [np.eye(4)[labels] for labels in (train[1], validation[1], test[1])]
-    same = train_probe(train[0], one_hot[0], validation[0], one_hot[1], test[0], one_hot[2], task="multiclass", epochs=30)
+    same = train_probe(
+        train[0], one_hot[0], validation[0], one_hot[1], test[0], one_hot[2], task="multiclass", epochs=30
+    )
     assert same["roc_auc"] == result["roc_auc"]
 
 
@@ -164,8 +177,15 @@ def test_sweep_writes_json_markdown_and_heatmap(tmp_path, splits):
         for split, data in zip(("train", "validation", "test"), (train, validation, test))
     }
     labels = {"train": train[1], "validation": validation[1], "test": test[1]}
-    rows = probe_sweep(split_features, labels, kind="linear", output_dir=tmp_path, epochs=2, progress=False,
-                       settings={"note": "synthetic"})
+    rows = probe_sweep(
+        split_features,
+        labels,
+        kind="linear",
+        output_dir=tmp_path,
+        epochs=2,
+        progress=False,
+        settings={"note": "synthetic"},
+    )
     assert [(row["block"], row["tokens"]) for row in rows] == [(b, t) for b in blocks for t in token_sets]
 
     document = json.loads((tmp_path / "results.json").read_text())
@@ -182,7 +202,10 @@ def test_sweep_writes_json_markdown_and_heatmap(tmp_path, splits):
     assert table[0] == "| tokens | block 1 | block 2 | block 3 |"
     assert f"**{100 * best['roc_auc']:.1f}**" in markdown
     cell = next(row for row in rows if (row["block"], row["tokens"]) == (2, "ca"))
-    assert next(line for line in table if line.startswith("| ca |")).split("|")[3].strip() == f"{100 * cell['roc_auc']:.1f}"
+    assert (
+        next(line for line in table if line.startswith("| ca |")).split("|")[3].strip()
+        == f"{100 * cell['roc_auc']:.1f}"
+    )
 
     import matplotlib.image
 
@@ -193,8 +216,10 @@ def test_sweep_writes_json_markdown_and_heatmap(tmp_path, splits):
 
 def test_sweep_keeps_finished_rows_when_a_configuration_fails(tmp_path, splits):
     (train, validation, test) = splits
-    features = {split: {(1, "c"): data[0], (2, "c"): data[0][:, :3]} for split, data in
-                zip(("train", "validation", "test"), (train, validation, test))}
+    features = {
+        split: {(1, "c"): data[0], (2, "c"): data[0][:, :3]}
+        for split, data in zip(("train", "validation", "test"), (train, validation, test))
+    }
     features["test"][(2, "c")] = test[0][:, :4]  # inconsistent: fails on block 2
     labels = {"train": train[1], "validation": validation[1], "test": test[1]}
     with pytest.raises(ValueError, match="features"):
@@ -221,7 +246,9 @@ def test_label_encodings():
 
     class_label = build_label_encoding({"train": [1, 0]}, feature=datasets.ClassLabel(names=["jazz", "rock"]))
     assert class_label.task == "multiclass" and class_label.names == ["jazz", "rock"]
-    tag_ids = build_label_encoding({"train": [[1], [0, 2]]}, feature=datasets.List(datasets.ClassLabel(names=["x", "y", "z"])))
+    tag_ids = build_label_encoding(
+        {"train": [[1], [0, 2]]}, feature=datasets.List(datasets.ClassLabel(names=["x", "y", "z"]))
+    )
     assert tag_ids.encode([[0, 2]])[0].tolist() == [[1, 0, 1]]
 
     with pytest.raises(ValueError, match="one class per track"):

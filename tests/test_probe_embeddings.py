@@ -53,7 +53,9 @@ def embeddings_by_hand(model, path):
     width = model.config.hidden_size
     with torch.no_grad():
         for block in range(1, model.config.num_hidden_layers + 1):
-            cls, dist, mean = model.maest.embed(segments, block=block - 1, tokens="cda").mean(0).numpy().reshape(3, width)
+            cls, dist, mean = (
+                model.maest.embed(segments, block=block - 1, tokens="cda").mean(0).numpy().reshape(3, width)
+            )
             vectors = {"c": cls, "d": dist, "a": mean}
             for tokens in ("c", "d", "a", "cd", "ca", "da", "cda"):
                 result[(block, tokens)] = np.concatenate([vectors[letter] for letter in tokens])
@@ -65,9 +67,9 @@ def test_extraction_equals_running_the_model_on_the_segments(small_model, tracks
     assert embeddings.num_segments.tolist() == [1, 1, 3] and embeddings.indices == [0, 1, 2]
     assert embeddings.blocks == [1, 2, 3]
     as_dict = extract_embeddings(small_model, tracks, cache_dir=tmp_path, progress=False)  # read back from the cache
-    assert extract_embeddings(small_model, tracks, blocks="2-3", tokens="cda", cache_dir=tmp_path, progress=False).keys() == {
-        (2, "cda"), (3, "cda")
-    }
+    assert extract_embeddings(
+        small_model, tracks, blocks="2-3", tokens="cda", cache_dir=tmp_path, progress=False
+    ).keys() == {(2, "cda"), (3, "cda")}
     assert len(as_dict) == 3 * 7 and as_dict[(3, "cda")].shape == (3, 3 * 64) and as_dict[(1, "c")].shape == (3, 64)
     for row, path in enumerate(tracks):
         expected, num_segments = embeddings_by_hand(small_model, path)
@@ -142,7 +144,9 @@ def test_unreadable_audio_is_named_or_skipped(small_model, source_tracks, tmp_pa
     corrupt.write_bytes(b"RIFF....WAVEfmt this is not audio")
     with pytest.raises(AudioDecodingError, match="corrupt.wav"):
         extract_track_embeddings(small_model, [tracks[0], corrupt], progress=False)
-    embeddings = extract_track_embeddings(small_model, [tracks[0], corrupt, tracks[2]], skip_bad_audio=True, progress=False)
+    embeddings = extract_track_embeddings(
+        small_model, [tracks[0], corrupt, tracks[2]], skip_bad_audio=True, progress=False
+    )
     assert embeddings.indices == [0, 2] and len(embeddings.problems) == 1
     assert embeddings.problems[0]["index"] == 1 and embeddings.problems[0]["source"].endswith("corrupt.wav")
     with pytest.raises(AudioDecodingError, match="not found"):
@@ -191,8 +195,20 @@ def test_maest_probe_command_end_to_end(small_model_dir, tmp_path, capsys):
 
     data = make_audiofolder(tmp_path / "data", corrupt_in="test")
     output, cache = tmp_path / "out", tmp_path / "cache"
-    arguments = ["probe", "--model", str(small_model_dir), "--data", str(data), "--output-dir", str(output),
-                 "--cache-dir", str(cache), "--epochs", "5", "--quiet"]
+    arguments = [
+        "probe",
+        "--model",
+        str(small_model_dir),
+        "--data",
+        str(data),
+        "--output-dir",
+        str(output),
+        "--cache-dir",
+        str(cache),
+        "--epochs",
+        "5",
+        "--quiet",
+    ]
     assert main(arguments + ["--sweep"]) == 0
     printed = capsys.readouterr().out
     assert "no validation split" in printed and "skipped 1 unreadable" in printed
@@ -206,14 +222,35 @@ def test_maest_probe_command_end_to_end(small_model_dir, tmp_path, capsys):
     # 24 training tracks: 4 (15 %) carved as the validation split; the broken test file skipped and counted.
     assert settings["num_tracks"] == {"train": 20, "validation": 4, "test": 8}
     assert "validation" in settings["carved_splits"]
-    assert [problem["source"].endswith("broken.wav") for problem in settings["skipped_tracks"]["test"]["unreadable_audio"]] == [True]
+    assert [
+        problem["source"].endswith("broken.wav") for problem in settings["skipped_tracks"]["test"]["unreadable_audio"]
+    ] == [True]
     assert all(row["roc_auc"] is None or 0 <= row["roc_auc"] <= 1 for row in document["results"])
     assert (output / "results.md").is_file() and (output / "heatmap.png").stat().st_size > 1000
 
     # One configuration, linear probe: every embedding comes from the cache written by the sweep.
     single = tmp_path / "single"
-    assert main(arguments[:5] + ["--output-dir", str(single), "--cache-dir", str(cache), "--epochs", "5", "--quiet",
-                                  "--blocks", "2", "--tokens", "cda", "--probe", "linear"]) == 0
+    assert (
+        main(
+            arguments[:5]
+            + [
+                "--output-dir",
+                str(single),
+                "--cache-dir",
+                str(cache),
+                "--epochs",
+                "5",
+                "--quiet",
+                "--blocks",
+                "2",
+                "--tokens",
+                "cda",
+                "--probe",
+                "linear",
+            ]
+        )
+        == 0
+    )
     document = json.loads((single / "results.json").read_text())
     assert [(row["block"], row["tokens"]) for row in document["results"]] == [(2, "cda")]
     assert document["settings"]["probe"] == "linear"

@@ -74,7 +74,9 @@ def parse_blocks(blocks, num_blocks: int) -> list[int]:
         for part in blocks.replace(" ", "").split(","):
             match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
             if match is None:
-                raise ValueError(f"cannot read blocks {blocks!r}: use numbers and ranges such as '1-12', '6' or '1,4,7-9'")
+                raise ValueError(
+                    f"cannot read blocks {blocks!r}: use numbers and ranges such as '1-12', '6' or '1,4,7-9'"
+                )
             first, last = int(match.group(1)), int(match.group(2) or match.group(1))
             if last < first:
                 raise ValueError(f"block range {part!r} is empty")
@@ -121,7 +123,9 @@ def _from_pretrained_encoder(path: str):
         except (OSError, ValueError):
             config_dict = {}
         architectures = config_dict.get("architectures") or []
-        if config_dict.get("model_type") == "maest" and any(name.endswith("ForAudioClassification") for name in architectures):
+        if config_dict.get("model_type") == "maest" and any(
+            name.endswith("ForAudioClassification") for name in architectures
+        ):
             return MAESTForAudioClassification.from_pretrained(path).maest
     return MAESTModel.from_pretrained(path)
 
@@ -135,8 +139,12 @@ def model_cache_key(encoder, feature_extractor, last_segment: str) -> str:
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     ignored = {"id2label", "label2id", "architectures", "auto_map", "transformers_version", "dtype", "torch_dtype"}
-    config = {key: value for key, value in encoder.config.to_dict().items() if key not in ignored and not key.startswith("_")}
-    front_end = {key: value for key, value in feature_extractor.to_dict().items() if key not in ("processor_class", "auto_map")}
+    config = {
+        key: value for key, value in encoder.config.to_dict().items() if key not in ignored and not key.startswith("_")
+    }
+    front_end = {
+        key: value for key, value in feature_extractor.to_dict().items() if key not in ("processor_class", "auto_map")
+    }
     settings = {"config": config, "feature_extractor": front_end, "last_segment": last_segment}
     digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
     return digest.hexdigest()[:20]
@@ -196,7 +204,9 @@ def _audio_source(value, index: int) -> _AudioSource:
         if value.get("sampling_rate") is None:
             raise ValueError(f"track {index}: decoded audio needs its 'sampling_rate'")
         key = _content_key(samples.tobytes() + str(int(value["sampling_rate"])).encode())
-        return _AudioSource(key, value.get("path") or f"track {index}", samples=samples, sampling_rate=value["sampling_rate"])
+        return _AudioSource(
+            key, value.get("path") or f"track {index}", samples=samples, sampling_rate=value["sampling_rate"]
+        )
     path, data = value.get("path"), value.get("bytes")
     description = str(path) if path else f"track {index}"
     if data is not None:
@@ -348,7 +358,8 @@ class TrackEmbeddings:
         )
 
     def as_dict(self, blocks=None, token_sets=POSTER_TOKEN_SETS) -> dict:
-        """`{(block, token set name): (num_tracks, dims) array}` for the given blocks (all by default) and token sets."""
+        """`{(block, token set name): (num_tracks, dims) array}` for the given blocks (all by default) and token
+        sets."""
         blocks = self.blocks if blocks is None else parse_blocks(blocks, max(self.blocks))
         names = [token_set_name(tokens) for tokens in ([token_sets] if isinstance(token_sets, str) else token_sets)]
         return {(block, name): self.features(block, name) for block in blocks for name in names}
@@ -469,8 +480,12 @@ def extract_track_embeddings(
     if cache_file is not None and computed:
         new_identities = {_identity(key) for key in computed}
         kept = {key: value for key, value in cached.items() if _identity(key) not in new_identities}
-        description = {"name_or_path": getattr(config, "_name_or_path", None) or getattr(config, "name_or_path", None),
-                       "model_type": config.model_type, "hidden_size": config.hidden_size, "blocks": num_blocks}
+        description = {
+            "name_or_path": getattr(config, "_name_or_path", None) or getattr(config, "name_or_path", None),
+            "model_type": config.model_type,
+            "hidden_size": config.hidden_size,
+            "blocks": num_blocks,
+        }
         _write_cache(cache_file, {**kept, **computed}, description)
 
     stacked = np.stack([entries[key][0] for key in keys])  # (tracks, blocks, 3, hidden)
@@ -512,7 +527,9 @@ def extract_embeddings(
         order, e.g. `{(7, "cda"): (N, 2304)}`. A track whose audio cannot be read raises `AudioDecodingError`.
     """
     if kwargs.get("skip_bad_audio"):
-        raise ValueError("extract_embeddings keeps every track aligned with the dataset; use extract_track_embeddings to skip")
+        raise ValueError(
+            "extract_embeddings keeps every track aligned with the dataset; use extract_track_embeddings to skip"
+        )
     embeddings = extract_track_embeddings(
         model_or_path, dataset_split, cache_dir=cache_dir, audio_column=audio_column, batch_size=batch_size, **kwargs
     )

@@ -49,7 +49,9 @@ class ProbeClassifier(nn.Module):
     Input `(batch_size, num_features)` standardized embeddings; output `(batch_size, num_labels)` logits.
     """
 
-    def __init__(self, num_features: int, num_labels: int, kind: str = "mlp", hidden_size: int = 512, dropout: float = 0.5):
+    def __init__(
+        self, num_features: int, num_labels: int, kind: str = "mlp", hidden_size: int = 512, dropout: float = 0.5
+    ):
         super().__init__()
         if kind not in PROBE_KINDS:
             raise ValueError(f"probe kind must be one of {PROBE_KINDS}, got {kind!r}")
@@ -202,12 +204,18 @@ def train_probe(
     if task == "multilabel":
         num_labels = train_labels.shape[1]
     else:  # every split's classes get an output, also a class the training split lacks (it is then never right)
-        num_labels = 1 + max(int(np.max(_check_labels(split, labels, len(features), task, None)[0]))
-                             for split, (features, labels) in splits.items())
+        num_labels = 1 + max(
+            int(np.max(_check_labels(split, labels, len(features), task, None)[0]))
+            for split, (features, labels) in splits.items()
+        )
     splits["train"][1] = train_labels
     for split in ("validation", "test"):
-        splits[split][1], _ = _check_labels(f"{split}_labels", splits[split][1], len(splits[split][0]), task, num_labels)
-    validation_multi_hot = splits["validation"][1] if task == "multilabel" else np.eye(num_labels)[splits["validation"][1]]
+        splits[split][1], _ = _check_labels(
+            f"{split}_labels", splits[split][1], len(splits[split][0]), task, num_labels
+        )
+    validation_multi_hot = (
+        splits["validation"][1] if task == "multilabel" else np.eye(num_labels)[splits["validation"][1]]
+    )
     positives = validation_multi_hot.sum(axis=0)
     if not ((positives > 0) & (positives < len(validation_multi_hot))).any():
         raise ValueError(
@@ -229,8 +237,10 @@ def train_probe(
     num_train = len(train_inputs)
     loss_function = nn.BCEWithLogitsLoss() if task == "multilabel" else nn.CrossEntropyLoss()
     accelerators = [] if device.type == "cpu" else [device.index if device.index is not None else 0]
-    with torch.random.fork_rng(devices=accelerators, device_type=None if device.type == "cpu" else device.type), \
-            _torch_threads(num_threads):
+    with (
+        torch.random.fork_rng(devices=accelerators, device_type=None if device.type == "cpu" else device.type),
+        _torch_threads(num_threads),
+    ):
         torch.manual_seed(seed)
         model = ProbeClassifier(num_features, num_labels, kind, hidden_size, dropout).to(device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
@@ -252,9 +262,15 @@ def train_probe(
                 total_loss += loss.item() * len(indices)
             validation_scores = _scores(model, tensors["validation"][0], task)
             validation_roc_auc, validation_skipped = roc_auc(splits["validation"][1], validation_scores)
-            history.append({"epoch": epoch, "train_loss": total_loss / num_train, "validation_roc_auc": validation_roc_auc})
+            history.append(
+                {"epoch": epoch, "train_loss": total_loss / num_train, "validation_roc_auc": validation_roc_auc}
+            )
             if validation_roc_auc > best["validation_roc_auc"]:
-                best = {"validation_roc_auc": validation_roc_auc, "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
+                best = {
+                    "validation_roc_auc": validation_roc_auc,
+                    "epoch": epoch,
+                    "state": copy.deepcopy(model.state_dict()),
+                }
                 best["validation_average_precision"], _ = average_precision(splits["validation"][1], validation_scores)
 
         model.load_state_dict(best["state"])
@@ -266,7 +282,10 @@ def train_probe(
     test_roc_auc, test_skipped = test_roc_auc_result["roc_auc"], test_roc_auc_result["num_labels_skipped"]
     test_average_precision = _test_metric("macro_average_precision").compute(**metric_inputs)["average_precision"]
     if test_skipped:
-        _warn_once(f"{test_skipped} of {num_labels} labels have a single class in the test split; left out of the macro averages")
+        _warn_once(
+            f"{test_skipped} of {num_labels} labels have a single class in the test split; "
+            f"left out of the macro averages"
+        )
     result = {
         "roc_auc": test_roc_auc,
         "average_precision": test_average_precision,
@@ -354,13 +373,18 @@ def probe_sweep(
     rows = []
     for block, tokens in tqdm(configurations, desc=f"{kind} probes", disable=not progress):
         result = train_probe(
-            *(value for split in ("train", "validation", "test")
-              for value in (_features(features[split], block, tokens), labels[split])),
+            *(
+                value
+                for split in ("train", "validation", "test")
+                for value in (_features(features[split], block, tokens), labels[split])
+            ),
             kind=kind,
             **probe_kwargs,
         )
         rows.append(result_row(block, tokens, result))
-        logger.info(f"block {block} {tokens}: test ROC-AUC {result['roc_auc']:.4f}, mAP {result['average_precision']:.4f}")
+        logger.info(
+            f"block {block} {tokens}: test ROC-AUC {result['roc_auc']:.4f}, mAP {result['average_precision']:.4f}"
+        )
         if output_dir is not None:
             write_results_json(output_dir, rows, settings)
     if output_dir is not None:
@@ -430,14 +454,23 @@ def probe_dataset(
     embeddings, skipped, cache_counts = {}, {}, {}
     for split, dataset in splits.items():
         embeddings[split] = extract_track_embeddings(
-            encoder, dataset, cache_dir=cache_dir, cache_name=split, audio_column=audio_column,
-            keep_columns=(label_column,), batch_size=extraction_batch_size, skip_bad_audio=True, progress=progress,
+            encoder,
+            dataset,
+            cache_dir=cache_dir,
+            cache_name=split,
+            audio_column=audio_column,
+            keep_columns=(label_column,),
+            batch_size=extraction_batch_size,
+            skip_bad_audio=True,
+            progress=progress,
         )
         skipped[split] = {"unreadable_audio": embeddings[split].problems}
         cache_counts[split] = {"cached": embeddings[split].num_cached, "computed": embeddings[split].num_computed}
     encoding = build_label_encoding(
         {split: track_embeddings.columns[label_column] for split, track_embeddings in embeddings.items()},
-        feature=label_feature, task=task, label_names=label_names,
+        feature=label_feature,
+        task=task,
+        label_names=label_names,
     )
     labels = {}
     for split in list(embeddings):
@@ -461,7 +494,9 @@ def probe_dataset(
         logger.warning(f"no {missing_split} split: {carved[missing_split]}")
 
     name = getattr(encoder.config, "_name_or_path", None) or getattr(encoder.config, "name_or_path", None)
-    model_name = str(model_or_path) if isinstance(model_or_path, (str, os.PathLike)) else (name or type(model_or_path).__name__)
+    model_name = (
+        str(model_or_path) if isinstance(model_or_path, (str, os.PathLike)) else (name or type(model_or_path).__name__)
+    )
     settings = {
         "model": model_name,
         "data": str(data) if not isinstance(data, dict) else "in-memory splits",
@@ -476,9 +511,18 @@ def probe_dataset(
     }
     title = f"{Path(model_name).name}: {kind} probe on {Path(str(settings['data'])).name}"
     rows = probe_sweep(
-        {split: embeddings[split] for split in ("train", "validation", "test")}, labels, blocks=blocks,
-        token_sets=token_sets, kind=kind, output_dir=output_dir, settings=settings, title=title, progress=progress,
-        seed=seed, task=encoding.task, **probe_kwargs,
+        {split: embeddings[split] for split in ("train", "validation", "test")},
+        labels,
+        blocks=blocks,
+        token_sets=token_sets,
+        kind=kind,
+        output_dir=output_dir,
+        settings=settings,
+        title=title,
+        progress=progress,
+        seed=seed,
+        task=encoding.task,
+        **probe_kwargs,
     )
     paths = {}
     if output_dir is not None:
@@ -502,12 +546,28 @@ def _run(args) -> int:
 
             label_names = read_labels(args.label_names)
         report = probe_dataset(
-            args.model, args.data, blocks=args.blocks, token_sets=token_sets, kind=args.probe, label_column=args.label_column,
-            audio_column=args.audio_column, task=args.task, label_names=label_names, output_dir=args.output_dir,
-            cache_dir=None if args.no_cache else args.cache_dir, validation_fraction=args.validation_fraction,
-            test_fraction=args.test_fraction, seed=args.seed, extraction_batch_size=args.extraction_batch_size,
-            device=args.device, config_name=args.config_name, progress=not args.quiet, epochs=args.epochs,
-            batch_size=args.batch_size, learning_rate=args.learning_rate, weight_decay=args.weight_decay,
+            args.model,
+            args.data,
+            blocks=args.blocks,
+            token_sets=token_sets,
+            kind=args.probe,
+            label_column=args.label_column,
+            audio_column=args.audio_column,
+            task=args.task,
+            label_names=label_names,
+            output_dir=args.output_dir,
+            cache_dir=None if args.no_cache else args.cache_dir,
+            validation_fraction=args.validation_fraction,
+            test_fraction=args.test_fraction,
+            seed=args.seed,
+            extraction_batch_size=args.extraction_batch_size,
+            device=args.device,
+            config_name=args.config_name,
+            progress=not args.quiet,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            weight_decay=args.weight_decay,
         )
     except (ValueError, KeyError, FileNotFoundError, AudioDecodingError) as error:
         print(f"maest probe: error: {error}", file=sys.stderr)
@@ -517,14 +577,21 @@ def _run(args) -> int:
         print(f"note: no {split} split in the data; {note}")
     for split, problems in settings["skipped_tracks"].items():
         if problems["unreadable_audio"] or problems["missing_labels"]:
-            print(f"note: {split}: skipped {len(problems['unreadable_audio'])} unreadable tracks and "
-                  f"{problems['missing_labels']} without labels")
-    print(f"tracks: " + ", ".join(f"{split} {count}" for split, count in settings["num_tracks"].items()) +
-          f"; {len(settings['labels'])} labels ({settings['task']})")
+            print(
+                f"note: {split}: skipped {len(problems['unreadable_audio'])} unreadable tracks and "
+                f"{problems['missing_labels']} without labels"
+            )
+    print(
+        "tracks: "
+        + ", ".join(f"{split} {count}" for split, count in settings["num_tracks"].items())
+        + f"; {len(settings['labels'])} labels ({settings['task']})"
+    )
     print(markdown_tables(report["rows"], report["title"]))
     best = max(report["rows"], key=lambda row: -math.inf if row["roc_auc"] is None else row["roc_auc"])
-    print(f"best: block {best['block']} {best['tokens']}: ROC-AUC {100 * (best['roc_auc'] or math.nan):.2f}, "
-          f"mAP {100 * (best['average_precision'] or math.nan):.2f} (epoch {best['best_epoch']})")
+    print(
+        f"best: block {best['block']} {best['tokens']}: ROC-AUC {100 * (best['roc_auc'] or math.nan):.2f}, "
+        f"mAP {100 * (best['average_precision'] or math.nan):.2f} (epoch {best['best_epoch']})"
+    )
     if report["paths"]:
         print("wrote " + ", ".join(str(path) for path in report["paths"].values()))
     return 0
@@ -540,24 +607,45 @@ def register(subparsers) -> None:
         "results.md and the poster's heatmap (heatmap.png). Blocks are 1-based as on the poster (block b = "
         "hidden_states[b]); tokens: c = cls, d = dist, a = average of the patch tokens.",
     )
-    parser.add_argument("--model", required=True, help="MAEST directory, Hub id, AST-format repo or original checkpoint")
-    parser.add_argument("--data", required=True, help="dataset: Hub id, audiofolder/Parquet folder, save_to_disk folder or Parquet file(s)")
+    parser.add_argument(
+        "--model", required=True, help="MAEST directory, Hub id, AST-format repo or original checkpoint"
+    )
+    parser.add_argument(
+        "--data",
+        required=True,
+        help="dataset: Hub id, audiofolder/Parquet folder, save_to_disk folder or Parquet file(s)",
+    )
     parser.add_argument("--config-name", help="the Hub dataset's configuration")
     parser.add_argument(
-        "--blocks", help="blocks, 1-based: '1-12', '7', '1,4,7-9' or 'all' (default: the model's embedding block, 7 of 12)"
+        "--blocks",
+        help="blocks, 1-based: '1-12', '7', '1,4,7-9' or 'all' (default: the model's embedding block, 7 of 12)",
     )
-    parser.add_argument("--tokens", help="comma-separated token sets of c, d, a: 'cda' (default) or 'c,d,a,cd,ca,da,cda'")
+    parser.add_argument(
+        "--tokens", help="comma-separated token sets of c, d, a: 'cda' (default) or 'c,d,a,cd,ca,da,cda'"
+    )
     parser.add_argument("--sweep", action="store_true", help="the poster's sweep: every block x c,d,a,cd,ca,da,cda")
-    parser.add_argument("--probe", choices=PROBE_KINDS, default="mlp", help="probe: mlp (512 hidden, dropout 0.5) or linear")
+    parser.add_argument(
+        "--probe", choices=PROBE_KINDS, default="mlp", help="probe: mlp (512 hidden, dropout 0.5) or linear"
+    )
     parser.add_argument("--label-column", help="label column (default: tags, labels, label, genre or genres)")
     parser.add_argument("--audio-column", default="audio")
-    parser.add_argument("--task", choices=TASKS, default="auto", help="multilabel (BCE) or multiclass (CE); auto from the labels")
-    parser.add_argument("--label-names", help="label names file (one per line, or JSON list), e.g. for multi-hot labels")
+    parser.add_argument(
+        "--task", choices=TASKS, default="auto", help="multilabel (BCE) or multiclass (CE); auto from the labels"
+    )
+    parser.add_argument(
+        "--label-names", help="label names file (one per line, or JSON list), e.g. for multi-hot labels"
+    )
     parser.add_argument("--output-dir", default="probe-results", help="where results.json, results.md, heatmap.png go")
-    parser.add_argument("--cache-dir", default=str(Path("~/.cache/maest/embeddings").expanduser()), help="embedding cache")
+    parser.add_argument(
+        "--cache-dir", default=str(Path("~/.cache/maest/embeddings").expanduser()), help="embedding cache"
+    )
     parser.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
-    parser.add_argument("--validation-fraction", type=float, default=0.15, help="carved from train when there is no validation split")
-    parser.add_argument("--test-fraction", type=float, default=0.15, help="carved from train when there is no test split")
+    parser.add_argument(
+        "--validation-fraction", type=float, default=0.15, help="carved from train when there is no validation split"
+    )
+    parser.add_argument(
+        "--test-fraction", type=float, default=0.15, help="carved from train when there is no test split"
+    )
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
@@ -567,3 +655,17 @@ def register(subparsers) -> None:
     parser.add_argument("--device", help="device for the model (default: cuda when available)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=_run)
+
+
+__all__ = [
+    "POSTER_TOKEN_SETS",
+    "PROBE_KINDS",
+    "ProbeClassifier",
+    "TrackEmbeddings",
+    "extract_embeddings",
+    "extract_track_embeddings",
+    "probe_dataset",
+    "probe_sweep",
+    "train_probe",
+    "write_probe_report",
+]

@@ -13,8 +13,16 @@ import numpy as np
 from .embeddings import POSTER_TOKEN_SETS
 
 
-RESULT_FIELDS = ("block", "tokens", "roc_auc", "average_precision", "best_epoch", "validation_roc_auc",
-                 "validation_average_precision", "num_labels_skipped")
+RESULT_FIELDS = (
+    "block",
+    "tokens",
+    "roc_auc",
+    "average_precision",
+    "best_epoch",
+    "validation_roc_auc",
+    "validation_average_precision",
+    "num_labels_skipped",
+)
 
 
 def write_atomically(path, text: str) -> None:
@@ -51,7 +59,11 @@ def result_row(block: int, tokens: str, result: dict) -> dict:
 def write_results_json(output_dir, rows: list, settings: dict) -> Path:
     path = Path(output_dir) / "results.json"
     best = max((row for row in rows if row["roc_auc"] is not None), key=lambda row: row["roc_auc"], default=None)
-    document = {"settings": settings, "best": {k: v for k, v in best.items() if k != "history"} if best else None, "results": rows}
+    document = {
+        "settings": settings,
+        "best": {k: v for k, v in best.items() if k != "history"} if best else None,
+        "results": rows,
+    }
     write_atomically(path, json.dumps(document, indent=1, default=str) + "\n")
     return path
 
@@ -131,4 +143,11 @@ def write_probe_report(output_dir, rows: list, settings: dict, title: str | None
     return paths
 
 
-__all__ = ["markdown_tables", "render_heatmap", "result_row", "write_atomically", "write_probe_report", "write_results_json"]
+__all__ = [
+    "markdown_tables",
+    "render_heatmap",
+    "result_row",
+    "write_atomically",
+    "write_probe_report",
+    "write_results_json",
+]

@@ -1,5 +1,6 @@
 """Macro average precision (mAP) as an `evaluate` module that loads offline:
-`evaluate.load("<path>/macro_average_precision")`, or `maest.training.metrics.load_metric("macro_average_precision")`."""
+`evaluate.load("<path>/macro_average_precision")`, or
+`maest.training.metrics.load_metric("macro_average_precision")`."""
 
 import datasets
 import evaluate
@@ -33,7 +34,8 @@ Example:
 
 _CITATION = """
 @book{manning2008introduction,
-  title={Introduction to Information Retrieval}, author={Manning, Christopher D and Raghavan, Prabhakar and Sch{\"u}tze, Hinrich},
+  title={Introduction to Information Retrieval},
+  author={Manning, Christopher D and Raghavan, Prabhakar and Sch{\"u}tze, Hinrich},
   publisher={Cambridge University Press}, year={2008}, chapter={8.4}
 }
 """
@@ -47,11 +49,16 @@ class MacroAveragePrecision(evaluate.Metric):
             citation=_CITATION,
             inputs_description=_KWARGS_DESCRIPTION,
             features=[
-                datasets.Features({"prediction_scores": scores, "references": datasets.Sequence(datasets.Value("int32"))}),
+                datasets.Features(
+                    {"prediction_scores": scores, "references": datasets.Sequence(datasets.Value("int32"))}
+                ),
                 datasets.Features({"prediction_scores": scores, "references": datasets.Value("int32")}),
             ],
         )
 
     def _compute(self, prediction_scores, references, average="macro"):
         value, num_skipped = average_precision(references, prediction_scores, average=average)
-        return {"average_precision": value if average is not None else value.tolist(), "num_labels_skipped": num_skipped}
+        return {
+            "average_precision": value if average is not None else value.tolist(),
+            "num_labels_skipped": num_skipped,
+        }

@@ -47,7 +47,9 @@ class MacroRocAuc(evaluate.Metric):
             citation=_CITATION,
             inputs_description=_KWARGS_DESCRIPTION,
             features=[
-                datasets.Features({"prediction_scores": scores, "references": datasets.Sequence(datasets.Value("int32"))}),
+                datasets.Features(
+                    {"prediction_scores": scores, "references": datasets.Sequence(datasets.Value("int32"))}
+                ),
                 datasets.Features({"prediction_scores": scores, "references": datasets.Value("int32")}),
             ],
         )
