@@ -94,8 +94,9 @@ def parse_blocks(blocks, num_blocks: int) -> list[int]:
 # ----------------------------------------------------------------------------------------------- model
 def load_encoder(model_or_path, device=None):
     """The MAEST encoder (`MAESTModel`) in eval mode, from a model object (`MAESTModel` or
-    `MAESTForAudioClassification`, used on its device unless `device` is given) or anything `from_pretrained` loads
-    (a MAEST directory, an AST-format MAEST repo, an original checkpoint file)."""
+    `MAESTForAudioClassification`, switched to eval mode: embeddings are taken without training patchout; used on its
+    device unless `device` is given) or anything `from_pretrained` loads (a MAEST directory, an AST-format MAEST
+    repo, an original checkpoint file)."""
     from maest import MAESTModel
 
     if isinstance(model_or_path, (str, os.PathLike)):
