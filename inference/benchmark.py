@@ -354,8 +354,12 @@ def benchmark_inference(model, inputs, device, rounds: int, variants: list, log,
             # torch.compile (inductor) with freezing: weights become constants, linears get prepacked oneDNN
             # kernels with fused bias/GELU epilogues. Not the default path; shows what compilation adds here.
             compiled = torch.compile(model, options={"freezing": True})
-            with torch.inference_mode():
-                seconds = time_call(lambda: compiled(inputs), device)
+            try:
+                with torch.inference_mode():
+                    seconds = time_call(lambda: compiled(inputs), device)
+            except Exception as error:  # no C++ compiler, unsupported platform...
+                skipped[name] = f"torch.compile failed: {type(error).__name__}: {str(error).splitlines()[0][:200]}"
+                continue
             log(f"compiled float32 model in {seconds:.1f} s")
             compile_seconds[name] = seconds
             models[name] = compiled
@@ -760,6 +764,7 @@ def run_benchmark(args, log=None) -> dict:
     rounds = args.rounds or (3 if args.quick else 7)
     num_frames = model.config.max_length
     results = {
+        "command": "maest " + " ".join(sys.argv[1:]) if Path(sys.argv[0]).name == "maest" else None,
         "options": {key: value for key, value in vars(args).items() if not callable(value)},
         "machine": _machine(device),
         "model": source,
