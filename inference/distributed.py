@@ -38,19 +38,23 @@ import torch
 
 from transformers.utils import logging
 
+from maest.feature_extraction.audio import DEFAULT_STREAM_THRESHOLD_SECONDS
+
 from .api import _metadata, _tracks, default_num_workers, process_tracks, settings_for
 from .engine import CollectionRunner, TrackInput
 from .model import DEFAULT_MODEL, load_model
 from .sharding import probe_durations, shard_by_duration, shard_durations
 from .store import ProgressStore, finalize_output, load_existing_output
-from maest.feature_extraction.audio import DEFAULT_STREAM_THRESHOLD_SECONDS
 
 
 logger = logging.get_logger(__name__)
 
 # Test hook: "RANK:K" makes process RANK flush its part files and exit abruptly (as if killed) after K tracks.
 EXIT_AFTER_ENVIRONMENT_VARIABLE = "MAEST_TEST_EXIT_AFTER_TRACKS"
-POLL_SECONDS = 0.25
+# How often a process rewrites its progress file, and how often the others read the job's files: small files on a
+# shared filesystem, so a job of a thousand processes must not turn them into a metadata-server load.
+REPORT_SECONDS = 2.0
+POLL_SECONDS = 0.5
 RUN_DIRECTORY_PREFIX = "run-"
 
 
@@ -157,7 +161,7 @@ def _progress_file(run_directory: Path, rank: int) -> Path:
 
 class _RankReporter:
     """Counts this process's finished tracks and publishes them in its progress file (at most every
-    `POLL_SECONDS`, and at the end with `done`)."""
+    `REPORT_SECONDS`, and at the end with `done`)."""
 
     def __init__(self, run_directory: Path, rank: int, exit_after: int | None = None):
         self.path = _progress_file(run_directory, rank)
@@ -174,7 +178,7 @@ class _RankReporter:
 
     def publish(self, force: bool = False) -> None:
         now = time.monotonic()
-        if force or now - self._last_write >= POLL_SECONDS:
+        if force or now - self._last_write >= REPORT_SECONDS:
             _write_json(self.path, self.counts)
             self._last_write = now
 
@@ -237,6 +241,8 @@ class _GlobalProgress:
         )
         self.reports: list = [None] * num_processes
         self.totals = {"tracks": 0, "failed": 0, "seconds": 0.0}
+        self.interval = max(POLL_SECONDS, 0.002 * num_processes)  # 2 s for a thousand processes
+        self._closed = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll_forever, name="maest-progress", daemon=True)
         self._thread.start()
@@ -252,7 +258,7 @@ class _GlobalProgress:
         self.bar.update(self.totals["tracks"] - self.bar.n)
 
     def _poll_forever(self) -> None:
-        while not self._stop.wait(POLL_SECONDS):
+        while not self._stop.wait(self.interval):
             self.poll()
 
     def all_done(self) -> bool:
@@ -260,6 +266,7 @@ class _GlobalProgress:
 
     def wait(self, alive=None) -> None:
         """Blocks until every process reported its end; `alive()` (optional) raises when a worker died."""
+        self._stop_polling_thread()  # from here on this thread polls
         while True:
             _check_interrupted()
             self.poll()
@@ -267,13 +274,18 @@ class _GlobalProgress:
                 return
             if alive is not None:
                 alive()
-            time.sleep(POLL_SECONDS)
+            time.sleep(self.interval)
+
+    def _stop_polling_thread(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
 
     def close(self) -> None:
-        if self._stop.is_set():
+        if self._closed:
             return
-        self._stop.set()
-        self._thread.join()
+        self._closed = True
+        self._stop_polling_thread()
         self.poll()
         self.bar.close()
 
