@@ -209,7 +209,7 @@ def analyze(
     last_segment: str = LAST_SEGMENT_DEFAULT,
     min_duration: float = 1.0,
     batch_size: int = 8,
-    num_workers: int | None = 0,
+    num_workers: int | None = None,
     device: str | None = None,
     dtype: str = "float32",
     progress: bool = False,
@@ -239,7 +239,9 @@ def analyze(
     metadata = _metadata(inference_model, settings)
     output_names = settings["outputs"]
     if num_workers is None:
-        num_workers = default_num_workers(str(inference_model.device))
+        # Arrays are already in memory (sending them to worker processes costs more than their features).
+        in_memory = all(track.audio is not None for track in tracks)
+        num_workers = 0 if in_memory else default_num_workers(str(inference_model.device))
     runner = CollectionRunner(
         inference_model,
         scores=scores,
@@ -329,8 +331,9 @@ def tag(
         last_segment: `"auto"` (default: keep a partial last segment with at least half a segment of audio,
             padded), `"pad"` (always keep it) or `"drop"`; a track shorter than one segment is always one padded
             segment.
-        **kwargs: `batch_size`, `num_workers`, `device`, `dtype`, `inference_patchout_time_stride`, `min_duration`,
-            `progress`, `overwrite` (see `analyze`).
+        **kwargs: `batch_size` (segments per model call, 8), `num_workers` (decoding/feature processes; by
+            default 1-2 on CPU, up to 8 with CUDA, 0 for arrays), `device`, `dtype`, `inference_patchout_time_stride`,
+            `min_duration` (seconds, 1.0: shorter tracks fail), `progress`, `overwrite` (see `analyze`).
 
     Returns:
         `InferenceResults`: `.scores`, `.top(k)`, `.segment_scores`, `.failed`.
