@@ -49,7 +49,7 @@ from .store import ProgressStore, finalize_output, load_existing_output
 
 logger = logging.get_logger(__name__)
 
-# Test hook: "RANK:K" makes process RANK flush its part files and exit abruptly (as if killed) after K tracks.
+# Test hook: "RANK:K" makes process RANK flush its part files and exit abruptly (as if killed) after K finished tracks.
 EXIT_AFTER_ENVIRONMENT_VARIABLE = "MAEST_TEST_EXIT_AFTER_TRACKS"
 # How often a process rewrites its progress file, and how often the others read the job's files: small files on a
 # shared filesystem, so a job of a thousand processes must not turn them into a metadata-server load.
@@ -207,9 +207,12 @@ class _JobStore(ProgressStore):
         if self.reporter is None:
             return
         self.reporter.track(seconds, failed)
-        if self.reporter.exit_after is not None and self.reporter.counts["tracks"] >= self.reporter.exit_after:
+        # The test hook counts finished tracks only: a file that fails to decode can be reported before the tracks
+        # still waiting in the model's batch, depending on the machine's speed.
+        exit_after = self.reporter.exit_after
+        if exit_after is not None and not failed and self.reporter.counts["tracks"] - self.reporter.counts["failed"] >= exit_after:
             self.flush()
-            os._exit(75)  # the test hook: die like a killed process, with what was flushed on disk
+            os._exit(75)  # die like a killed process, with what was flushed on disk
 
     def remove(self) -> None:
         if not self.keep_directory:

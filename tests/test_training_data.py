@@ -117,8 +117,11 @@ def test_random_crops_and_resumable_positions(tmp_path):
     vocabulary = TagVocabulary(["rock", "jazz"])
     iterator = iter(stream(folder, vocabulary, shuffle=True, seed=3))
     batches = [next(iterator) for _ in range(7)]  # 14 examples: more than two passes over 6 tracks
-    first_pass = {i: x for b in batches[:3] for i, x in zip(b["ids"], b["input_values"])}
-    second_pass = {i: x for b in batches[3:6] for i, x in zip(b["ids"], b["input_values"])}
+    # Ids are "<pass>:<file>": the first six examples are pass 0, the next six pass 1, each track once per pass.
+    first_pass = {i.split(":", 1)[1]: x for b in batches[:3] for i, x in zip(b["ids"], b["input_values"])}
+    second_pass = {i.split(":", 1)[1]: x for b in batches[3:6] for i, x in zip(b["ids"], b["input_values"])}
+    assert {i.split(":", 1)[0] for b in batches[:3] for i in b["ids"]} == {"0"}
+    assert {i.split(":", 1)[0] for b in batches[3:6] for i in b["ids"]} == {"1"}
     assert set(first_pass) == set(second_pass) and len(first_pass) == 6
     # Each pass draws new random crops of the same tracks (and reshuffles them).
     assert all(not torch.equal(first_pass[i], second_pass[i]) for i in first_pass)

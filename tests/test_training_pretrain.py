@@ -196,3 +196,42 @@ def test_two_processes_read_disjoint_data_and_stay_in_sync(corpus, tmp_path):
     # Each process ran 4 steps of batch 4: 8 examples per step in all, so 2 x 4 x 4 = 32 samples.
     summary = json.loads((output_dir / "final" / "training_summary.json").read_text())["summary"]
     assert summary["samples_seen"] == 32
+
+
+def test_teacher_student_with_accumulation_and_checkpointing(corpus, tmp_path):
+    from maest import MAESTConfig
+    from maest.training.data import TagVocabulary, load_streaming_dataset, prepare_columns
+
+    dataset = prepare_columns(load_streaming_dataset(str(corpus / "train")), "audio", "tags")
+    labels = TagVocabulary.from_dataset(dataset, "tags").names
+    torch.manual_seed(0)
+    teacher_config = MAESTConfig.from_preset(
+        "maest-5s", max_length=106, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+        id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)},
+    )
+    MAESTForAudioClassification(teacher_config).save_pretrained(tmp_path / "teacher")
+    settings = tiny_settings(corpus, tmp_path / "run", teacher_model=str(tmp_path / "teacher"), max_steps=3,
+                             gradient_accumulation_steps=2, gradient_checkpointing=True, checkpoint_every_steps=None,
+                             validation_data=None)
+    trainer = Pretrainer(PretrainConfig(**settings))
+    trainer.run()
+    # Two batches per optimizer step; the distillation head was trained next to the classifier.
+    assert json.loads((tmp_path / "run" / "data_report.json").read_text())["used"] >= 3 * 2 * 4
+    model = MAESTForAudioClassification.from_pretrained(tmp_path / "run" / "final")
+    assert model.config.use_distillation_head and model.distillation_classifier is not None
+    assert trainer.model.maest.is_activation_checkpointing
+    summary = json.loads((tmp_path / "run" / "final" / "training_summary.json").read_text())["summary"]
+    assert summary["recipe"]["teacher_student"] is True and summary["recipe"]["batch_size"] == 8
+
+
+def test_shipped_30s_recipe_is_the_papers():
+    """The example config that ships with the package holds DESIGN.md section 5's recipe for the 30 s model."""
+    import maest.training
+
+    path = Path(maest.training.__file__).parent / "pretrain-maest-30s.yaml"
+    config = PretrainConfig.from_file(path, {"train_data": "some/dataset"})
+    assert (config.learning_rate, config.weight_decay, config.mixup_alpha) == (2e-5, 1e-4, 0.3)
+    assert (config.warmup_epochs, config.decay_start_epoch, config.decay_epochs, config.final_lr_factor) == (5, 50, 50, 0.01)
+    assert (config.epochs, config.samples_per_epoch, config.batch_size) == (130, 200_000, 12)
+    assert config.swa and config.swa_start_epoch == 50 and config.export_swa
+    assert config.model_preset == "maest-30s" and config.train_patchout_time == 90

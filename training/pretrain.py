@@ -284,7 +284,8 @@ class Pretrainer:
         if config.init_from:
             self.init_report = load_initial_weights(model, config.init_from, config.init_format)
         if config.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
+            # transformers 5 calls it activation checkpointing (the old name is deprecated).
+            (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
         feature_extractor = MAESTFeatureExtractor(max_length=model_config.max_length)
         return model, feature_extractor
 
@@ -421,8 +422,13 @@ class Pretrainer:
             from maest import MAESTForAudioClassification
 
             teacher = MAESTForAudioClassification.from_pretrained(config.teacher_model).to(accelerator.device).eval()
-            if teacher.config.num_labels != len(vocabulary):
-                raise ValueError(f"the teacher has {teacher.config.num_labels} classes, the vocabulary {len(vocabulary)}")
+            teacher_labels_ = [teacher.config.id2label[i] for i in range(teacher.config.num_labels)]
+            if teacher_labels_ != vocabulary.names:
+                raise ValueError(
+                    f"the teacher's {len(teacher_labels_)} labels differ from the vocabulary's {len(vocabulary)} (names or "
+                    f"order; first teacher labels {teacher_labels_[:5]}, vocabulary {vocabulary.names[:5]}): pass the "
+                    f"teacher's labels as labels_file"
+                )
             teacher.requires_grad_(False)
 
         # The data workers' positions. Batches come round-robin from the workers, so checkpoints are taken when the
@@ -454,6 +460,7 @@ class Pretrainer:
         stop_at = min(total_steps, config.stop_after_steps or total_steps)
         progress = tqdm(total=total_steps, initial=step, desc="pre-training", disable=not (self.is_main and config.progress_bar))
         running_loss, running_count = 0.0, 0
+        checkpoint_pending = False
         history = []
         started = time.perf_counter()
         data_iterator = iter(loader)
@@ -469,6 +476,7 @@ class Pretrainer:
                         handle.write("".join(f"{step}\t{example_id}\n" for example_id in batch["ids"]))
                 input_values = batch["input_values"].to(accelerator.device)
                 targets = [batch["labels"].to(accelerator.device)]
+                # Teacher labels come from the unmixed input and are then mixed like the ground truth.
                 if teacher is not None:
                     targets.append(teacher_labels(teacher(input_values).logits, config.distillation_threshold))
                 elif "teacher_logits" in batch:
@@ -501,11 +509,11 @@ class Pretrainer:
             if validation_dataset is not None and eval_every and (step % eval_every == 0 or step == total_steps):
                 history.append(self._validate(model, validation_dataset, vocabulary, feature_extractor, step))
             checkpoint_due = config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0
-            if (checkpoint_due or step == stop_at) and config.checkpoint_every_steps:
-                self._pending_checkpoint = True
-            if getattr(self, "_pending_checkpoint", False) and state["batches"] % self.num_workers == 0:
+            checkpoint_pending |= bool(config.checkpoint_every_steps) and (checkpoint_due or step == stop_at)
+            # A resumed loader restarts its round-robin at worker 0: checkpoint only where the next batch is worker 0's.
+            if checkpoint_pending and state["batches"] % self.num_workers == 0:
                 self.save_checkpoint(step, state)
-                self._pending_checkpoint = False
+                checkpoint_pending = False
         progress.close()
         elapsed = time.perf_counter() - started
 
