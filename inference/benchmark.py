@@ -218,35 +218,9 @@ def _median(values):
 
 def _ast_peer(model: nn.Module, device: torch.device) -> nn.Module:
     """transformers' `ASTForAudioClassification` of the same shape, SDPA attention, carrying the MAEST weights."""
-    from transformers import ASTConfig, ASTForAudioClassification
+    from maest.modeling.conversion import maest_to_ast_model
 
-    from maest.modeling.conversion import maest_to_ast_state_dict
-
-    config = model.config
-    ast_config = ASTConfig(
-        hidden_size=config.hidden_size,
-        num_hidden_layers=config.num_hidden_layers,
-        num_attention_heads=config.num_attention_heads,
-        intermediate_size=config.intermediate_size,
-        hidden_act=config.hidden_act,
-        layer_norm_eps=config.layer_norm_eps,
-        patch_size=config.patch_size,
-        qkv_bias=config.qkv_bias,
-        frequency_stride=config.frequency_stride,
-        time_stride=config.time_stride,
-        max_length=config.max_length,
-        num_mel_bins=config.num_mel_bins,
-        num_labels=config.num_labels,
-        attn_implementation="sdpa",
-    )
-    ast = ASTForAudioClassification(ast_config)
-    state_dict = dict(model.state_dict())
-    # Stock AST has one position per patch of a max_length input; MAEST may have one more time position than that.
-    key = "maest.embeddings.time_position_embeddings"
-    state_dict[key] = state_dict[key][..., : config.num_time_patches(config.max_length)]
-    state_dict = maest_to_ast_state_dict(state_dict)
-    ast.load_state_dict(state_dict, strict=True)
-    return ast.eval().to(device)
+    return maest_to_ast_model(model, attn_implementation="sdpa").to(device)
 
 
 @contextlib.contextmanager

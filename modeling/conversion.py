@@ -190,6 +190,50 @@ def maest_to_ast_state_dict(state_dict: dict) -> dict:
     return converted
 
 
+def maest_to_ast_model(model, max_length: int | None = None, attn_implementation: str = "sdpa"):
+    """transformers' stock `ASTForAudioClassification` carrying a MAEST classifier's weights, for inputs of exactly
+    `max_length` frames (default: the model's) without patchout; it gives MAEST's logits and hidden states.
+
+    Args:
+        model: a `MAESTForAudioClassification`.
+        max_length: AST's fixed input length; MAEST's time positions beyond it are dropped (stock AST has one
+            position per patch column of a full-length input).
+    """
+    from transformers import ASTConfig, ASTForAudioClassification
+
+    config = model.config
+    max_length = config.max_length if max_length is None else max_length
+    num_columns = config.num_time_patches(max_length)
+    if num_columns > config.num_time_positions:
+        raise ValueError(f"max_length {max_length} needs {num_columns} time positions; the model has {config.num_time_positions}")
+    ast_config = ASTConfig(
+        hidden_size=config.hidden_size,
+        num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads,
+        intermediate_size=config.intermediate_size,
+        hidden_act=config.hidden_act,
+        layer_norm_eps=config.layer_norm_eps,
+        patch_size=config.patch_size,
+        qkv_bias=config.qkv_bias,
+        frequency_stride=config.frequency_stride,
+        time_stride=config.time_stride,
+        max_length=max_length,
+        num_mel_bins=config.num_mel_bins,
+        num_labels=config.num_labels,
+        id2label=dict(config.id2label),
+        label2id=dict(config.label2id),
+        attn_implementation=attn_implementation,
+    )
+    ast = ASTForAudioClassification(ast_config)
+    # AST's head LayerNorm takes the blocks' eps; MAEST's (the original's) has its own.
+    ast.classifier.layernorm.eps = config.classifier_layer_norm_eps
+    state_dict = dict(model.state_dict())
+    key = "maest.embeddings.time_position_embeddings"
+    state_dict[key] = state_dict[key][..., :num_columns]
+    ast.load_state_dict(maest_to_ast_state_dict(state_dict), strict=True)
+    return ast.eval().to(next(model.parameters()).device)
+
+
 def maest_config_from_ast(ast_config: dict) -> MAESTConfig:
     """The MAEST config of an AST-format MAEST repo (its `config.json` as a dict)."""
     keys = (

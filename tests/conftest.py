@@ -83,3 +83,13 @@ def small_model_dir(tmp_path_factory):
     MAESTForAudioClassification(config).eval().save_pretrained(directory)
     MAESTFeatureExtractor(max_length=config.max_length).save_pretrained(directory)
     return directory
+
+
+@pytest.fixture(scope="module")
+def single_torch_thread():
+    """Small tensors on a loaded 2-core machine: one torch thread avoids OpenMP contention (a 5 s chunk's check took
+    50 ms with two). Modules opt in with `pytestmark = pytest.mark.usefixtures("single_torch_thread")`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -24,13 +24,7 @@ from maest.feature_extraction.audio import (
 SEGMENT_FRAMES = 316  # 5 s segments, as the small test model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Small tensors on a loaded 2-core machine: one thread avoids OpenMP contention (a 5 s chunk's check took 50 ms).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture(scope="module")

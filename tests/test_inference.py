@@ -30,13 +30,7 @@ from maest.inference import store as store_module
 SEGMENT_FRAMES = 316
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny model on a loaded 2-core machine: one thread avoids OpenMP contention.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 from conftest import FIXTURES
-from transformers import ASTConfig, ASTForAudioClassification
+from transformers import ASTForAudioClassification
 
 from maest import MAESTConfig, MAESTForAudioClassification, MAESTModel, load_original_checkpoint, pool_embedding_tokens
 from maest.modeling import parse_embedding_tokens
-from maest.modeling.conversion import maest_to_ast_state_dict
+from maest.modeling.conversion import maest_to_ast_model
 
 
 @pytest.fixture(scope="module")
@@ -77,22 +77,10 @@ def test_embed_token_sets(original_model, reference, reference_input):
 def test_equals_transformers_ast_with_the_same_weights(original_model, tiny_config):
     """Stock AST runs the full-length input (all time positions); MAEST must give the same logits and states."""
     config = original_model.config
-    ast_config = ASTConfig(
-        hidden_size=config.hidden_size,
-        num_hidden_layers=config.num_hidden_layers,
-        num_attention_heads=config.num_attention_heads,
-        intermediate_size=config.intermediate_size,
-        layer_norm_eps=config.layer_norm_eps,
-        num_mel_bins=96,
-        max_length=(config.num_time_positions - 1) * config.time_stride + config.patch_size,
-        num_labels=config.num_labels,
-    )
-    ast = ASTForAudioClassification(ast_config).eval()
-    # AST's head LayerNorm uses the blocks' eps; the original head uses 1e-5.
-    ast.classifier.layernorm.eps = config.classifier_layer_norm_eps
-    missing, unexpected = ast.load_state_dict(maest_to_ast_state_dict(original_model.state_dict()), strict=True)
-    assert not missing and not unexpected
-    inputs = torch.randn(2, ast_config.max_length, 96, generator=torch.Generator().manual_seed(1))
+    max_length = (config.num_time_positions - 1) * config.time_stride + config.patch_size
+    ast = maest_to_ast_model(original_model, max_length=max_length, attn_implementation="eager")
+    assert type(ast) is ASTForAudioClassification and ast.config.max_length == max_length
+    inputs = torch.randn(2, max_length, 96, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         ours = original_model(inputs, output_hidden_states=True)
         theirs = ast(inputs, output_hidden_states=True)
