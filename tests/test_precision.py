@@ -59,6 +59,20 @@ def test_int8_replaces_every_linear_with_a_dynamic_quantized_one(tiny_model, tin
     torch.testing.assert_close(quantized_logits, reference_logits, rtol=0, atol=0.05)
 
 
+@pytest.mark.parametrize("flags, engine", [({"avx2", "fma"}, "x86"), ({"avx512f", "amx_tile", "amx_int8"}, "onednn")])
+def test_int8_engine_follows_the_cpu_and_is_restored(tiny_model, tiny_inputs, monkeypatch, flags, engine):
+    if engine not in torch.backends.quantized.supported_engines:
+        pytest.skip(f"torch has no {engine} quantized engine here")
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset(flags))
+    assert precision.int8_engine() == engine
+    before = torch.backends.quantized.engine
+    model = prepare_model(copy.deepcopy(tiny_model), "int8")
+    assert torch.backends.quantized.engine == before
+    # Weights packed for either engine give the float32 model's embedding (the kernels run on this machine's CPU).
+    with torch.no_grad():
+        assert _cosine(tiny_model.maest.embed(tiny_inputs), model.maest.embed(tiny_inputs)).min() > 0.999
+
+
 def test_int8_can_keep_chosen_linears_in_float32(tiny_model, tiny_inputs):
     keep = [f"maest.layers.{i}.mlp.fc2" for i in range(tiny_model.config.num_hidden_layers)]
     model = prepare_model(copy.deepcopy(tiny_model), "int8", int8_skip_modules=keep)
