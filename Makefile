@@ -32,7 +32,7 @@ test-fast: setup
 	$(PYTHON) -m pytest -q -p no:cacheprovider -m "not slow"
 
 bench: setup
-	$(VENV)/bin/maest bench --output benchmarks/results.json
+	$(VENV)/bin/maest bench --output benchmarks/results.json --markdown benchmarks/results.md
 
 clean:
 	rm -rf $(VENV) demo_output build *.egg-info
