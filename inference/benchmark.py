@@ -36,7 +36,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .precision import cpu_precision_summary, input_dtype, prepare_model
+from maest.files import write_text_atomically
+
+from .precision import cpu_precision_summary, prepare_model
 
 
 # The paper's structured patchout for the 30 s model: 90 of the 186 time columns of an 1875-frame crop are dropped.
@@ -776,11 +778,7 @@ def bench_command(args) -> int:
     results = run_benchmark(args)
     print(format_report(results))
     if args.output:
-        output = Path(args.output)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        temporary = output.with_name(output.name + ".tmp")
-        temporary.write_text(json.dumps(results, indent=2) + "\n")
-        os.replace(temporary, output)
+        output = write_text_atomically(args.output, json.dumps(results, indent=2) + "\n")
         print(f"wrote {output}", file=sys.stderr)
     if args.markdown:
         Path(args.markdown).write_text(markdown_report(results))

@@ -39,6 +39,7 @@ import torch
 from transformers.utils import logging
 
 from maest.feature_extraction.audio import DEFAULT_STREAM_THRESHOLD_SECONDS
+from maest.files import write_text_atomically
 
 from .api import _metadata, _tracks, default_num_workers, process_tracks, settings_for
 from .engine import CollectionRunner, TrackInput
@@ -142,10 +143,8 @@ def parse_devices(devices) -> list[str]:
 
 # ----------------------------------------------------------------------------------------------- files of one run
 def _write_json(path: Path, payload) -> None:
-    # Small files that another process polls: written beside and renamed, so a reader never sees half a file.
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(payload))
-    os.replace(temporary, path)
+    # Small files that another process polls, rewritten every few seconds: atomic, not flushed to disk each time.
+    write_text_atomically(path, json.dumps(payload), fsync=False)
 
 
 def _read_json(path: Path):

@@ -12,9 +12,7 @@ disjoint shares of a collection and one of them finalizes it.
 """
 
 import json
-import os
 import shutil
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -23,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from maest.files import atomic_write
 
 
 OUTPUT_FORMATS = (".parquet", ".npz")
@@ -53,23 +53,6 @@ def output_format(path) -> str:
     if suffix not in OUTPUT_FORMATS:
         raise ValueError(f"{path}: unknown output format {suffix or '(none)'!r}; use a .parquet or .npz file name")
     return suffix
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Calls `write(temporary_path)`, then moves the file into place, so readers never see a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        write(temporary)
-        with open(temporary, "rb+") as file:
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
 
 
 def _vectors(values: list[np.ndarray], dim: int | None = None) -> pa.Array:
@@ -124,7 +107,7 @@ def write_output(path, table: pa.Table, metadata: dict) -> None:
                 value = ",".join(value) if isinstance(value, list) else value
                 table = table.append_column(key, pa.array([value] * table.num_rows))
         table = with_metadata(table, metadata)
-        _atomic_write(path, lambda temporary: pq.write_table(table, temporary))
+        atomic_write(path, lambda temporary: pq.write_table(table, temporary))
         return
     arrays = {"metadata": np.array(json.dumps(metadata)), "path": np.array(table["path"].to_pylist(), dtype=str)}
     arrays["duration"] = table["duration"].to_numpy()
@@ -146,7 +129,7 @@ def write_output(path, table: pa.Table, metadata: dict) -> None:
         with open(temporary, "wb") as file:
             np.savez(file, **arrays)
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 def _column_matrix(column) -> np.ndarray:
@@ -242,7 +225,7 @@ class ProgressStore:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
         manifest = {"format": "maest-partial", "version": STORE_VERSION, "output": self.out.name, "settings": self.settings}
-        _atomic_write(self.manifest_path, lambda temporary: Path(temporary).write_text(json.dumps(manifest, indent=1)))
+        atomic_write(self.manifest_path, lambda temporary: Path(temporary).write_text(json.dumps(manifest, indent=1)))
 
     def part_files(self) -> list[Path]:
         return sorted(self.directory.glob("part-*.parquet")) if self.directory.is_dir() else []
@@ -271,10 +254,10 @@ class ProgressStore:
         stem = f"part-r{self.rank:03d}-{time.time_ns():020d}-{self._session}-{self._sequence:06d}"
         if self._rows:
             table = rows_to_table(self._rows, self.output_names, self.per_segment)
-            _atomic_write(self.directory / f"{stem}.parquet", lambda temporary: pq.write_table(table, temporary))
+            atomic_write(self.directory / f"{stem}.parquet", lambda temporary: pq.write_table(table, temporary))
         if self._failures:
             failures = json.dumps(self._failures)
-            _atomic_write(self.directory / f"{stem}.failed.json", lambda temporary: Path(temporary).write_text(failures))
+            atomic_write(self.directory / f"{stem}.failed.json", lambda temporary: Path(temporary).write_text(failures))
         self._sequence += 1
         self._rows, self._failures = [], []
         self._last_flush = time.monotonic()
@@ -351,7 +334,7 @@ def finalize_output(
     failed_file = Path(str(out) + ".failed.tsv")
     if failures:
         lines = "".join(f"{_tsv(item['path'])}\t{_tsv(item['reason'])}\n" for item in failures)
-        _atomic_write(failed_file, lambda temporary: Path(temporary).write_text("path\treason\n" + lines))
+        atomic_write(failed_file, lambda temporary: Path(temporary).write_text("path\treason\n" + lines))
     elif failed_file.exists():
         failed_file.unlink()
     store.remove()

@@ -30,13 +30,13 @@ import json
 import logging
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from maest.files import atomic_write
 from maest.modeling import parse_embedding_tokens, pool_embedding_tokens
 
 
@@ -292,15 +292,7 @@ def _write_cache(path: Path, entries: dict[str, tuple[np.ndarray, int]], descrip
     tensors = {f"block_{b + 1}": np.ascontiguousarray(stacked[:, b]) for b in range(stacked.shape[1])}
     tensors["num_segments"] = np.array([entries[key][1] for key in keys], dtype=np.int64)
     metadata = {"format": CACHE_FORMAT, "keys": json.dumps(keys), "model": json.dumps(description, default=str)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(descriptor)
-    try:
-        save_file(tensors, temporary, metadata=metadata)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    atomic_write(path, lambda temporary: save_file(tensors, temporary, metadata=metadata))
 
 
 # ----------------------------------------------------------------------------------------------- extraction

@@ -4,11 +4,11 @@ each cell annotated with its test ROC-AUC in percent)."""
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from maest.files import atomic_write, write_text_atomically
 
 from .embeddings import POSTER_TOKEN_SETS
 
@@ -23,21 +23,6 @@ RESULT_FIELDS = (
     "validation_average_precision",
     "num_labels_skipped",
 )
-
-
-def write_atomically(path, text: str) -> None:
-    """Writes a text file through a temporary file renamed over it, so that a crash never leaves a half-written
-    file in place of a finished one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
 
 
 def _json_value(value):
@@ -64,7 +49,7 @@ def write_results_json(output_dir, rows: list, settings: dict) -> Path:
         "best": {k: v for k, v in best.items() if k != "history"} if best else None,
         "results": rows,
     }
-    write_atomically(path, json.dumps(document, indent=1, default=str) + "\n")
+    write_text_atomically(path, json.dumps(document, indent=1, default=str) + "\n")
     return path
 
 
@@ -125,12 +110,7 @@ def render_heatmap(rows: list, path, title: str | None = None) -> Path:
     figure.colorbar(image, ax=axes, label="test ROC-AUC (%)")
     axes.set_title(title or "Probe ROC-AUC per block and token set", fontsize=10)
     figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp.png")
-    figure.savefig(temporary)
-    os.replace(temporary, path)
-    return path
+    return atomic_write(path, lambda temporary: figure.savefig(temporary, format="png"))
 
 
 def write_probe_report(output_dir, rows: list, settings: dict, title: str | None = None) -> dict:
@@ -138,7 +118,7 @@ def write_probe_report(output_dir, rows: list, settings: dict, title: str | None
     output_dir = Path(output_dir)
     paths = {"json": write_results_json(output_dir, rows, settings)}
     paths["markdown"] = output_dir / "results.md"
-    write_atomically(paths["markdown"], markdown_tables(rows, title))
+    write_text_atomically(paths["markdown"], markdown_tables(rows, title))
     paths["heatmap"] = render_heatmap(rows, output_dir / "heatmap.png", title)
     return paths
 
@@ -147,7 +127,6 @@ __all__ = [
     "markdown_tables",
     "render_heatmap",
     "result_row",
-    "write_atomically",
     "write_probe_report",
     "write_results_json",
 ]

@@ -1,0 +1,22 @@
+"""`maest.files.atomic_write`: a finished file is replaced whole or not at all."""
+
+import pytest
+
+from maest.files import atomic_write, write_text_atomically
+
+
+def test_a_failed_write_keeps_the_finished_file_and_leaves_no_temporary(tmp_path):
+    path = write_text_atomically(tmp_path / "sub" / "results.json", "finished\n")
+    assert path.read_text() == "finished\n"
+
+    def half_write(temporary):
+        with open(temporary, "w") as handle:
+            handle.write("half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(path, half_write)
+    assert path.read_text() == "finished\n"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["results.json"]
+    write_text_atomically(path, "new", fsync=False)
+    assert path.read_text() == "new"
