@@ -1,8 +1,16 @@
-"""The `maest` command. Each subpackage registers its own subcommands next to the code they run."""
+"""The `maest` command: all command-line code lives in this package, one module per area.
+
+Each module has a `register(subparsers)` function that adds its subcommands; it imports only the standard library at
+the top, and each subcommand imports the library code it runs when it runs, so `maest --help` starts in well under a
+second. Library modules raise (`maest.errors.MAESTError` for user errors); only this package prints and chooses exit
+statuses (see `maest.cli.common`).
+"""
 
 import argparse
 import importlib
 import sys
+
+from .common import run_command
 
 # Modules with a `register(subparsers)` function that adds their subcommands.
 COMMAND_MODULES = (
@@ -27,12 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        status = args.func(args)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    return int(status or 0)
+    return run_command(args.func, args)
 
 
 if __name__ == "__main__":
