@@ -105,6 +105,29 @@ class MAESTFeatureExtractor(SequenceFeatureExtractor):
             output.pop(name, None)
         return output
 
+    # ----------------------------------------------------------------------------------------------- time axis
+    def frames_to_seconds(self, num_frames: int | float) -> float:
+        """Time between frame `0` and frame `num_frames`: frames are `hop_size` samples apart at `sampling_rate` (the
+        feature rate, 16 kHz), frame `i` centered on sample `i * hop_size`. `frames_to_seconds(1)` is 0.016 s."""
+        return num_frames * self.hop_size / self.sampling_rate
+
+    @property
+    def segment_seconds(self) -> float:
+        """Seconds of audio per segment of `max_length` frames: the step between consecutive segments.
+
+        Segments are consecutive and non-overlapping in frames (segment `k` holds frames `[k L, (k + 1) L)` for
+        `L = max_length`), so they start `L * hop_size` samples apart and tile the track: segment `k` stands for the
+        audio in `[k, k + 1) * segment_seconds`. This is `L * hop / sr` (30.016 s for the 30 s model's 1876 frames),
+        not the `(L - 1) * hop / sr` between the centers of a segment's first and last frames. For another segment
+        length use `frames_to_seconds(length)`.
+        """
+        return self.frames_to_seconds(self.max_length)
+
+    def segment_start_seconds(self, segment_index: int, segment_frames: int | None = None) -> float:
+        """Start time of segment `segment_index` of a clip (the center of its first frame): `k * segment_seconds`,
+        for segments of `segment_frames` frames (`max_length` by default)."""
+        return self.frames_to_seconds(segment_index * (segment_frames or self.max_length))
+
     # ----------------------------------------------------------------------------------------------- input handling
     def num_frames(self, num_samples: int) -> int:
         """Frames of a clip of `num_samples` 16 kHz samples: `1 + ceil(n / hop)`, as Essentia's FrameCutter."""

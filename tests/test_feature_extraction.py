@@ -141,6 +141,21 @@ def test_segments_of_a_long_track(extractor):
     assert two["segment_clip_index"].tolist() == [0, 0, 1]
 
 
+def test_segment_times_locate_the_audio():
+    """Segment `k` starts at `segment_start_seconds(k)`: a click there is centered in the segment's first frame."""
+    small = MAESTFeatureExtractor(max_length=316)
+    assert small.segment_seconds == pytest.approx(316 * 256 / 16000)
+    assert MAESTFeatureExtractor().segment_seconds == pytest.approx(30.016)
+    audio = np.zeros(int(4 * small.segment_seconds * 16000), dtype=np.float32)
+    click = round(small.segment_start_seconds(2) * 16000)
+    audio[click] = 1.0
+    segments = small(audio, sampling_rate=16000, return_segments=True)["input_values"]
+    loudest = segments.sum(-1).reshape(-1).argmax().item()
+    assert divmod(loudest, 316) == (2, 0)
+    assert small.segment_start_seconds(3) == pytest.approx(3 * small.segment_seconds)
+    assert small.frames_to_seconds(1) == pytest.approx(0.016)
+
+
 def test_bad_inputs(extractor):
     with pytest.raises(ValueError, match="empty"):
         extractor(np.zeros(0, dtype=np.float32), sampling_rate=16000)
