@@ -49,10 +49,14 @@ class AudioInfo:
     begin_seconds: float
 
 
-def find_audio_files(paths, extensions=AUDIO_EXTENSIONS) -> list[str]:
+def find_audio_files(paths, extensions=AUDIO_EXTENSIONS, unreadable: list | None = None) -> list[str]:
     """Expands paths into a list of files: directories are walked recursively (sorted, symlinks followed) for files
     with an audio extension; files named explicitly are kept whatever their extension. Order: as given, each
     directory's files sorted by path.
+
+    Args:
+        unreadable: where given, a list that receives `(folder, reason)` for each folder that could not be read
+            (permission denied...); the walk goes on past it. Without it such a folder raises its `OSError`.
 
     Raises:
         FileNotFoundError: a path that does not exist.
@@ -64,7 +68,7 @@ def find_audio_files(paths, extensions=AUDIO_EXTENSIONS) -> list[str]:
     for path in paths:
         path = Path(path)
         if path.is_dir():
-            found = sorted(_walk_audio_files(path, extensions))
+            found = sorted(_walk_audio_files(path, extensions, unreadable))
         elif path.exists() or path.is_symlink():
             found = [path]
         else:
@@ -77,10 +81,16 @@ def find_audio_files(paths, extensions=AUDIO_EXTENSIONS) -> list[str]:
     return files
 
 
-def _walk_audio_files(directory: Path, extensions) -> Iterator[Path]:
+def _walk_audio_files(directory: Path, extensions, unreadable: list | None = None) -> Iterator[Path]:
     # Symlinked folders are followed once each (a link back to a parent would otherwise loop forever).
     visited = set()
-    for root, directories, names in os.walk(directory, followlinks=True):
+
+    def report(error: OSError) -> None:
+        if unreadable is None:
+            raise error
+        unreadable.append((str(error.filename or directory), f"folder not read ({error.strerror or error})"))
+
+    for root, directories, names in os.walk(directory, followlinks=True, onerror=report):
         real = os.path.realpath(root)
         if real in visited:
             directories[:] = []
@@ -145,8 +155,29 @@ def load_audio(path, sampling_rate: int = 16000) -> torch.Tensor:
     try:
         samples = decoder.get_all_samples().data
     except Exception as error:
-        raise AudioDecodingError(f"{path}: decoding failed ({_short(error)})") from error
+        # A damaged file (cut off mid-frame, a broken packet): keep what decodes before the damage, as FFmpeg does.
+        samples = _readable_prefix(decoder)
+        if samples is None:
+            raise AudioDecodingError(f"{path}: decoding failed ({_short(error)})") from error
     return _to_mono(samples, path)
+
+
+def _readable_prefix(decoder, longest_step: float = 1.0, shortest_step: float = 0.001) -> torch.Tensor | None:
+    """The samples up to the first undecodable part of the stream, found by decoding consecutive ranges that get
+    ten times shorter each time one fails; None when nothing decodes. `(channels, samples)`."""
+    start = float(decoder.metadata.begin_stream_seconds or 0.0)
+    step, pieces = longest_step, []
+    while step >= shortest_step:
+        try:
+            samples = decoder.get_samples_played_in_range(start, start + step).data
+        except RuntimeError:
+            step /= 10
+            continue
+        if samples.shape[-1] == 0:
+            break
+        pieces.append(samples)
+        start += step
+    return torch.cat(pieces, dim=-1) if pieces else None
 
 
 def _to_mono(samples: torch.Tensor, path) -> torch.Tensor:

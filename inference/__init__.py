@@ -1,25 +1,40 @@
 """Inference at scale: whole-track tags and embeddings of music collections (`maest tag`, `maest embed`), the same
-as a Python API, and ONNX export."""
+as a Python API, and ONNX export. One collection run is one job (`maest.inference.job`) whether one process, several
+`--devices` or a launcher's processes share it (`maest.inference.distributed`)."""
 
-from .api import InferenceResults, analyze, embed, process_tracks, tag
+from .api import analyze, embed, tag
 from .distributed import DistributedResults, analyze_distributed
+from .job import CollectionError, CollectionSettings, InferenceResults
 from .model import DEFAULT_MODEL, InferenceModel, ModelNotAvailableError, load_model
-from .store import SettingsMismatchError, finalize_output, read_output
+from .store import (
+    OutputLockedError,
+    SettingsMismatchError,
+    StoreWriteError,
+    TrackResult,
+    finalize_output,
+    read_failures,
+    read_output,
+)
 
 
 __all__ = [
     "DEFAULT_MODEL",
+    "CollectionError",
+    "CollectionSettings",
     "DistributedResults",
     "InferenceModel",
     "InferenceResults",
     "ModelNotAvailableError",
+    "OutputLockedError",
     "SettingsMismatchError",
+    "StoreWriteError",
+    "TrackResult",
     "analyze",
     "analyze_distributed",
     "embed",
     "finalize_output",
     "load_model",
-    "process_tracks",
+    "read_failures",
     "read_output",
     "tag",
 ]

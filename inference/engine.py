@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from maest.feature_extraction.audio import DEFAULT_STREAM_THRESHOLD_SECONDS, AudioDecodingError, track_segment_features
 
 from .model import InferenceModel
+from .store import TrackResult
 
 
 @dataclass
@@ -48,23 +49,6 @@ class SegmentChunk:
         if self.segments is not None:
             self.segments = self.segments.pin_memory()
         return self
-
-
-@dataclass
-class TrackResult:
-    """The outputs of one track.
-
-    Attributes:
-        outputs: per output name (`"scores"`, `"embedding"`), the track value (mean over segments, shape `(dim,)`).
-        segment_outputs: per output name, the per-segment values of shape `(num_segments, dim)`.
-    """
-
-    index: int
-    name: str
-    duration: float
-    num_segments: int
-    outputs: dict
-    segment_outputs: dict
 
 
 @dataclass
@@ -115,6 +99,7 @@ class TrackSegmentDataset(IterableDataset):
             else:
                 chunks = self._array_chunks(track)
             for segments, duration in chunks:
+                check_finite(track.name, segments)
                 yield SegmentChunk(index, segments, duration=duration, last=duration is not None)
         except Exception as error:  # one bad track never stops a collection
             reason = str(error) if isinstance(error, AudioDecodingError) else f"{track.name}: {type(error).__name__}: {error}"
@@ -138,6 +123,15 @@ class TrackSegmentDataset(IterableDataset):
         chunks = segments.split(self.settings.segments_per_chunk)
         for position, chunk in enumerate(chunks):
             yield chunk, duration if position == len(chunks) - 1 else None
+
+
+def check_finite(name: str, segments: torch.Tensor) -> None:
+    """Refuses non-finite features (e.g. samples of 1e20 overflow the power spectrum): checked here, in the loader
+    workers, so the model's forward needs no device sync and one bad file fails only its own track."""
+    if not bool(torch.isfinite(segments).all()):
+        raise AudioDecodingError(
+            f"{name}: its features contain NaN or infinite values (audio samples far outside [-1, 1]?)"
+        )
 
 
 def _identity(item):
@@ -237,98 +231,118 @@ class CollectionRunner:
         """Processes `tracks`; `on_result` / `on_failure` are called once per track, in order of completion."""
         from tqdm.auto import tqdm
 
-        states: dict[int, _TrackState] = {}
-        queue: list[tuple[int, torch.Tensor]] = []
-        queued = 0
         bar = tqdm(total=len(tracks), unit="track", file=sys.stderr, disable=not self.progress, dynamic_ncols=True)
-        started, audio_seconds = time.monotonic(), 0.0
-
-        def complete(index: int) -> None:
-            nonlocal audio_seconds
-            state = states.pop(index)
-            segment_outputs = {name: torch.cat(parts).numpy() for name, parts in state.outputs.items()}
-            result = TrackResult(
-                index=index,
-                name=tracks[index].name,
-                duration=float(state.duration),
-                num_segments=state.expected,
-                outputs={name: values.mean(axis=0, dtype=np.float64).astype(np.float32) for name, values in segment_outputs.items()},
-                segment_outputs=segment_outputs,
-            )
-            on_result(result)
-            audio_seconds += result.duration
-            elapsed = max(time.monotonic() - started, 1e-9)
-            bar.set_postfix_str(f"{audio_seconds / 60 / elapsed:.2f} audio min/s", refresh=False)
-            bar.update(1)
-
-        def run_batch(size: int) -> None:
-            nonlocal queue, queued
-            taken, count = [], 0
-            while queue and count < size:
-                index, segments = queue.pop(0)
-                if count + len(segments) > size:
-                    queue.insert(0, (index, segments[size - count :]))
-                    segments = segments[: size - count]
-                taken.append((index, segments))
-                count += len(segments)
-            queued -= count
-            live = [(index, segments) for index, segments in taken if not states[index].failed]
-            if live:
-                outputs = self.inference_model.run(
-                    torch.cat([segments for _, segments in live]),
-                    scores=self.scores,
-                    embedding=self.embedding,
-                    block=self.block,
-                    tokens=self.tokens,
-                )
-                offset = 0
-                for index, segments in live:
-                    state = states[index]
-                    for name, values in outputs.items():
-                        state.outputs.setdefault(name, []).append(values[offset : offset + len(segments)])
-                    state.received += len(segments)
-                    offset += len(segments)
-            for index in dict.fromkeys(index for index, _ in taken):
-                settle(index)
-
-        def settle(index: int) -> None:
-            # A track is done once its last chunk arrived and all its segments went through the model; a failed
-            # track is forgotten once none of its segments wait in the queue.
-            state = states.get(index)
-            if state is None or not state.finished:
-                return
-            if state.failed:
-                if not any(queued_index == index for queued_index, _ in queue):
-                    states.pop(index)
-            elif state.received == state.expected:
-                complete(index)
-
+        batcher = _Batcher(self, tracks, on_result, on_failure, bar)
         try:
             for chunk in self.chunks(tracks):
-                state = states.setdefault(chunk.index, _TrackState())
-                name = tracks[chunk.index].name
-                if chunk.error is None and chunk.last and state.expected + len(chunk.segments) == 0:
-                    chunk.error = f"{name}: no segments"
-                if chunk.error is not None:
-                    state.failed = state.finished = True
-                    settle(chunk.index)
-                    on_failure(TrackFailure(chunk.index, name, chunk.error))
-                    bar.update(1)
-                    continue
-                if len(chunk.segments):
-                    queue.append((chunk.index, chunk.segments))
-                    queued += len(chunk.segments)
-                    state.expected += len(chunk.segments)
-                if chunk.last:
-                    state.finished = True
-                    state.duration = chunk.duration
-                    settle(chunk.index)
-                while queued >= self.batch_size:
-                    run_batch(self.batch_size)
-            while queued:
-                run_batch(self.batch_size)
+                batcher.add(chunk)
+                while batcher.queued >= self.batch_size:
+                    batcher.run_batch(self.batch_size)
+            while batcher.queued:
+                batcher.run_batch(self.batch_size)
         finally:
             bar.close()
 
 
-__all__ = ["CollectionRunner", "SegmentChunk", "TrackFailure", "TrackInput", "TrackResult", "TrackSegmentDataset"]
+class _Batcher:
+    """Packs the segments of consecutive tracks into model batches and completes each track once all its segments
+    went through the model."""
+
+    def __init__(self, runner: CollectionRunner, tracks, on_result, on_failure, bar):
+        self.runner = runner
+        self.tracks = tracks
+        self.on_result = on_result
+        self.on_failure = on_failure
+        self.bar = bar
+        self.states: dict[int, _TrackState] = {}
+        self.queue: list[tuple[int, torch.Tensor]] = []
+        self.queued = 0
+        self.started = time.monotonic()
+        self.audio_seconds = 0.0
+
+    def add(self, chunk: SegmentChunk) -> None:
+        state = self.states.setdefault(chunk.index, _TrackState())
+        name = self.tracks[chunk.index].name
+        if chunk.error is None and chunk.last and state.expected + len(chunk.segments) == 0:
+            chunk.error = f"{name}: no segments"
+        if chunk.error is not None:
+            state.failed = state.finished = True
+            self.settle(chunk.index)
+            self.on_failure(TrackFailure(chunk.index, name, chunk.error))
+            self.bar.update(1)
+            return
+        if len(chunk.segments):
+            self.queue.append((chunk.index, chunk.segments))
+            self.queued += len(chunk.segments)
+            state.expected += len(chunk.segments)
+        if chunk.last:
+            state.finished = True
+            state.duration = chunk.duration
+            self.settle(chunk.index)
+
+    def take(self, size: int) -> list[tuple[int, torch.Tensor]]:
+        """Up to `size` queued segments, splitting a track's chunk where the batch ends."""
+        taken, count = [], 0
+        while self.queue and count < size:
+            index, segments = self.queue.pop(0)
+            if count + len(segments) > size:
+                self.queue.insert(0, (index, segments[size - count :]))
+                segments = segments[: size - count]
+            taken.append((index, segments))
+            count += len(segments)
+        self.queued -= count
+        return taken
+
+    def run_batch(self, size: int) -> None:
+        taken = self.take(size)
+        live = [(index, segments) for index, segments in taken if not self.states[index].failed]
+        if live:
+            runner = self.runner
+            outputs = runner.inference_model.run(
+                torch.cat([segments for _, segments in live]),
+                scores=runner.scores,
+                embedding=runner.embedding,
+                block=runner.block,
+                tokens=runner.tokens,
+            )
+            offset = 0
+            for index, segments in live:
+                state = self.states[index]
+                for name, values in outputs.items():
+                    state.outputs.setdefault(name, []).append(values[offset : offset + len(segments)])
+                state.received += len(segments)
+                offset += len(segments)
+        for index in dict.fromkeys(index for index, _ in taken):
+            self.settle(index)
+
+    def settle(self, index: int) -> None:
+        # A track is done once its last chunk arrived and all its segments went through the model; a failed track
+        # is forgotten once none of its segments wait in the queue.
+        state = self.states.get(index)
+        if state is None or not state.finished:
+            return
+        if state.failed:
+            if not any(queued_index == index for queued_index, _ in self.queue):
+                self.states.pop(index)
+        elif state.received == state.expected:
+            self.complete(index)
+
+    def complete(self, index: int) -> None:
+        state = self.states.pop(index)
+        segment_outputs = {name: torch.cat(parts).numpy() for name, parts in state.outputs.items()}
+        result = TrackResult(
+            path=self.tracks[index].name,
+            duration=float(state.duration),
+            num_segments=state.expected,
+            outputs={name: values.mean(axis=0, dtype=np.float64).astype(np.float32) for name, values in segment_outputs.items()},
+            segment_outputs=segment_outputs,
+            index=index,
+        )
+        self.on_result(result)
+        self.audio_seconds += result.duration
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        self.bar.set_postfix_str(f"{self.audio_seconds / 60 / elapsed:.2f} audio min/s", refresh=False)
+        self.bar.update(1)
+
+
+__all__ = ["CollectionRunner", "SegmentChunk", "TrackFailure", "TrackInput", "TrackResult", "TrackSegmentDataset", "check_finite"]

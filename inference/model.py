@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from maest.errors import MAESTError
+from maest.modeling import validate_block_index
 from maest.modeling.modeling_maest import parse_embedding_tokens
 
 from .precision import input_dtype, prepare_model
@@ -15,8 +17,12 @@ from .precision import input_dtype, prepare_model
 DEFAULT_MODEL = "mtg-upf/discogs-maest-30s-pw-129e-519l"
 
 
-class ModelNotAvailableError(OSError):
+class ModelNotAvailableError(MAESTError, OSError):
     """The model is neither a local directory nor in the Hugging Face cache, and cannot be downloaded."""
+
+
+class InferenceSettingError(MAESTError, ValueError):
+    """An inference setting the model cannot run with."""
 
 
 @dataclass
@@ -60,17 +66,13 @@ class InferenceModel:
     @inference_patchout_time_stride.setter
     def inference_patchout_time_stride(self, stride: int) -> None:
         if int(stride) < 1:
-            raise ValueError(f"inference_patchout_time_stride must be >= 1, got {stride}")
+            raise InferenceSettingError(f"inference_patchout_time_stride must be >= 1, got {stride}")
         # The embeddings read the (shared) config at every forward pass.
         self.config.inference_patchout_time_stride = int(stride)
 
     def resolve_block(self, block: int | None) -> int:
         """The 0-based block index (`config.embedding_block` for None; negative values count from the end)."""
-        num_layers = self.config.num_hidden_layers
-        block = self.config.embedding_block if block is None else int(block)
-        if not -num_layers <= block < num_layers:
-            raise ValueError(f"block must be in [{-num_layers}, {num_layers}) for this {num_layers}-block model, got {block}")
-        return block % num_layers
+        return validate_block_index(self.config.embedding_block if block is None else block, self.config.num_hidden_layers)
 
     @torch.inference_mode()
     def run(self, segments: torch.Tensor, scores: bool = True, embedding: bool = False, block=None, tokens="cls,dist,mean"):

@@ -13,11 +13,11 @@ import pytest
 from maest.inference import embed, read_output
 from maest.inference.distributed import (
     EXIT_AFTER_ENVIRONMENT_VARIABLE,
-    _GlobalProgress,
-    _progress_file,
-    _write_json,
+    GlobalProgress,
     launched_world_size,
     parse_devices,
+    progress_file,
+    write_json,
 )
 from maest.inference.store import SETTINGS_COLUMNS, ProgressStore, table_metadata
 
@@ -132,9 +132,10 @@ def test_devices_cpu_cpu_equals_one_process(collection, small_model_dir, one_pro
     out = tmp_path / "embeddings.npz"
     command = ["embed", str(collection), "--model", str(small_model_dir), "--out", str(out), "--num-workers", "0", "--devices", "cpu,cpu"]
 
-    # The spawned worker dies after its first track: the job stops with an error, the finished tracks are kept.
+    # The spawned worker dies after its first track: the job stops with a one-line error (exit 2, never 1: that
+    # means "some tracks failed"), the finished tracks are kept.
     monkeypatch.setenv(EXIT_AFTER_ENVIRONMENT_VARIABLE, "1:1")
-    assert main(command) == 1
+    assert main(command) == 2
     assert "the worker process on cpu died" in capsys.readouterr().err
     assert not out.exists()
     finished = ProgressStore(out, settings={}, output_names=["embedding"]).finished_paths()
@@ -167,7 +168,7 @@ def test_parse_devices():
             parse_devices("cuda:0,cuda:1")
     with pytest.raises(ValueError, match="at least 1"):
         parse_devices("0")
-    with pytest.raises(ValueError, match="unknown device 'gpu7'"):
+    with pytest.raises(ValueError, match="unknown device 'gpu7'"):  # CollectionError is a ValueError too
         parse_devices("cpu,gpu7")
     with pytest.raises(ValueError, match="no device"):
         parse_devices(" , ")
@@ -185,23 +186,23 @@ def test_launched_world_size(monkeypatch):
 def test_global_progress_sums_every_process_and_waits_for_all(tmp_path):
     """The main process's bar shows the sum over the processes' progress files and ends when all reported done,
     also when a process had nothing to do."""
-    progress = _GlobalProgress(tmp_path, num_processes=3, total=9, skipped=0, enabled=False)
+    progress = GlobalProgress(tmp_path, num_processes=3, total=9, skipped=0, enabled=False)
     try:
-        _write_json(_progress_file(tmp_path, 0), {"tracks": 4, "failed": 1, "seconds": 120.0, "done": False})
-        _write_json(_progress_file(tmp_path, 1), {"tracks": 5, "failed": 0, "seconds": 300.0, "done": True})
-        _write_json(_progress_file(tmp_path, 2), {"tracks": 0, "failed": 0, "seconds": 0.0, "done": True})
+        write_json(progress_file(tmp_path, 0), {"tracks": 4, "failed": 1, "seconds": 120.0, "done": False})
+        write_json(progress_file(tmp_path, 1), {"tracks": 5, "failed": 0, "seconds": 300.0, "done": True})
+        write_json(progress_file(tmp_path, 2), {"tracks": 0, "failed": 0, "seconds": 0.0, "done": True})
         progress.poll()
         assert progress.totals == {"tracks": 9, "failed": 1, "seconds": 420.0} and not progress.all_done()
-        _write_json(_progress_file(tmp_path, 0), {"tracks": 4, "failed": 1, "seconds": 120.0, "done": True})
+        write_json(progress_file(tmp_path, 0), {"tracks": 4, "failed": 1, "seconds": 120.0, "done": True})
         progress.wait()  # returns: every process is done
         assert progress.all_done()
-        assert json.loads(_progress_file(tmp_path, 1).read_text())["seconds"] == 300.0
+        assert json.loads(progress_file(tmp_path, 1).read_text())["seconds"] == 300.0
     finally:
         progress.close()
 
 
 def test_global_progress_stops_when_a_worker_died(tmp_path):
-    progress = _GlobalProgress(tmp_path, num_processes=2, total=2, skipped=0, enabled=False)
+    progress = GlobalProgress(tmp_path, num_processes=2, total=2, skipped=0, enabled=False)
 
     def alive():
         raise RuntimeError("worker 1 died")

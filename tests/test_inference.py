@@ -165,7 +165,7 @@ def test_parquet_schema_and_metadata(collection, small_model_dir, tmp_path, caps
     assert "4 tracks ok, 0 failed" in err
     table = pq.read_table(out)
     assert table.column_names == [
-        "path", "duration", "num_segments", "embedding", "segment_embeddings", "model", "block", "tokens",
+        "path", "path_bytes", "duration", "num_segments", "embedding", "segment_embeddings", "model", "block", "tokens",
         "inference_patchout_time_stride", "dtype",
     ]
     assert str(table.schema.field("embedding").type) == "fixed_size_list<element: float>[192]"

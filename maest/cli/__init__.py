@@ -14,12 +14,11 @@ from .common import run_command
 
 # Modules with a `register(subparsers)` function that adds their subcommands.
 COMMAND_MODULES = (
-    "maest.modeling.cli",
-    "maest.inference.cli",
+    "maest.cli.checkpoints",
+    "maest.cli.collection",
     "maest.inference.benchmark",
-    "maest.training.cli",
-    "maest.training.probe",
-    "maest.hub",
+    "maest.cli.training",
+    "maest.cli.similarity",
 )
 
 

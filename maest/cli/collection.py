@@ -1,8 +1,9 @@
-"""`maest tag`, `maest embed` and `maest export-onnx`.
+"""`maest tag`, `maest embed` and `maest export-onnx`: the command line of collection runs (`maest.inference`).
 
-Exit status: 0 when every track was analyzed, 1 when some failed (they are listed, and the others are still
-written), 2 for a usage error (bad option, unknown model, output made with other settings), 130 when interrupted
-(the finished tracks are kept; rerun the same command to continue).
+Exit status (see `maest.cli.common`): 0 when every track was analyzed, 1 when some failed (they are listed, in
+`OUT.failed.tsv` too, and the others are written), 2 for a usage or set-up error (bad option, unknown model, output
+made with other settings or being written by another run, a full disk), 130 when interrupted (the finished tracks
+are kept; rerun the same command to continue).
 """
 
 import argparse
@@ -11,11 +12,14 @@ import json
 import os
 import signal
 import sys
-from contextlib import contextmanager
+
+from .common import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE
+
+DEFAULT_MODEL = "mtg-upf/discogs-maest-30s-pw-129e-519l"  # the same as maest.inference.model.DEFAULT_MODEL (tested)
 
 
 def _display_path(path: str) -> str:
-    relative = os.path.relpath(path)
+    relative = os.path.relpath(path) if os.path.isabs(path) else path
     return path if relative.startswith("..") else relative
 
 
@@ -25,27 +29,7 @@ def _duration(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
 
 
-@contextmanager
-def _terminate_as_interrupt():
-    """`kill` (SIGTERM) ends a run the way Ctrl-C does: the finished tracks are written before exiting."""
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, interrupt)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def _common_options(parser: argparse.ArgumentParser) -> None:
-    from .model import DEFAULT_MODEL
-
     parser.add_argument("paths", nargs="+", metavar="PATH", help="audio files and directories (searched recursively)")
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"MAEST directory, Hub id or checkpoint (default: {DEFAULT_MODEL})")
     parser.add_argument(
@@ -60,7 +44,7 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
         help="keep every K-th patch column (faster, slightly less accurate; default: the model's, 1)",
     )
     parser.add_argument("--batch-size", type=int, default=8, help="segments per model call (default 8)")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "int8"), default="float32", help="inference precision")
     parser.add_argument(
         "--num-workers", type=int, default=None,
@@ -76,39 +60,20 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
-def _analyze(args, **task) -> tuple:
-    """Runs the analysis for the parsed options; returns (results, exit status or None)."""
-    from .api import analyze
-
-    if args.quiet:
-        from transformers.utils import logging as transformers_logging
-
-        transformers_logging.disable_progress_bar()
-
-    def report(failure):
-        from tqdm.auto import tqdm
-
-        tqdm.write(f"failed: {failure.reason}", file=sys.stderr)
-
-    results = analyze(
-        args.paths,
-        args.model,
-        out=getattr(args, "out", None),
-        per_segment=args.per_segment,
-        inference_patchout_time_stride=args.inference_patchout_time_stride,
-        last_segment=args.last_segment,
-        min_duration=args.min_duration,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        device=args.device,
-        dtype=args.dtype,
-        progress=not args.quiet,
-        overwrite=args.overwrite,
-        flush_every_tracks=args.flush_every,
-        on_failure=report,
-        **task,
+def _settings(args, **task) -> dict:
+    """The `CollectionSettings` options of the parsed command line."""
+    return dict(
+        per_segment=args.per_segment, inference_patchout_time_stride=args.inference_patchout_time_stride,
+        last_segment=args.last_segment, min_duration=args.min_duration, batch_size=args.batch_size,
+        num_workers=args.num_workers, device=args.device, dtype=args.dtype, progress=not args.quiet,
+        overwrite=args.overwrite, flush_every_tracks=args.flush_every, **task,
     )
-    return results
+
+
+def _report_failure(failure) -> None:
+    from tqdm.auto import tqdm  # imported here: maest --help must start fast
+
+    tqdm.write(f"failed: {failure.reason}", file=sys.stderr)
 
 
 def _summary(results, out=None) -> int:
@@ -116,60 +81,61 @@ def _summary(results, out=None) -> int:
     skipped = f" ({results.skipped} already done)" if results.skipped else ""
     where = f"; failures listed in {out}.failed.tsv" if failed and out else ""
     print(f"{results.num_ok} tracks ok{skipped}, {failed} failed{where}", file=sys.stderr)
-    return 1 if failed else 0
+    return EXIT_SOME_FAILED if failed else EXIT_OK
 
 
-def _run_command(function, args) -> int:
-    from .model import ModelNotAvailableError
-    from .store import SettingsMismatchError
+def _collection_command(function):
+    """Runs a collection subcommand: file names that are not UTF-8 print as their bytes; an interrupt is reported
+    once, and further Ctrl-C are ignored while the process ends (what the first one kept is saved by then)."""
 
-    try:
-        with _terminate_as_interrupt():
+    def command(args) -> int:
+        for stream in (sys.stdout, sys.stderr):
+            if hasattr(stream, "reconfigure"):
+                stream.reconfigure(errors="surrogateescape")
+        if args.quiet:
+            from transformers.utils import logging as transformers_logging  # imported here: maest --help must start fast
+
+            transformers_logging.disable_progress_bar()
+        try:
             return function(args)
-    except KeyboardInterrupt:
-        out = getattr(args, "out", None)
-        if out:
-            print(f"interrupted: finished tracks are kept in {out}.partial; rerun the same command to continue", file=sys.stderr)
-        else:
-            print("interrupted", file=sys.stderr)
-        return 130
-    except (ModelNotAvailableError, SettingsMismatchError, FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        except KeyboardInterrupt:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(signum, signal.SIG_IGN)
+            out = getattr(args, "out", None)
+            if out:
+                print(f"interrupted: finished tracks are kept in {out}.partial; rerun the same command to continue", file=sys.stderr)
+            else:
+                print("interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+
+    return command
 
 
 # ------------------------------------------------------------------------------------------------------- tag
 def _tag(args) -> int:
-    from .distributed import is_launched
+    # imported here: maest --help must start fast
+    from maest.inference import CollectionError, analyze
+    from maest.inference.distributed import is_launched
+    from maest.inference.job import expand_inputs
 
     if is_launched():  # every launched process would run the whole collection into the same output
-        raise ValueError("maest tag runs in one process; to share a collection between processes use maest embed")
+        raise CollectionError("maest tag runs in one process; to share a collection between processes use maest embed")
     if args.top_k < 1:
-        raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
+        raise CollectionError(f"--top-k must be >= 1, got {args.top_k}")
+    names = expand_inputs(args.paths).names
     if args.plot:
-        from .api import _tracks
-
-        if len(_tracks(args.paths, None)) != 1:
-            raise ValueError("--plot draws the timeline of one track; pass a single audio file")
+        if len(names) != 1:
+            raise CollectionError("--plot draws the timeline of one track; pass a single audio file")
         args.per_segment = True
-    results = _analyze(args, scores=True, embedding=False)
-    if args.out:
-        # The output file may hold other tracks too (earlier runs); print this call's.
-        from .api import _tracks
-
-        wanted = {track.name for track in _tracks(args.paths, None)}
-        results.table = results.table.filter([path in wanted for path in results.paths])
+    results = analyze(args.paths, args.model, out=args.out, on_failure=_report_failure, **_settings(args, scores=True, embedding=False))
+    results.only(names)  # the output file may hold other tracks too (earlier runs): print this call's
     _print_tags(results, args.top_k, args.format)
     if args.plot and len(results):
-        from .plot import plot_timeline
+        from maest.inference.plot import plot_timeline
 
         plotted = plot_timeline(
-            results.segment_scores[0],
-            results.labels,
-            results.metadata["segment_seconds"],
-            args.plot,
-            top_k=args.top_k,
-            title=os.path.basename(results.paths[0]),
+            results.segment_scores[0], results.labels, results.metadata["segment_seconds"], args.plot,
+            top_k=args.top_k, title=os.path.basename(results.paths[0]),
         )
         print(f"wrote {args.plot} ({', '.join(plotted)})", file=sys.stderr)
     return _summary(results, args.out)
@@ -178,6 +144,7 @@ def _tag(args) -> int:
 def _print_tags(results, top_k: int, output_format: str) -> None:
     rows = list(zip(results.paths, results.durations.tolist(), results.num_segments.tolist(), results.top(top_k)))
     if output_format == "json":
+        # JSON keeps a non-UTF-8 file name exactly, as the surrogate escapes "\udcXX" (json.loads gives it back).
         items = [
             {
                 "path": path,
@@ -204,31 +171,68 @@ def _print_tags(results, top_k: int, output_format: str) -> None:
 
 # ------------------------------------------------------------------------------------------------------- embed
 def _embed(args) -> int:
-    from .distributed import embed_command, is_launched
+    # imported here: maest --help must start fast
+    from maest.inference import analyze
+    from maest.inference.distributed import is_launched
 
-    if args.devices is not None or is_launched():  # several processes: maest.inference.distributed
-        return embed_command(args)
-    results = _analyze(args, scores=False, embedding=True, block=args.block, tokens=args.tokens)
-    metadata = results.metadata
-    settings = metadata["settings"]
+    if args.devices is not None or is_launched():
+        return _embed_processes(args)
+    results = analyze(args.paths, args.model, out=args.out, on_failure=_report_failure, **_embedding_settings(args))
+    _print_written(args.out, results)
+    return _summary(results, args.out)
+
+
+def _embedding_settings(args) -> dict:
+    return _settings(args, scores=False, embedding=True, block=args.block, tokens=args.tokens)
+
+
+def _print_written(out, results, processes: str = "") -> None:
+    settings = results.metadata["settings"]
     print(
-        f"wrote {args.out}: {len(results)} tracks x {results.table['embedding'].type.list_size} dims (block "
-        f"{settings['block']}, tokens {','.join(settings['tokens'])})",
+        f"wrote {out}: {len(results)} tracks x {results.table['embedding'].type.list_size} dims (block "
+        f"{settings['block']}, tokens {','.join(settings['tokens'])}){processes}",
         file=sys.stderr,
     )
-    return _summary(results, args.out)
+
+
+def _embed_processes(args) -> int:
+    """`maest embed` under a launcher or with `--devices`: the job's summary and failed tracks are printed once, by
+    the main process; every process returns the same exit status (1 when a track failed anywhere)."""
+    # imported here: maest --help must start fast
+    from maest.inference.distributed import PeerSetupError, analyze_distributed, exit_together, is_launched
+
+    main = not is_launched() or int(os.environ.get("RANK", "0")) == 0
+    if not main:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+    try:
+        job = analyze_distributed(args.paths, args.out, args.model, devices=args.devices, **_embedding_settings(args))
+    except PeerSetupError:
+        status = EXIT_USAGE  # the process whose set-up failed printed the reason
+    else:
+        status = EXIT_SOME_FAILED if job.failed else EXIT_OK
+        if job.is_main_process:
+            for item in job.failed:
+                print(f"failed: {item['reason']}", file=sys.stderr)
+            plural = "es" * (job.num_processes != 1)
+            _print_written(args.out, job.results, f"; {job.processed} tracks processed by {job.num_processes} process{plural}")
+            status = _summary(job.results, args.out)
+    if is_launched():
+        exit_together(status)
+    return status
 
 
 # ------------------------------------------------------------------------------------------------------- export
 def _export_onnx(args) -> int:
-    from .onnx_export import export_onnx
+    from maest.inference.onnx_export import export_onnx  # imported here: maest --help must start fast
 
     path = export_onnx(
         args.model, args.out, block=args.block, tokens=args.tokens,
         inference_patchout_time_stride=args.inference_patchout_time_stride, opset_version=args.opset,
     )
     print(f"wrote {path}: input_values (batch, frames, 96) -> logits (batch, labels), embedding (batch, dim)", file=sys.stderr)
-    return 0
+    return EXIT_OK
 
 
 def register(subparsers) -> None:
@@ -243,7 +247,7 @@ def register(subparsers) -> None:
     tag.add_argument("--format", choices=("table", "json", "csv"), default="table", help="what to print (default table)")
     tag.add_argument("--plot", metavar="OUT.png", help="draw the timeline of the top styles per segment of one track")
     tag.add_argument("--out", help="also write all scores to a .parquet or .npz file (resumable)")
-    tag.set_defaults(func=lambda args: _run_command(_tag, args))
+    tag.set_defaults(func=_collection_command(_tag))
 
     embed = subparsers.add_parser(
         "embed",
@@ -260,7 +264,7 @@ def register(subparsers) -> None:
         help="one worker process per device on this machine, e.g. cuda:0,cuda:1 or 2 (the first 2 GPUs) or cpu,cpu; "
         "under torchrun / accelerate launch leave it out: each launched process takes its share of the tracks",
     )
-    embed.set_defaults(func=lambda args: _run_command(_embed, args))
+    embed.set_defaults(func=_collection_command(_embed))
 
     export = subparsers.add_parser(
         "export-onnx",
@@ -273,4 +277,4 @@ def register(subparsers) -> None:
     export.add_argument("--tokens", default="cls,dist,mean", help="tokens of the embedding output")
     export.add_argument("--inference-patchout-time-stride", type=int, default=None, metavar="K", help="fixed in the graph")
     export.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
-    export.set_defaults(func=lambda args: _run_command(_export_onnx, args))
+    export.set_defaults(func=_export_onnx)
