@@ -23,7 +23,7 @@ Examples:
     python examples/finetune.py --model runs/maest-pretrained --dataset data/my_tags --label-column tags \\
         --output-dir runs/maest-tags --push-to-hub my-org/maest-tags
 
-Metrics: the project's macro ROC-AUC and macro average precision (`maest.training.metrics`, `evaluate` modules that
+Metrics: the project's macro ROC-AUC and macro average precision (`maest.training.evaluation.metrics`, `evaluate` modules that
 work offline) over sigmoid scores for multi-label tasks, and over one-vs-rest softmax scores plus accuracy for
 single-label ones. With checkpoints on (the default), `load_best_model_at_end` keeps the best epoch by ROC-AUC
 (multi-label) or accuracy (single-label).
@@ -43,7 +43,8 @@ from transformers import Trainer, TrainingArguments, set_seed
 
 from maest import MAESTFeatureExtractor, MAESTForAudioClassification
 from maest.model_cards import write_model_card
-from maest.training.metrics import load_metric
+from maest.modeling import label_maps, load_maest
+from maest.training.evaluation.metrics import load_metric
 
 
 SAMPLING_RATE = 16000
@@ -157,11 +158,12 @@ def load_model_for_labels(model_name_or_path: str, label_names: list[str], multi
 
     The head is kept only when the labels are the base model's own (continued training); otherwise a new head is
     made for the new labels while the encoder keeps its weights. This is what `ignore_mismatched_sizes=True` does for
-    MAEST-format directories, done here for every source `from_pretrained` reads (also the original checkpoints and
-    the AST-format Hub repos, whose loaders keep their own head) and also when only the label names change.
+    MAEST-format directories, done here for every source `maest.modeling.load_maest` reads (also the original
+    checkpoints and the AST-format Hub repos, whose loaders keep their own head) and also when only the label names
+    change.
     `config_overrides` set training-time options such as `train_patchout_time`.
     """
-    base = MAESTForAudioClassification.from_pretrained(model_name_or_path)
+    base = load_maest(model_name_or_path)
     for name, value in config_overrides.items():
         setattr(base.config, name, value)
     problem_type = "multi_label_classification" if multi_label else "single_label_classification"
@@ -171,8 +173,7 @@ def load_model_for_labels(model_name_or_path: str, label_names: list[str], multi
         return base
     config = copy.deepcopy(base.config)
     config.num_labels = len(label_names)
-    config.id2label = dict(enumerate(label_names))
-    config.label2id = {name: index for index, name in enumerate(label_names)}
+    config.id2label, config.label2id = label_maps(label_names)
     config.problem_type = problem_type
     # The distillation head serves teacher-student pre-training only; a new task has no teacher.
     config.use_distillation_head = False

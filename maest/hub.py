@@ -1,37 +1,44 @@
-"""Publishing MAEST models on the Hugging Face Hub.
+"""MAEST directories for the Hugging Face Hub: converting a checkpoint into one, and publishing it.
 
-`push_to_hub(directory, repo_id)` (and `maest push DIR REPO_ID`) uploads a saved MAEST directory as one commit:
-weights, config with the complete `auto_map`, feature extractor, the three code files that `trust_remote_code=True`
-loads, and the model card (`README.md`; generated when the directory has none). The directory is checked before
-anything is sent, and it is only read: a failed push leaves it as it was.
-
-`maest card DIR` writes or refreshes a directory's model card (see `maest.model_cards.write_model_card`).
+`convert_checkpoint(source, output_dir)` (`maest convert`) turns any published checkpoint layout into a
+`save_pretrained` directory with its feature extractor (and, on request, its model card). `push_to_hub(directory,
+repo_id)` (`maest push DIR REPO_ID`) uploads a saved MAEST directory as one commit: weights, config with the complete
+`auto_map`, feature extractor, the three code files that `trust_remote_code=True` loads, and the model card
+(`README.md`; generated when the directory has none). The directory is checked before anything is sent, and it is
+only read: a failed push leaves it as it was. `push_model_to_hub(model, repo_id)` does the same for a model object.
 """
 
 import json
-import sys
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .remote_code import AUTO_MAP, REMOTE_CODE_MODULES
+from .errors import MAESTError
+from .modeling.configuration_maest import MAEST_AUTO_MAP
 
 
+AUTO_MAP = MAEST_AUTO_MAP
 CONFIG_NAME = "config.json"
 FEATURE_EXTRACTOR_NAME = "preprocessor_config.json"
 CARD_NAME = "README.md"
 WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
-CODE_FILES = tuple(Path(module.__file__).name for module in REMOTE_CODE_MODULES)
+# The self-contained sources that `save_pretrained` copies next to the weights (the modules `auto_map` names).
+CODE_FILES = tuple(sorted({target.split(".")[0] + ".py" for target in AUTO_MAP.values()}))
 FEATURE_EXTRACTOR_AUTO_MAP = {"AutoFeatureExtractor": AUTO_MAP["AutoFeatureExtractor"]}
 
 
-class HubError(RuntimeError):
+class HubError(MAESTError, RuntimeError):
     """A push that cannot be done (offline, unauthorized, Hub error); nothing local was changed."""
 
 
-class ModelDirectoryError(ValueError):
+class ModelDirectoryError(MAESTError, ValueError):
     """A directory that is not a complete, pushable MAEST model; the message lists every problem."""
+
+
+class OutputDirectoryError(MAESTError, OSError):
+    """An output directory that cannot be written (exists without `overwrite`, not writable, is the source)."""
 
 
 @dataclass
@@ -330,99 +337,98 @@ def push_model_to_hub(
         return push_to_hub(temporary, repo_id, card_kwargs=card_kwargs, **push_kwargs)
 
 
-def _run_push(args) -> int:
+def convert_checkpoint(
+    source,
+    output_dir,
+    *,
+    labels: list[str] | None = None,
+    preset: str | None = None,
+    use_swa: bool = True,
+    overwrite: bool = False,
+    feature_extractor_kwargs: dict | None = None,
+    card: bool = False,
+    hub_name: str | None = None,
+    published: str | None = None,
+):
+    """Converts an original checkpoint file (`*.ckpt`, `*.pt`), an AST-format MAEST repo or a MAEST directory into a
+    MAEST directory with the model, its code and its feature extractor (see `maest.modeling.load_maest`). The
+    directory is written next to its final place and moved there when complete, so a failed conversion leaves no
+    half-written output. Returns the model.
+
+    With `card=True` (implied by `hub_name` or `published`) the directory also gets its model card (`README.md`),
+    ready for `maest push`: `published` names the released checkpoint it holds (`discogs-maest-30s-pw-129e` or
+    `maest-30s`; found from the source's name when it is a released one), and `hub_name` is the Hub repo the card's
+    examples load from (e.g. `my-org/maest-30s`).
+
+    Raises:
+        `OutputDirectoryError` for an output that exists (without `overwrite`), is the source, or cannot be written;
+        `maest.modeling.CheckpointError` / `LabelError` for a source or label names that cannot be used.
+    """
+    from .feature_extraction import MAESTFeatureExtractor
+    from .modeling import load_maest
+
+    output_dir = Path(output_dir)
+    _check_output_directory(output_dir, Path(source), overwrite)
+    model = load_maest(source, labels=labels, preset=preset, use_swa=use_swa)
+    staging = _staging_directory(output_dir)
     try:
-        plan = prepare_push(args.directory, repo_id=args.repo_id)
-        if args.dry_run:
-            print(f"would push {len(plan.repo_paths)} files from {plan.directory} to {args.repo_id}:")
-            for name in plan.repo_paths:
-                generated = " (generated)" if name == CARD_NAME and plan.card_generated else ""
-                print(f"  {name}{generated}")
-            if plan.skipped:
-                print(f"not uploaded: {', '.join(plan.skipped)}")
-            return 0
-        commit = push_to_hub(
-            args.directory,
-            args.repo_id,
-            private=args.private or None,
-            token=args.token,
-            commit_message=args.commit_message,
-            revision=args.revision,
-            create_pr=args.create_pr,
-        )
-    except (ModelDirectoryError, HubError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    print(f"pushed {len(plan.repo_paths)} files to {args.repo_id}: {getattr(commit, 'commit_url', commit)}")
-    if plan.card_generated:
-        print(f"the model card was generated ({args.directory} has no {CARD_NAME}; `maest card` writes one to edit)")
-    if plan.skipped:
-        print(f"not uploaded: {', '.join(plan.skipped)}")
-    return 0
+        model.save_pretrained(staging)
+        extractor = MAESTFeatureExtractor(max_length=model.config.max_length, **(feature_extractor_kwargs or {}))
+        extractor.save_pretrained(staging)
+        if card or hub_name or published:
+            _write_conversion_card(str(source), staging, model, hub_name=hub_name, published=published)
+        _replace_directory(staging, output_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return model
 
 
-def _run_card(args) -> int:
-    from maest.model_cards import write_model_card
+def _check_output_directory(output_dir: Path, source: Path, overwrite: bool) -> None:
+    if output_dir.exists() and not output_dir.is_dir():
+        raise OutputDirectoryError(f"{output_dir} exists and is not a directory")
+    if output_dir.exists() and source.exists() and output_dir.resolve() == source.resolve():
+        raise OutputDirectoryError(f"{output_dir} is the source; write the conversion to another directory")
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
+        raise OutputDirectoryError(f"{output_dir} exists and is not empty; pass --overwrite to replace it")
+    parent = output_dir.resolve().parent
+    if not parent.is_dir():
+        raise OutputDirectoryError(f"cannot write {output_dir}: the folder {parent} does not exist")
 
-    target = Path(args.directory) / CARD_NAME
-    if target.exists() and not args.force:
-        print(f"error: {target} exists; pass --force to replace it", file=sys.stderr)
-        return 1
+
+def _staging_directory(output_dir: Path) -> Path:
+    parent = output_dir.resolve().parent
     try:
-        path = write_model_card(
-            args.directory,
-            model_name=args.model_name,
-            repo_id=args.repo_id,
-            published=args.published,
-            base_model=args.base_model,
-            training_summary=json.loads(Path(args.training_summary).read_text()) if args.training_summary else None,
-            probe_results=args.probe_results,
-            evaluation_results=args.evaluation_results,
-            license=args.license,
-        )
-    except (ValueError, TypeError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    print(f"wrote {path}")
-    return 0
+        return Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=parent))
+    except OSError as error:
+        raise OutputDirectoryError(f"cannot write {output_dir}: {error.strerror or error} ({parent})") from error
 
 
-def register(subparsers) -> None:
-    from maest.model_cards import DEFAULT_LICENSE
+def _replace_directory(staging: Path, output_dir: Path) -> None:
+    """Moves the finished `staging` directory to `output_dir`, replacing what is there only once it is complete."""
+    staging.chmod(0o755)  # mkdtemp creates it private; a model directory is as readable as any other
+    if not output_dir.exists():
+        staging.rename(output_dir)
+        return
+    previous = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.previous-", dir=output_dir.resolve().parent))
+    output_dir.rename(previous / output_dir.name)
+    staging.rename(output_dir)
+    shutil.rmtree(previous, ignore_errors=True)
 
-    push = subparsers.add_parser(
-        "push",
-        help="upload a MAEST directory to the Hugging Face Hub (one commit)",
-        description="Upload a saved MAEST directory (weights, config with auto_map, feature extractor, code, model "
-        "card) to a Hub repo in one commit. The directory is checked first and never modified; a missing README.md "
-        "card is generated for the upload.",
+
+def _write_conversion_card(source: str, output_dir: Path, model, hub_name: str | None, published: str | None) -> Path:
+    """The released checkpoint's card when the source is one (or `published` names one); otherwise a card for a
+    converted model, naming the source."""
+    from .model_cards import write_model_card
+    from .modeling import match_published
+
+    if published is None:
+        match = match_published(source)
+        published = match.checkpoint if match is not None else None
+    if published is not None:
+        return write_model_card(output_dir, model.config, repo_id=hub_name, published=published)
+    return write_model_card(
+        output_dir,
+        model.config,
+        repo_id=hub_name,
+        training_summary={"converted from": Path(source).name if Path(source).exists() else source},
     )
-    push.add_argument("directory", help="save_pretrained directory (e.g. from `maest convert`)")
-    push.add_argument("repo_id", help="Hub repo, e.g. my-org/maest-30s (created if missing)")
-    push.add_argument("--private", action="store_true", help="create the repo private")
-    push.add_argument("--token", help="Hub token with write access (default: the logged-in one, HF_TOKEN)")
-    push.add_argument("--commit-message", help="commit message")
-    push.add_argument("--revision", help="branch to commit to")
-    push.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing")
-    push.add_argument("--dry-run", action="store_true", help="check the directory and list what would be sent")
-    push.set_defaults(func=_run_push)
-
-    card = subparsers.add_parser(
-        "card",
-        help="write the model card (README.md) of a MAEST directory",
-        description="Write a model card for a saved MAEST directory from its config, an optional training summary "
-        "and `maest probe` results.",
-    )
-    card.add_argument("directory", help="save_pretrained directory")
-    card.add_argument("--published", help="released checkpoint it holds, e.g. discogs-maest-30s-pw-129e or maest-30s")
-    card.add_argument("--repo-id", help="Hub repo the usage examples load from, e.g. my-org/maest-30s")
-    card.add_argument("--model-name", help="card title and model-index name (default: repo or directory name)")
-    card.add_argument("--base-model", help="Hub id of the model it was fine-tuned or initialized from")
-    card.add_argument("--training-summary", help="JSON file: dict describing the training run")
-    card.add_argument(
-        "--probe-results", help="JSON file: a `maest probe` results.json (its best configuration), or result dicts"
-    )
-    card.add_argument("--evaluation-results", help="JSON file: the model's own evaluation results")
-    card.add_argument("--license", default=DEFAULT_LICENSE, help=f"Hub license id (default {DEFAULT_LICENSE})")
-    card.add_argument("--force", action="store_true", help="replace an existing README.md")
-    card.set_defaults(func=_run_card)

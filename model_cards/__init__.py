@@ -9,33 +9,25 @@ from .cards import (
     CARD_NAME,
     DEFAULT_LICENSE,
     METRICS,
+    ModelCardError,
     build_model_card,
     count_parameters,
     read_results,
     results_table,
     write_model_card,
 )
-from .published import (
-    CITATION_BIBTEX,
-    PAPER_DOWNSTREAM_RESULTS,
-    PUBLISHED_MODELS,
-    DownstreamResult,
-    PublishedCheckpoint,
-    find_published,
-)
+from .published import CITATION_BIBTEX, PAPER_DOWNSTREAM_RESULTS, DownstreamResult
 
 __all__ = [
     "CARD_NAME",
     "CITATION_BIBTEX",
     "DEFAULT_LICENSE",
     "METRICS",
+    "ModelCardError",
     "PAPER_DOWNSTREAM_RESULTS",
-    "PUBLISHED_MODELS",
     "DownstreamResult",
-    "PublishedCheckpoint",
     "build_model_card",
     "count_parameters",
-    "find_published",
     "read_results",
     "results_table",
     "write_model_card",

@@ -13,6 +13,10 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from ..errors import MAESTError
+from ..modeling.configuration_maest import MAEST_PRESETS
+from ..modeling.published import PublishedCheckpoint, find_published
+
 from .published import (
     CITATION_BIBTEX,
     ORIGINAL_CODE_URL,
@@ -22,9 +26,11 @@ from .published import (
     PAPER_PROBE_DESCRIPTION,
     PAPER_TITLE,
     PAPER_URL,
-    PublishedCheckpoint,
-    find_published,
 )
+
+
+class ModelCardError(MAESTError, ValueError):
+    """Card inputs that cannot be used: malformed results, a config of another shape than the named checkpoint."""
 
 
 TEMPLATES_DIRECTORY = Path(__file__).parent / "templates"
@@ -82,7 +88,7 @@ def read_results(results) -> list[dict]:
         except FileNotFoundError as error:
             raise FileNotFoundError(f"results file {path} does not exist") from error
         except json.JSONDecodeError as error:
-            raise ValueError(f"results file {path} is not valid JSON: {error}") from error
+            raise ModelCardError(f"results file {path} is not valid JSON: {error}") from error
     if isinstance(results, Mapping) and "best" in results and "results" in results:
         return [_probe_report_row(results)]
     if isinstance(results, Mapping):
@@ -93,7 +99,7 @@ def read_results(results) -> list[dict]:
         return [dict(results)]
     if isinstance(results, (list, tuple)) and all(isinstance(item, Mapping) for item in results):
         return [dict(item) for item in results]
-    raise TypeError(f"results must be a dict, a list of dicts or a JSON file path, got {type(results).__name__}")
+    raise ModelCardError(f"results must be a dict, a list of dicts or a JSON file path, got {type(results).__name__}")
 
 
 def _probe_report_row(report: Mapping) -> dict:
@@ -101,7 +107,7 @@ def _probe_report_row(report: Mapping) -> dict:
     configuration by validation-selected test ROC-AUC, described by the settings."""
     best = report.get("best")
     if not best:
-        raise ValueError("the probe report has no finished result ('best' is empty)")
+        raise ModelCardError("the probe report has no finished result ('best' is empty)")
     settings = report.get("settings") or {}
     data = settings.get("data")
     row = {
@@ -136,19 +142,19 @@ def _normalize_results(results, source: str) -> list[dict]:
                     details[str(key)] = value
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"{source}[{index}]: {key} must be a finite number, got {value!r}")
+                raise ModelCardError(f"{source}[{index}]: {key} must be a finite number, got {value!r}")
             if not 0.0 <= value <= 1.0:
-                raise ValueError(
+                raise ModelCardError(
                     f"{source}[{index}]: {key}={value} is outside [0, 1]; give metrics as fractions (0.882, not 88.2)"
                 )
             metrics[metric] = float(value)
         if not metrics:
-            raise ValueError(
+            raise ModelCardError(
                 f"{source}[{index}] has no metric; expected some of {sorted(METRICS)} (got keys {sorted(result)})"
             )
         task = result.get("task") or result.get("dataset_name") or result.get("dataset")
         if not task:
-            raise ValueError(f"{source}[{index}] needs a 'task' (or 'dataset') naming what was evaluated")
+            raise ModelCardError(f"{source}[{index}] needs a 'task' (or 'dataset') naming what was evaluated")
         rows.append(
             {
                 "task": str(task),
@@ -271,7 +277,7 @@ def _load_config(save_directory: Path, config):
     if isinstance(config, Mapping):
         return MAESTConfig(**config)
     if getattr(config, "model_type", None) != MAESTConfig.model_type:
-        raise TypeError(f"config must be a MAESTConfig (model_type 'maest'), got {type(config).__name__}")
+        raise ModelCardError(f"config must be a MAESTConfig (model_type 'maest'), got {type(config).__name__}")
     return config
 
 
@@ -358,11 +364,9 @@ def build_model_card(
     eval_results += _eval_results(evaluation_rows, "Audio classification")
 
     if published is not None:
-        from maest.modeling import MAEST_PRESETS
-
         shape = MAEST_PRESETS[published.preset]
         if config.max_length != shape["max_length"] or config.num_labels != published.num_labels:
-            raise ValueError(
+            raise ModelCardError(
                 f"{save_directory}: the config ({config.max_length} frames, {config.num_labels} labels) is not the "
                 f"shape of {published.checkpoint} ({shape['max_length']} frames, {published.num_labels} labels)"
             )

@@ -1,5 +1,6 @@
-"""Facts about the released MAEST checkpoints and the paper's downstream results (DESIGN.md sections 1, 5 and 6),
-kept in one place for the model cards."""
+"""The paper's facts for the model cards: title, citation, the original code and license, and its downstream results
+(DESIGN.md sections 1 and 6). The released checkpoints themselves (shape, label set, training facts) are registered
+in `maest.modeling.published`."""
 
 from dataclasses import dataclass
 
@@ -18,76 +19,6 @@ CITATION_BIBTEX = """@inproceedings{alonso2023efficient,
   address   = {Milan, Italy},
   doi       = {10.5281/zenodo.10265414},
 }"""
-
-_DISCOGS20 = (
-    "Discogs20, an in-house dataset of the Music Technology Group (UPF) with millions of tracks annotated with 400 "
-    "music styles of the Discogs taxonomy (style labels derived from the public Discogs metadata)"
-)
-_DISCOGS_519 = (
-    "a larger in-house Discogs-derived dataset of about 4M tracks annotated with 519 music styles of the Discogs "
-    "taxonomy"
-)
-_PASST = "PaSST weights pre-trained on AudioSet (position embeddings resampled to the MAEST grid)"
-_DEIT = "DeiT-B distilled weights pre-trained on ImageNet (position embeddings resampled to the MAEST grid)"
-_SCRATCH = "random initialization (trained from scratch)"
-
-
-@dataclass(frozen=True)
-class PublishedCheckpoint:
-    """One released MAEST checkpoint and the Hub repo name this package publishes its conversion under."""
-
-    checkpoint: str  # the original name, e.g. "discogs-maest-30s-pw-129e"
-    repo_name: str  # e.g. "maest-30s"
-    preset: str  # the `MAESTConfig.from_preset` shape
-    seconds: int  # nominal segment length
-    training_frames: int  # length of the training crops, in frames
-    num_labels: int
-    initialization: str
-    training_data: str
-    teacher_student: bool = False
-    # Whether DESIGN.md section 6's downstream figures were measured with this very checkpoint.
-    has_paper_results: bool = False
-
-
-PUBLISHED_MODELS = {
-    published.checkpoint: published
-    for published in (
-        PublishedCheckpoint("discogs-maest-5s-pw-129e", "maest-5s", "maest-5s", 5, 312, 400, _PASST, _DISCOGS20),
-        PublishedCheckpoint("discogs-maest-10s-pw-129e", "maest-10s", "maest-10s", 10, 625, 400, _PASST, _DISCOGS20),
-        PublishedCheckpoint("discogs-maest-10s-fs-129e", "maest-10s-fs", "maest-10s", 10, 625, 400, _SCRATCH, _DISCOGS20),
-        PublishedCheckpoint("discogs-maest-10s-dw-75e", "maest-10s-dw", "maest-10s", 10, 625, 400, _DEIT, _DISCOGS20),
-        PublishedCheckpoint("discogs-maest-20s-pw-129e", "maest-20s", "maest-20s", 20, 1250, 400, _PASST, _DISCOGS20),
-        PublishedCheckpoint(
-            "discogs-maest-30s-pw-129e", "maest-30s", "maest-30s", 30, 1875, 400, _PASST, _DISCOGS20,
-            has_paper_results=True,
-        ),
-        PublishedCheckpoint(
-            "discogs-maest-30s-pw-73e-ts", "maest-30s-ts", "maest-30s", 30, 1875, 400, _PASST, _DISCOGS20,
-            teacher_student=True,
-        ),
-        PublishedCheckpoint(
-            "discogs-maest-30s-pw-129e-519l", "maest-30s-519l", "maest-30s-519l", 30, 1875, 519, _PASST, _DISCOGS_519
-        ),
-    )
-}
-
-
-def find_published(name: str) -> PublishedCheckpoint:
-    """A released checkpoint by its original name (`discogs-maest-30s-pw-129e`, also with a `-swa.ckpt` suffix or
-    a path) or by its repo name here (`maest-30s`)."""
-    base = str(name).replace("\\", "/").rsplit("/", 1)[-1]
-    for published in PUBLISHED_MODELS.values():
-        if base in (published.checkpoint, published.repo_name):
-            return published
-    # A file name such as `discogs-maest-30s-pw-129e-swa.ckpt`: the longest matching checkpoint name wins, so that
-    # `...-129e-519l-swa.ckpt` is not taken for `...-129e`.
-    matches = [published for published in PUBLISHED_MODELS.values() if base.startswith(published.checkpoint + "-")
-               or base.startswith(published.checkpoint + ".")]
-    if matches:
-        return max(matches, key=lambda published: len(published.checkpoint))
-    known = ", ".join(f"{p.checkpoint} ({p.repo_name})" for p in PUBLISHED_MODELS.values())
-    raise ValueError(f"{name!r} is not a released MAEST checkpoint; known: {known}")
-
 
 @dataclass(frozen=True)
 class DownstreamResult:

@@ -4,6 +4,68 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
 
+try:  # the package's base of user errors, so that `maest` commands print these as one line
+    from maest.errors import MAESTError
+except ImportError:  # loaded as remote code (`trust_remote_code=True`) where the package is not installed
+
+    class MAESTError(Exception):
+        """A user error: the message is one line that names the setting or value at fault."""
+
+
+class MAESTConfigError(MAESTError):
+    """A configuration that cannot describe a MAEST model (bad shape, out-of-range setting).
+
+    Deliberately not a `ValueError`: `huggingface_hub`'s strict dataclasses wrap `ValueError`s raised by validators in
+    a multi-line error of their own, and this message must reach the user as the one line it is."""
+
+
+class BlockIndexError(MAESTError, ValueError):
+    """A transformer block index outside the model's depth."""
+
+
+class UnknownPresetError(MAESTError, ValueError):
+    """A `MAESTConfig.from_preset` name that is not a preset."""
+
+
+# Upper bounds of a loadable config. They exist so that a crafted or mistyped `config.json` fails at once with a
+# clear message instead of allocating until the machine runs out of memory (`num_hidden_layers: 1000000` builds a
+# million blocks). Each is more than 20 times what any MAEST or ViT shape uses (ViT-Huge: 32 blocks of width 1280).
+MAX_NUM_HIDDEN_LAYERS = 256
+MAX_HIDDEN_SIZE = 16384
+MAX_INTERMEDIATE_SIZE = 65536
+MAX_NUM_MEL_BINS = 1024
+# 100 000 frames are 1000 s of audio at MAEST's 100 frames per second: 10 000 time positions.
+MAX_LENGTH = 100_000
+MAX_NUM_LABELS = 100_000
+# 2e9 parameters are 8 GB in float32, 6 times ViT-Huge; the 30 s MAEST has 87 million.
+MAX_PARAMETERS = 2_000_000_000
+
+# Every Auto class a saved MAEST directory can be loaded with by `trust_remote_code=True`, naming the three
+# self-contained source files that transformers' `save_pretrained` copies next to the weights.
+MAEST_AUTO_MAP = {
+    "AutoConfig": "configuration_maest.MAESTConfig",
+    "AutoModel": "modeling_maest.MAESTModel",
+    "AutoModelForAudioClassification": "modeling_maest.MAESTForAudioClassification",
+    "AutoFeatureExtractor": "feature_extraction_maest.MAESTFeatureExtractor",
+}
+
+
+def validate_block_index(block: int, num_hidden_layers: int) -> int:
+    """The 0-based index of a transformer block; negative values count from the last block (-1 is the last).
+
+    Raises:
+        `BlockIndexError` when `block` is not an integer in `[-num_hidden_layers, num_hidden_layers)`.
+    """
+    if isinstance(block, bool) or not isinstance(block, int):
+        raise BlockIndexError(f"block must be an integer, got {block!r}")
+    if not -num_hidden_layers <= block < num_hidden_layers:
+        raise BlockIndexError(
+            f"block must be in [{-num_hidden_layers}, {num_hidden_layers}) for this {num_hidden_layers}-block "
+            f"model, got {block}"
+        )
+    return block % num_hidden_layers
+
+
 # Input frames per published MAEST length. The time position embeddings have `max_length // time_stride`
 # columns (31, 62, 125, 187), which is also the number of patch columns of a `max_length`-frame input.
 MAEST_PRESETS = {
@@ -29,19 +91,6 @@ MAEST_PRESETS = {
         "intermediate_size": 768,
     },
 }
-
-# The published checkpoints' names map onto the presets above.
-PUBLISHED_CHECKPOINTS = {
-    "discogs-maest-5s-pw-129e": "maest-5s",
-    "discogs-maest-10s-fs-129e": "maest-10s",
-    "discogs-maest-10s-pw-129e": "maest-10s",
-    "discogs-maest-10s-dw-75e": "maest-10s",
-    "discogs-maest-20s-pw-129e": "maest-20s",
-    "discogs-maest-30s-pw-129e": "maest-30s",
-    "discogs-maest-30s-pw-73e-ts": "maest-30s",
-    "discogs-maest-30s-pw-129e-519l": "maest-30s-519l",
-}
-
 
 @strict
 class MAESTConfig(PreTrainedConfig):
@@ -106,7 +155,9 @@ class MAESTConfig(PreTrainedConfig):
     embedding_block: int | None = None
 
     def __post_init__(self, **kwargs):
-        # MAEST tags are multi-label (sigmoid + BCE); the published models have 400 Discogs styles.
+        # MAEST tags are multi-label (sigmoid + BCE); the published models have 400 Discogs styles. A default (not
+        # given) problem type gives way to single-label when the model is trained on class indices.
+        self.problem_type_is_default = self.problem_type is None
         if self.problem_type is None:
             self.problem_type = "multi_label_classification"
         if self.id2label is None and kwargs.get("num_labels") is None:
@@ -116,36 +167,88 @@ class MAESTConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
 
     def validate_architecture(self):
-        """Checks the shapes and patchout settings; raises `ValueError` naming the bad field."""
+        """Checks the shapes and patchout settings; raises `MAESTConfigError` naming the bad field."""
+        self._check_sizes()
         if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
+            raise MAESTConfigError(
                 f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads ({self.num_attention_heads})"
             )
-        for name in ("patch_size", "frequency_stride", "time_stride", "num_mel_bins", "max_length"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.num_mel_bins < self.patch_size:
-            raise ValueError(f"num_mel_bins ({self.num_mel_bins}) must be at least patch_size ({self.patch_size})")
+            raise MAESTConfigError(f"num_mel_bins ({self.num_mel_bins}) must be at least patch_size ({self.patch_size})")
         if self.max_length < self.patch_size:
-            raise ValueError(f"max_length ({self.max_length}) must be at least patch_size ({self.patch_size})")
+            raise MAESTConfigError(f"max_length ({self.max_length}) must be at least patch_size ({self.patch_size})")
         if self.num_time_positions < self.num_time_patches(self.max_length):
-            raise ValueError(
+            longest = self.time_stride * self.num_time_positions + self.patch_size - self.time_stride
+            raise MAESTConfigError(
                 f"max_length {self.max_length} gives {self.num_time_patches(self.max_length)} patch columns but only "
-                f"{self.num_time_positions} time positions; use max_length <= {self.time_stride * self.num_time_positions + self.patch_size - self.time_stride}"
+                f"{self.num_time_positions} time positions; use max_length <= {longest}"
             )
         if not 0 <= self.train_patchout_freq < self.num_frequency_patches:
-            raise ValueError(
+            raise MAESTConfigError(
                 f"train_patchout_freq must be in [0, {self.num_frequency_patches}), got {self.train_patchout_freq}"
             )
         if not 0 <= self.train_patchout_time < self.num_time_positions:
-            raise ValueError(
+            raise MAESTConfigError(
                 f"train_patchout_time must be in [0, {self.num_time_positions}), got {self.train_patchout_time}"
             )
         for name in ("inference_patchout_time_stride", "inference_patchout_freq_stride"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1 (1 keeps every patch), got {getattr(self, name)}")
+                raise MAESTConfigError(f"{name} must be >= 1 (1 keeps every patch), got {getattr(self, name)}")
         if not 0 <= self.embedding_block < self.num_hidden_layers:
-            raise ValueError(f"embedding_block must be in [0, {self.num_hidden_layers}), got {self.embedding_block}")
+            raise MAESTConfigError(
+                f"embedding_block must be in [0, {self.num_hidden_layers}), got {self.embedding_block}"
+            )
+
+    def _check_sizes(self) -> None:
+        """Every size is positive and below the bounds above, so building the model cannot exhaust the machine."""
+        bounds = {
+            "hidden_size": MAX_HIDDEN_SIZE,
+            "num_hidden_layers": MAX_NUM_HIDDEN_LAYERS,
+            "num_attention_heads": MAX_HIDDEN_SIZE,
+            "intermediate_size": MAX_INTERMEDIATE_SIZE,
+            "patch_size": MAX_NUM_MEL_BINS,
+            "frequency_stride": MAX_NUM_MEL_BINS,
+            "time_stride": MAX_LENGTH,
+            "num_mel_bins": MAX_NUM_MEL_BINS,
+            "max_length": MAX_LENGTH,
+            "num_labels": MAX_NUM_LABELS,
+        }
+        for name, bound in bounds.items():
+            value = getattr(self, name)
+            if not 1 <= value <= bound:
+                raise MAESTConfigError(f"{name} must be in [1, {bound}], got {value}")
+        if self.num_parameters_estimate > MAX_PARAMETERS:
+            raise MAESTConfigError(
+                f"this config describes a model of about {self.num_parameters_estimate:.3g} parameters "
+                f"(hidden_size {self.hidden_size}, {self.num_hidden_layers} blocks, intermediate_size "
+                f"{self.intermediate_size}); the limit is {MAX_PARAMETERS:.0e}"
+            )
+
+    @property
+    def num_parameters_estimate(self) -> int:
+        """Parameters of the model this config builds, up to biases and norms (checked before building it)."""
+        width, patch = self.hidden_size, self.patch_size
+        per_block = 4 * width * width + 2 * width * self.intermediate_size
+        embeddings = width * (patch * patch + self.num_frequency_patches + self.num_time_positions + 4)
+        return self.num_hidden_layers * per_block + embeddings + 2 * width * self.num_labels
+
+    def block_index(self, block: int | None = None) -> int:
+        """The 0-based index of `block` (`embedding_block` when None; negative values count from the last block).
+
+        Raises:
+            `BlockIndexError` for an index outside this model's depth.
+        """
+        return validate_block_index(self.embedding_block if block is None else block, self.num_hidden_layers)
+
+    def to_dict(self) -> dict:
+        """The config as a dict. A config whose class is registered for the Auto classes (`import maest` does it,
+        and so does loading with `trust_remote_code=True`) names every Auto class in `auto_map`: transformers'
+        `save_pretrained` copies the code files but records only the saved object's own class."""
+        output = super().to_dict()
+        output.pop("problem_type_is_default", None)  # a fact about this object, not a setting
+        if type(self)._auto_class is not None:
+            output["auto_map"] = {**MAEST_AUTO_MAP, **(output.get("auto_map") or {})}
+        return output
 
     @property
     def num_frequency_patches(self) -> int:
@@ -163,13 +266,20 @@ class MAESTConfig(PreTrainedConfig):
 
     @classmethod
     def from_preset(cls, name: str, **kwargs) -> "MAESTConfig":
-        """A config of a published shape (`maest-5s` ... `maest-30s`, `maest-30s-519l`, or a published checkpoint
-        name such as `discogs-maest-30s-pw-129e`) or a small one for tests (`maest-tiny`, `maest-small`)."""
-        preset = PUBLISHED_CHECKPOINTS.get(name, name)
-        if preset not in MAEST_PRESETS:
-            known = sorted(MAEST_PRESETS) + sorted(PUBLISHED_CHECKPOINTS)
-            raise ValueError(f"Unknown MAEST preset {name!r}; known presets: {', '.join(known)}")
-        return cls(**{**MAEST_PRESETS[preset], **kwargs})
+        """A config of a published shape (`maest-5s` ... `maest-30s`, `maest-30s-519l`) or a small one for tests
+        (`maest-tiny`, `maest-small`). The config of a released checkpoint by its name
+        (`discogs-maest-30s-pw-129e`) is `maest.modeling.find_published(name).config()`."""
+        if name not in MAEST_PRESETS:
+            raise UnknownPresetError(f"Unknown MAEST preset {name!r}; known presets: {', '.join(sorted(MAEST_PRESETS))}")
+        return cls(**{**MAEST_PRESETS[name], **kwargs})
 
 
-__all__ = ["MAESTConfig", "MAEST_PRESETS", "PUBLISHED_CHECKPOINTS"]
+__all__ = [
+    "MAEST_AUTO_MAP",
+    "MAEST_PRESETS",
+    "BlockIndexError",
+    "MAESTConfig",
+    "MAESTConfigError",
+    "UnknownPresetError",
+    "validate_block_index",
+]

@@ -8,8 +8,6 @@
 Only tensors are ever unpickled (`torch.load(..., weights_only=True)`).
 """
 
-import json
-import os
 import pickle
 import re
 from pathlib import Path
@@ -17,7 +15,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file as load_safetensors
 
-from .configuration_maest import MAEST_PRESETS, PUBLISHED_CHECKPOINTS, MAESTConfig
+from ..errors import MAESTError
+from .configuration_maest import MAEST_PRESETS, MAESTConfig, MAESTConfigError
+from .label_names import apply_discogs_names, read_label_file, set_label_names
+from .modeling_maest import MAESTForAudioClassification
+from .published import match_published
 
 
 ORIGINAL_CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".safetensors")
@@ -57,15 +59,15 @@ _AST_PREFIX = "audio_spectrogram_transformer."
 _POSITIONS = "embeddings.position_embeddings"
 
 
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be read as MAEST weights."""
+class CheckpointError(MAESTError, ValueError):
+    """A checkpoint (file, directory or Hub repo) that cannot be read as MAEST weights."""
 
 
 def load_tensor_file(path) -> dict:
     """Reads a state dict (or a dict holding one) from a `.safetensors` or torch file, unpickling only tensors."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"Checkpoint {path} does not exist")
+        raise CheckpointError(f"{path}: no such checkpoint file" + (" (it is a directory)" if path.is_dir() else ""))
     if path.suffix == ".safetensors":
         try:
             return load_safetensors(str(path))
@@ -129,25 +131,28 @@ def original_to_maest_state_dict(state_dict: dict) -> dict:
     return converted
 
 
-def config_from_original_state_dict(state_dict: dict, **overrides) -> MAESTConfig:
+def config_from_original_state_dict(state_dict: dict, source: str = "checkpoint", **overrides) -> MAESTConfig:
     """Infers the shape of an original checkpoint. The attention head count is not recorded in the weights: it is
     `hidden_size // 64` (ViT-Base's 12 for 768) unless given."""
-    hidden_size = state_dict["cls_token"].shape[-1]
-    num_time_positions = state_dict["time_new_pos_embed"].shape[-1]
-    depth = 1 + max(int(key.split(".")[1]) for key in state_dict if key.startswith("blocks."))
-    kwargs = {
-        "hidden_size": hidden_size,
-        "num_hidden_layers": depth,
-        "num_attention_heads": max(1, hidden_size // 64),
-        "intermediate_size": state_dict["blocks.0.mlp.fc1.weight"].shape[0],
-        "num_mel_bins": 96,
-        # The largest input whose patch grid fits the time positions: 1876 frames for 187 positions.
-        "max_length": (num_time_positions - 1) * 10 + 16,
-        "num_labels": state_dict["head.1.weight"].shape[0],
-        "use_distillation_head": "head_dist.weight" in state_dict,
-    }
+    try:
+        hidden_size = state_dict["cls_token"].shape[-1]
+        num_time_positions = state_dict["time_new_pos_embed"].shape[-1]
+        depth = 1 + max((int(key.split(".")[1]) for key in state_dict if key.startswith("blocks.")), default=-1)
+        kwargs = {
+            "hidden_size": hidden_size,
+            "num_hidden_layers": depth,
+            "num_attention_heads": max(1, hidden_size // 64),
+            "intermediate_size": state_dict["blocks.0.mlp.fc1.weight"].shape[0],
+            "num_mel_bins": 96,
+            # The largest input whose patch grid fits the time positions: 1876 frames for 187 positions.
+            "max_length": (num_time_positions - 1) * 10 + 16,
+            "num_labels": state_dict["head.1.weight"].shape[0],
+            "use_distillation_head": "head_dist.weight" in state_dict,
+        }
+    except (KeyError, IndexError, AttributeError) as error:
+        raise CheckpointError(f"{source}: not a complete MAEST checkpoint (no {error} tensor of the expected shape)") from error
     kwargs.update(overrides)
-    return MAESTConfig(**kwargs)
+    return _config_or_error(lambda: MAESTConfig(**kwargs), source)
 
 
 def ast_to_maest_state_dict(state_dict: dict, num_frequency_patches: int) -> dict:
@@ -266,94 +271,79 @@ def maest_config_from_ast(ast_config: dict) -> MAESTConfig:
     return MAESTConfig(**kwargs)
 
 
-def _hub_kwargs(kwargs: dict) -> dict:
-    names = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
-    return {name: kwargs[name] for name in names if name in kwargs}
-
-
-def find_foreign_checkpoint(path_or_id, **kwargs):
-    """`("original", file)` for an original checkpoint file, `("ast", path_or_id)` for an AST-format MAEST repo, or
-    None for a MAEST-format one (which `from_pretrained` loads as usual)."""
-    if kwargs.get("config") is not None and not isinstance(kwargs["config"], MAESTConfig):
-        return None
-    path = Path(str(path_or_id))
-    if path.is_file() and path.suffix in ORIGINAL_CHECKPOINT_SUFFIXES:
-        return ("original", path)
-    from transformers import PreTrainedConfig
-
-    try:
-        config_dict, _ = PreTrainedConfig.get_config_dict(str(path_or_id), **_hub_kwargs(kwargs))
-    except (OSError, ValueError):
-        return None  # let from_pretrained raise its usual, complete error
-    if config_dict.get("model_type") == AST_MODEL_TYPE:
-        return ("ast", path_or_id)
-    return None
-
-
-def _resolve_weights_file(path_or_id, **kwargs) -> str:
-    from transformers.utils import cached_file
-
-    for name in ("model.safetensors", "pytorch_model.bin"):
-        resolved = cached_file(
-            str(path_or_id), name, _raise_exceptions_for_missing_entries=False, **_hub_kwargs(kwargs)
-        )
-        if resolved is not None:
-            return resolved
-    raise FileNotFoundError(f"{path_or_id}: no model.safetensors or pytorch_model.bin found")
-
-
-def load_foreign_checkpoint(model_class, foreign, **kwargs):
-    """Builds `model_class` from an original checkpoint file or an AST-format repo (see `find_foreign_checkpoint`)."""
-    from transformers import PreTrainedConfig
-
-    kind, location = foreign
-    config = kwargs.get("config")
-    if kind == "original":
-        return load_original_checkpoint(location, config=config, model_class=model_class, use_swa=kwargs.get("use_swa", True))
-    config_dict, _ = PreTrainedConfig.get_config_dict(str(location), **_hub_kwargs(kwargs))
-    config = config or maest_config_from_ast(config_dict)
-    state_dict = ast_to_maest_state_dict(
-        load_tensor_file(_resolve_weights_file(location, **kwargs)), config.num_frequency_patches
-    )
-    return _build(model_class, config, state_dict, source=str(location), dtype=kwargs.get("dtype"))
-
-
 def load_original_checkpoint(
-    path, config: MAESTConfig | None = None, model_class=None, use_swa: bool = True, labels=None, preset: str | None = None
+    path,
+    config: MAESTConfig | None = None,
+    model_class=None,
+    use_swa: bool = True,
+    labels: list[str] | None = None,
+    preset: str | None = None,
 ):
     """A MAEST model from an original checkpoint file (released `*-swa.ckpt` state dict or a training checkpoint).
 
     Args:
         path: the checkpoint file.
         config (`MAESTConfig`, *optional*): its shape; inferred from the weights and the file name otherwise.
-        preset (`str`, *optional*): a `MAESTConfig.from_preset` name giving the shape, when no `config` is given.
         model_class: `MAESTForAudioClassification` (default) or `MAESTModel`.
         use_swa: for training checkpoints, load the SWA weights (the published ones) rather than the last weights.
-        labels (list of `str`, *optional*): label names, in output order.
+        labels (list of `str`, *optional*): label names, in output order. Original checkpoints store none: without
+            them, a model with 400 or 519 outputs gets the published Discogs style names (and says so in the log).
+        preset (`str`, *optional*): a `MAESTConfig.from_preset` name or a released checkpoint name giving the shape,
+            when no `config` is given and the file name is not a released checkpoint's.
     """
-    from .modeling_maest import MAESTForAudioClassification
-
     model_class = model_class or MAESTForAudioClassification
     state_dict = extract_original_state_dict(load_tensor_file(path), use_swa=use_swa, source=str(path))
     if config is None:
-        overrides = {}
-        if preset is None:
-            preset = next((preset for name, preset in PUBLISHED_CHECKPOINTS.items() if Path(path).name.startswith(name)), None)
-        if preset is not None:
-            MAESTConfig.from_preset(preset)  # raises the error that lists the known presets
-            shape = MAEST_PRESETS[PUBLISHED_CHECKPOINTS.get(preset, preset)]
-            overrides = {key: value for key, value in shape.items() if key != "num_labels"}
-        config = config_from_original_state_dict(state_dict, **overrides)
+        shape = _preset_shape(preset, path)
+        config = config_from_original_state_dict(state_dict, source=str(path), **shape)
     if labels is not None:
-        labels = list(labels)
-        if len(labels) != config.num_labels:
-            raise ValueError(f"{len(labels)} labels given for a model with {config.num_labels} outputs")
-        config.id2label = dict(enumerate(labels))
-        config.label2id = {label: index for index, label in enumerate(labels)}
+        set_label_names(config, labels)
+    else:
+        apply_discogs_names(config, source=str(path))
     return _build(model_class, config, original_to_maest_state_dict(state_dict), source=str(path))
 
 
-def _build(model_class, config, state_dict, source: str, dtype=None):
+def _preset_shape(preset: str | None, path) -> dict:
+    """The shape fields (no label count: the weights tell it) of `preset`, or of the released checkpoint that the
+    file name names; empty when neither says."""
+    if preset is None:
+        published = match_published(Path(path).name)
+        preset = published.preset if published is not None else None
+    elif preset not in MAEST_PRESETS:
+        published = match_published(preset)
+        if published is None:
+            raise CheckpointError(
+                f"unknown preset {preset!r}; known: {', '.join(sorted(MAEST_PRESETS))} or a released checkpoint name"
+            )
+        preset = published.preset
+    if preset is None:
+        return {}
+    return {key: value for key, value in MAEST_PRESETS[preset].items() if key != "num_labels"}
+
+
+def load_ast_checkpoint(path_or_repo, model_class=None, config: MAESTConfig | None = None, **hub_kwargs):
+    """A MAEST model from an AST-format MAEST directory or Hub repo (`mtg-upf/discogs-maest-*`: stock
+    `ASTForAudioClassification` weights with summed position embeddings); `hub_kwargs` are `cached_file`'s."""
+    from transformers import PreTrainedConfig
+    from transformers.utils import cached_file
+
+    model_class = model_class or MAESTForAudioClassification
+    source = str(path_or_repo)
+    config_dict, _ = PreTrainedConfig.get_config_dict(source, **hub_kwargs)
+    config = config or _config_or_error(lambda: maest_config_from_ast(config_dict), source)
+    weights = None
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        weights = cached_file(source, name, _raise_exceptions_for_missing_entries=False, **hub_kwargs)
+        if weights is not None:
+            break
+    if weights is None:
+        raise CheckpointError(f"{source}: no model.safetensors or pytorch_model.bin found")
+    state_dict = ast_to_maest_state_dict(load_tensor_file(weights), config.num_frequency_patches)
+    apply_discogs_names(config, source=source)
+    return _build(model_class, config, state_dict, source=source)
+
+
+def _build(model_class, config, state_dict, source: str):
     model = model_class(config)
     if not hasattr(model, model.base_model_prefix):  # the bare MAESTModel: drop the heads and the prefix
         prefix = model.base_model_prefix + "."
@@ -372,30 +362,157 @@ def _build(model_class, config, state_dict, source: str, dtype=None):
                 f"{source}: {key} has shape {tuple(tensor.shape)}, the config expects {tuple(expected[key].shape)}"
             )
     model.load_state_dict(state_dict, strict=True)
-    if dtype is not None and dtype != "auto":
-        model = model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
     return model.eval()
 
 
-def read_labels(path) -> list[str]:
-    """Label names from a text file (one per line), a JSON list, or a JSON `{index: name}` map."""
-    text = Path(path).read_text(encoding="utf-8")
-    if Path(path).suffix == ".json":
-        data = json.loads(text)
-        if isinstance(data, dict):
-            data = [data[key] for key in sorted(data, key=int)]
-        return [str(label) for label in data]
-    return [line.strip() for line in text.splitlines() if line.strip()]
+def _config_or_error(make_config, source: str) -> MAESTConfig:
+    """Runs `make_config`, turning a config validation failure into one `CheckpointError` line naming `source`."""
+    from huggingface_hub.errors import StrictDataclassError
 
+    try:
+        return make_config()
+    except MAESTConfigError as error:
+        raise CheckpointError(f"{source}: invalid config: {error}") from error
+    except StrictDataclassError as error:
+        cause = error.__cause__ or error
+        raise CheckpointError(f"{source}: invalid config: {' '.join(str(cause).split())}") from error
+
+
+def load_maest(
+    path_or_repo,
+    model_class=None,
+    *,
+    labels: list[str] | None = None,
+    preset: str | None = None,
+    use_swa: bool = True,
+    **kwargs,
+):
+    """Loads a MAEST model from any published layout; the one entry point for checkpoints that
+    `MAESTForAudioClassification.from_pretrained` (plain transformers) does not read itself.
+
+    - a MAEST directory or Hub repo (`save_pretrained` output): `model_class.from_pretrained`;
+    - an AST-format MAEST directory or Hub repo (`mtg-upf/discogs-maest-*`): converted (`load_ast_checkpoint`);
+    - an original checkpoint file (`*.ckpt`, `*.pt`, `*.pth`, `*.bin`, `*.safetensors`): converted
+      (`load_original_checkpoint`; `preset` and `use_swa` apply).
+
+    Models without label names and 400 or 519 outputs get the published Discogs style names.
+
+    Args:
+        path_or_repo: a local file or directory, or a Hub repo id.
+        model_class: `MAESTForAudioClassification` (default) or `MAESTModel`.
+        labels (list of `str`, *optional*): label names in output order, replacing the stored ones.
+        kwargs: `from_pretrained` arguments (`config`, `dtype`, `revision`, `cache_dir`, `token`,
+            `local_files_only`, config overrides such as `inference_patchout_time_stride=2`, ...).
+
+    Raises:
+        `CheckpointError` (one line, naming the path or repo) for anything that is not a readable MAEST checkpoint.
+    """
+    model_class = model_class or MAESTForAudioClassification
+    source = str(path_or_repo)
+    local = Path(source).expanduser()
+    if local.is_file():
+        if local.suffix not in ORIGINAL_CHECKPOINT_SUFFIXES:
+            raise CheckpointError(
+                f"{source}: not a checkpoint file (expected {', '.join(ORIGINAL_CHECKPOINT_SUFFIXES)}) or a model directory"
+            )
+        model = load_original_checkpoint(local, config=kwargs.get("config"), model_class=model_class, use_swa=use_swa,
+                                         labels=labels, preset=preset)
+        return _to_dtype(model, kwargs.get("dtype"))
+    if not local.is_dir():
+        _check_repo_id(source)
+    hub_kwargs = {name: kwargs[name] for name in _HUB_ARGUMENTS if name in kwargs}
+    model_type = _read_model_type(source, hub_kwargs)
+    if model_type == AST_MODEL_TYPE:
+        model = _to_dtype(load_ast_checkpoint(source, model_class, kwargs.get("config"), **hub_kwargs), kwargs.get("dtype"))
+    elif model_type == MAESTConfig.model_type:
+        if local.is_dir():
+            _refuse_pickled_weights(local)
+        model = _load_maest_format(model_class, source, kwargs)
+        apply_discogs_names(model.config, source=source)
+    else:
+        raise CheckpointError(f"{source}: config.json has model_type {model_type!r}, not a MAEST or AST-format MAEST model")
+    if labels is not None:
+        set_label_names(model.config, labels)
+    return model
+
+
+# `from_pretrained` arguments that say where to find the files.
+_HUB_ARGUMENTS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
+
+
+def _check_repo_id(source: str) -> None:
+    """A name that is neither a local path nor a possible Hub repo id is a missing local path."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    looks_local = source.startswith((".", "/", "~")) or source.count("/") > 1 or Path(source).suffix in ORIGINAL_CHECKPOINT_SUFFIXES
+    try:
+        validate_repo_id(source)
+    except HFValidationError:
+        looks_local = True
+    if looks_local:
+        raise CheckpointError(f"{source}: no such file or directory")
+
+
+def _read_model_type(source: str, hub_kwargs: dict) -> str | None:
+    from transformers import PreTrainedConfig
+
+    try:
+        config_dict, _ = PreTrainedConfig.get_config_dict(source, **hub_kwargs)
+    except OSError as error:
+        where = "directory" if Path(source).is_dir() else "Hub repo (or it cannot be reached)"
+        raise CheckpointError(f"{source}: not a model {where}: {' '.join(str(error).split())}") from error
+    except (ValueError, UnicodeDecodeError) as error:  # a config.json that is not JSON
+        raise CheckpointError(f"{source}: config.json does not parse ({' '.join(str(error).split())})") from error
+    return config_dict.get("model_type")
+
+
+def _refuse_pickled_weights(directory: Path) -> None:
+    """A MAEST directory is read only from safetensors: a pickled `pytorch_model.bin` can run code when loaded."""
+    if any(directory.glob("model*.safetensors")):
+        return
+    pickled = sorted(path.name for path in directory.glob("*.bin"))
+    if pickled:
+        raise CheckpointError(
+            f"{directory / pickled[0]}: MAEST directories are loaded from safetensors only (a pickled file can run "
+            f"code); convert it with `maest convert {directory / pickled[0]} OUTPUT_DIR`"
+        )
+
+
+def _load_maest_format(model_class, source: str, kwargs: dict):
+    """`model_class.from_pretrained` with its config validated first, so a bad config is one line naming it."""
+    kwargs = dict(kwargs)
+    config = kwargs.pop("config", None)
+    hub_kwargs = {name: kwargs[name] for name in _HUB_ARGUMENTS if name in kwargs}
+    if config is None:
+        # Like `from_pretrained`, the keyword arguments that are config fields override the stored config.
+        config, kwargs = _config_or_error(
+            lambda: MAESTConfig.from_pretrained(source, return_unused_kwargs=True, **kwargs), source
+        )
+    try:
+        return model_class.from_pretrained(source, config=config, **{**kwargs, **hub_kwargs})
+    except OSError as error:
+        raise CheckpointError(f"{source}: {' '.join(str(error).split())}") from error
+
+
+def _to_dtype(model, dtype):
+    if dtype is None or dtype == "auto":
+        return model
+    return model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+
+
+# The old name, until training/probe.py reads label files with `read_label_file`.
+read_labels = read_label_file
 
 __all__ = [
     "CheckpointError",
     "ast_to_maest_state_dict",
     "config_from_original_state_dict",
+    "load_ast_checkpoint",
+    "load_maest",
     "load_original_checkpoint",
     "load_tensor_file",
     "maest_config_from_ast",
+    "maest_to_ast_model",
     "maest_to_ast_state_dict",
     "original_to_maest_state_dict",
-    "read_labels",
 ]

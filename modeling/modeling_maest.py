@@ -10,7 +10,6 @@ This file imports nothing from the `maest` package besides its configuration, so
 as remote code (`trust_remote_code=True`).
 """
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -23,11 +22,15 @@ from transformers.models.audio_spectrogram_transformer.modeling_audio_spectrogra
     ASTLayer,
     ASTPatchEmbeddings,
 )
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs, logging
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_maest import MAESTConfig
 
+
+logger = logging.get_logger(__name__)
 
 # The embedding token sets of the paper's poster: c(ls), d(ist), a(verage of the patch tokens).
 EMBEDDING_TOKENS = {"c": "cls", "d": "dist", "a": "mean", "cls": "cls", "dist": "dist", "mean": "mean"}
@@ -178,40 +181,6 @@ class MAESTPreTrainedModel(PreTrainedModel):
             ):
                 init.trunc_normal_(parameter, std=std)
 
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
-        """Loads a MAEST directory or Hub repo, and also the published AST-format MAEST repos
-        (`mtg-upf/discogs-maest-*`) and original checkpoint files (`*.ckpt`, `*.pt`), converting them on the fly."""
-        try:
-            from maest.modeling.conversion import find_foreign_checkpoint, load_foreign_checkpoint
-        except ImportError:  # remote code without the package: only MAEST-format directories
-            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
-        foreign = find_foreign_checkpoint(pretrained_model_name_or_path, **kwargs)
-        if foreign is None:
-            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
-        return load_foreign_checkpoint(cls, foreign, **kwargs)
-
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        """Saves weights and config; with the `maest` package imported, also the code and a complete `auto_map`, so
-        that `trust_remote_code=True` loads the directory where the package is not installed."""
-        try:
-            from maest.remote_code import complete_auto_map, copy_remote_code
-        except ImportError:
-            return super().save_pretrained(save_directory, *args, **kwargs)
-        with complete_auto_map(self.config):
-            result = super().save_pretrained(save_directory, *args, **kwargs)
-        copy_remote_code(save_directory)
-        return result
-
-    def push_to_hub(self, repo_id: str, *, feature_extractor=None, card_kwargs: dict | None = None, **kwargs):
-        """Uploads the model, its feature extractor, the code with a complete `auto_map` and a model card in one
-        commit (see `maest.hub.push_model_to_hub`)."""
-        try:
-            from maest.hub import push_model_to_hub
-        except ImportError:  # remote code without the package: transformers' own upload
-            return super().push_to_hub(repo_id, **kwargs)
-        return push_model_to_hub(self, repo_id, feature_extractor, card_kwargs=card_kwargs, **kwargs)
-
 
 class MAESTModel(MAESTPreTrainedModel):
     """The bare MAEST encoder: embeddings, transformer blocks and the final layer norm; `pooler_output` is the mean of
@@ -247,26 +216,12 @@ class MAESTModel(MAESTPreTrainedModel):
                 f"(its time position embeddings cover {config.num_time_positions} patch columns). Split longer audio "
                 f"into segments (MAESTFeatureExtractor(..., return_segments=True))"
             )
-        if not (torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()):
-            if not torch.isfinite(input_values).all():
-                raise ValueError("`input_values` contains NaN or infinite values")
-
-    @contextmanager
-    def _attention_for(self, output_attentions: bool):
-        # SDPA computes no attention weights; switch to the eager path only for calls that ask for them.
-        implementation = self.config._attn_implementation
-        if not output_attentions or implementation in (None, "eager"):
-            yield
-            return
-        self.config._attn_implementation = "eager"
-        try:
-            yield
-        finally:
-            self.config._attn_implementation = implementation
 
     @merge_with_config_defaults
     @capture_outputs(tie_last_hidden_states=False)
-    def forward(self, input_values: torch.Tensor | None = None, **kwargs) -> BaseModelOutputWithPooling:
+    def forward(
+        self, input_values: torch.Tensor | None = None, **kwargs: Unpack[TransformersKwargs]
+    ) -> BaseModelOutputWithPooling:
         r"""
         Args:
             input_values (`torch.FloatTensor` of shape `(batch_size, num_frames, num_mel_bins)`):
@@ -274,7 +229,8 @@ class MAESTModel(MAESTPreTrainedModel):
                 up to the trained length.
             output_hidden_states (`bool` or list of `int`, *optional*): `hidden_states[0]` is the embedding output
                 and `hidden_states[k + 1]` the output of block k (no final norm).
-            output_attentions (`bool`, *optional*): per-block attention weights (computed on the eager path).
+            output_attentions (`bool`, *optional*): per-block attention weights. The SDPA and flash kernels compute
+                none: load with `attn_implementation="eager"` or call `model.set_attn_implementation("eager")`.
 
         Returns:
             [`BaseModelOutputWithPooling`] with `last_hidden_state` of shape `(batch_size, 2 + num_patches,
@@ -282,17 +238,16 @@ class MAESTModel(MAESTPreTrainedModel):
         """
         self._check_input_values(input_values)
         hidden_states = self.embeddings(input_values)
-        with self._attention_for(bool(kwargs.get("output_attentions"))):
-            for layer in self.layers:
-                hidden_states = layer(hidden_states, None, **kwargs)
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, None, **kwargs)
         sequence_output = self.layernorm(hidden_states)
         pooled_output = (sequence_output[:, 0] + sequence_output[:, 1]) / 2
         return BaseModelOutputWithPooling(last_hidden_state=sequence_output, pooler_output=pooled_output)
 
-    @torch.no_grad()
     def embed(self, input_values: torch.Tensor, block: int | None = None, tokens=("cls", "dist", "mean")):
         """The paper's embedding: the output of `block` (0-based, no final norm; `config.embedding_block`, i.e. the
         7th block of 12, by default) pooled as the concatenation of the chosen tokens. Runs only the blocks it needs.
+        Gradients flow as in `forward` (fine-tuning through it works); wrap it in `torch.no_grad()` for extraction.
 
         Args:
             input_values (`torch.FloatTensor` of shape `(batch_size, num_frames, num_mel_bins)`).
@@ -302,14 +257,11 @@ class MAESTModel(MAESTPreTrainedModel):
         Returns:
             `torch.FloatTensor` of shape `(batch_size, len(tokens) * hidden_size)` (2304 for cls, dist, mean at 768).
         """
-        num_layers = self.config.num_hidden_layers
-        block = self.config.embedding_block if block is None else block
-        if not -num_layers <= block < num_layers:
-            raise ValueError(f"block must be in [{-num_layers}, {num_layers}), got {block}")
+        block = self.config.block_index(block)
         tokens = parse_embedding_tokens(tokens)
         self._check_input_values(input_values)
         hidden_states = self.embeddings(input_values)
-        for layer in self.layers[: block % num_layers + 1]:
+        for layer in self.layers[: block + 1]:
             hidden_states = layer(hidden_states, None)
         return pool_embedding_tokens(hidden_states, tokens)
 
@@ -327,6 +279,10 @@ class MAESTClassificationHead(nn.Module):
         return self.dense(self.layernorm(pooled_output))
 
 
+def _is_class_indices(labels: torch.Tensor) -> bool:
+    return labels.ndim == 1 and not labels.is_floating_point() and labels.dtype != torch.bool
+
+
 class MAESTForAudioClassification(MAESTPreTrainedModel):
     """MAEST with its tagging head. Scores are multi-label: apply a sigmoid to `logits` (the pipeline does)."""
 
@@ -341,19 +297,36 @@ class MAESTForAudioClassification(MAESTPreTrainedModel):
         )
         self.post_init()
 
+    def _infer_problem_type(self, labels: torch.Tensor) -> None:
+        """Class-index labels make a model whose problem type was left at its default single-label, as transformers
+        infers it for its classifiers; multi-hot labels keep the default multi-label (the paper's)."""
+        config = self.config
+        if not _is_class_indices(labels) or config.problem_type != "multi_label_classification":
+            return
+        if not getattr(config, "problem_type_is_default", False):
+            raise ValueError(
+                f"labels of shape {tuple(labels.shape)} are class indices, but config.problem_type is "
+                f"'multi_label_classification' (needs multi-hot labels of shape (batch_size, {config.num_labels})); "
+                f"set config.problem_type = 'single_label_classification' to train on class indices"
+            )
+        logger.info("integer class-index labels: MAEST's problem type is now single-label classification")
+        config.problem_type = "single_label_classification"
+        config.problem_type_is_default = False
+
     @can_return_tuple
     def forward(
         self,
         input_values: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         distillation_labels: torch.Tensor | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> MAESTAudioClassifierOutput:
         r"""
         Args:
             input_values (`torch.FloatTensor` of shape `(batch_size, num_frames, num_mel_bins)`).
-            labels (`torch.Tensor`, *optional*): multi-hot `(batch_size, num_labels)` targets for the BCE loss
-                (or class indices `(batch_size,)` when `config.problem_type` is single-label).
+            labels (`torch.Tensor`, *optional*): multi-hot `(batch_size, num_labels)` targets for the BCE loss, or
+                integer class indices `(batch_size,)` for a softmax cross-entropy. Class indices with the default
+                (not explicitly set) `problem_type` switch the config to `"single_label_classification"`.
             distillation_labels (`torch.Tensor` of shape `(batch_size, num_labels)`, *optional*): a teacher's
                 binarized labels for the distillation head; the loss becomes the mean of both heads' losses.
 
@@ -368,6 +341,7 @@ class MAESTForAudioClassification(MAESTPreTrainedModel):
 
         loss = None
         if labels is not None:
+            self._infer_problem_type(labels)
             loss = self.loss_function(labels, logits, self.config)
         if distillation_labels is not None:
             if distillation_logits is None:

@@ -13,7 +13,7 @@ from huggingface_hub import ModelCard
 
 from conftest import SMALL_MODEL_LABELS, write_audio
 from maest import MAESTForAudioClassification
-from maest.remote_code import AUTO_MAP
+from maest.modeling import MAEST_AUTO_MAP as AUTO_MAP
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "finetune.py"
 SOURCE_RATE = 22050  # decoded and resampled to 16 kHz by `datasets`

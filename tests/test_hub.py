@@ -17,7 +17,7 @@ from maest import MAESTForAudioClassification
 from maest.cli import main
 from maest.hub import HubError, ModelDirectoryError, push_model_to_hub, push_to_hub
 from maest.model_cards import write_model_card
-from maest.remote_code import AUTO_MAP
+from maest.modeling import MAEST_AUTO_MAP as AUTO_MAP
 
 MODEL_FILES = {
     "config.json",
@@ -220,11 +220,13 @@ def test_push_cli(model_dir, hub, capsys):
     assert set(hub.commits[0]["files"]) == MODEL_FILES
 
 
-def test_push_cli_errors_exit_nonzero(model_dir, monkeypatch, capsys):
-    assert main(["push", str(model_dir), "my-org/maest-small"]) == 1  # offline (conftest)
-    assert "HF_HUB_OFFLINE=1" in capsys.readouterr().err
-    assert main(["push", str(model_dir / "missing"), "my-org/maest-small"]) == 1
-    assert "is not a directory" in capsys.readouterr().err
+def test_push_cli_errors_are_one_line_with_exit_status_2(model_dir, monkeypatch, capsys):
+    assert main(["push", str(model_dir), "my-org/maest-small"]) == 2  # offline (conftest)
+    err = capsys.readouterr().err
+    assert "HF_HUB_OFFLINE=1" in err and len(err.strip().splitlines()) == 1
+    assert main(["push", str(model_dir / "missing"), "my-org/maest-small"]) == 2
+    err = capsys.readouterr().err
+    assert "is not a directory" in err and len(err.strip().splitlines()) == 1
 
 
 def test_push_model_object(small_model_dir, hub):
@@ -240,12 +242,3 @@ def test_push_model_object(small_model_dir, hub):
     assert json.loads(files["preprocessor_config.json"])["max_length"] == model.config.max_length
     card = ModelCard(files["README.md"].decode())
     assert card.data.base_model == "my-org/maest-30s" and "genre" in card.data.tags
-
-
-def test_model_push_to_hub_method_sends_one_complete_commit(small_model_dir, hub):
-    model = MAESTForAudioClassification.from_pretrained(small_model_dir)
-    model.push_to_hub("my-org/maest-small", private=True, commit_message="Upload")
-    assert len(hub.commits) == 1 and hub.commits[0]["commit_message"] == "Upload"
-    files = hub.commits[0]["files"]
-    assert set(files) == MODEL_FILES
-    assert json.loads(files["config.json"])["auto_map"] == AUTO_MAP

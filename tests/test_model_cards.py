@@ -13,14 +13,8 @@ from huggingface_hub import ModelCard
 from conftest import FIXTURES, SMALL_MODEL_LABELS, synth_music, write_audio
 from maest import MAESTConfig, MAESTForAudioClassification
 from maest.cli import main
-from maest.model_cards import (
-    CITATION_BIBTEX,
-    PUBLISHED_MODELS,
-    build_model_card,
-    count_parameters,
-    find_published,
-    write_model_card,
-)
+from maest.model_cards import CITATION_BIBTEX, build_model_card, count_parameters, write_model_card
+from maest.modeling import PUBLISHED_CHECKPOINTS, find_published, match_published
 
 # DESIGN.md section 6, the 30 s model (ROC-AUC, mAP in percent), in the paper's order.
 PAPER_FIGURES = [
@@ -73,9 +67,9 @@ def test_30s_card_carries_the_paper_figures_as_a_model_index(tmp_path):
     assert "LABEL_399" in text  # converted without label names: the card says so
 
 
-@pytest.mark.parametrize("checkpoint", sorted(PUBLISHED_MODELS))
+@pytest.mark.parametrize("checkpoint", sorted(PUBLISHED_CHECKPOINTS))
 def test_every_released_checkpoint_has_a_valid_card(tmp_path, checkpoint):
-    published = PUBLISHED_MODELS[checkpoint]
+    published = PUBLISHED_CHECKPOINTS[checkpoint]
     config = MAESTConfig.from_preset(published.preset)
     card = ModelCard(str(build_model_card(tmp_path, config, published=checkpoint)))
     assert card.data.license == "cc-by-nc-sa-4.0"
@@ -250,7 +244,7 @@ def test_card_cli_never_overwrites_without_force(tmp_path, small_model_dir, caps
     assert main(["card", str(directory), "--probe-results", str(directory / "probe.json")]) == 0
     assert _metrics(ModelCard.load(directory / "README.md"))[("genre", None, "roc_auc")] == 0.8
     (directory / "README.md").write_text("my own notes")
-    assert main(["card", str(directory)]) == 1
+    assert main(["card", str(directory)]) == 2  # a usage error, not "some items failed"
     assert "--force" in capsys.readouterr().err
     assert (directory / "README.md").read_text() == "my own notes"
     assert main(["card", str(directory), "--force"]) == 0
