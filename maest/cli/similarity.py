@@ -1,0 +1,98 @@
+"""`maest index`, `maest similar` and `maest app`: similarity search over embeddings, and the web app."""
+
+import argparse
+import csv
+import json
+import os
+import sys
+
+from .common import EXIT_OK
+
+
+def register(subparsers) -> None:
+    index = subparsers.add_parser("index", help="build or update a similarity index from `maest embed` output")
+    index.add_argument("embeddings", help="a .parquet/.npz file written by `maest embed`")
+    index.add_argument("--out", required=True, help="the index directory (updated in place when it exists)")
+    index.add_argument("--per-segment", action="store_true", help="index every segment (needs `maest embed --per-segment`)")
+    index.add_argument("--overwrite", action="store_true", help="build from scratch even if OUT holds an index")
+    index.add_argument("--exact-max", type=int, default=None, help="largest collection searched exactly (default 50000)")
+    index.set_defaults(func=run_index)
+
+    similar = subparsers.add_parser("similar", help="nearest neighbours of audio files or indexed tracks")
+    similar.add_argument("queries", nargs="+", metavar="QUERY", help="an audio file, or a path already in the index")
+    similar.add_argument("--index", required=True, help="the index directory (`maest index`)")
+    similar.add_argument("--top-k", type=int, default=10)
+    similar.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    similar.set_defaults(func=run_similar)
+
+    app = subparsers.add_parser("app", help="the web app: styles, timeline and similar tracks of an uploaded track")
+    app.add_argument("--model", default=None, help="a MAEST directory or Hub id (default: the index's model)")
+    app.add_argument("--index", default=None, help="an index directory for the neighbours")
+    app.add_argument("--port", type=int, default=7860)
+    app.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1: this machine only)")
+    app.add_argument("--top-k", type=int, default=5)
+    app.set_defaults(func=run_app)
+
+
+def run_index(args: argparse.Namespace) -> int:
+    # imported here: maest --help must start fast
+    from maest.similarity import EXACT_MAX_VECTORS, build_index
+
+    update = build_index(
+        args.embeddings, args.out, per_segment=args.per_segment, overwrite=args.overwrite,
+        exact_max_vectors=EXACT_MAX_VECTORS if args.exact_max is None else args.exact_max,
+    )
+    recall = "exact search" if update.kind == "exact" else f"recall@10 {update.recall:.3f} vs exact (nprobe {update.nprobe})"
+    action = "built" if update.rebuilt else "updated"
+    print(
+        f"{action} {update.directory}: {update.size} vectors ({update.kind}, {recall}); {update.added} added, "
+        f"{update.replaced} replaced, {update.removed} removed in {update.seconds:.1f} s"
+    )
+    return EXIT_OK
+
+
+def run_similar(args: argparse.Namespace) -> int:
+    # imported here: maest --help must start fast
+    from maest.similarity import SimilarityIndex, SimilarityIndexError
+
+    if args.top_k < 1:
+        raise SimilarityIndexError(f"--top-k must be at least 1, got {args.top_k}")
+    index = SimilarityIndex.open(args.index)
+    indexed = set(index.paths())
+    in_index = [query for query in args.queries if query in indexed or os.path.abspath(query) in indexed]
+    files = [query for query in args.queries if query not in in_index]
+    missing = [query for query in files if not os.path.isfile(query)]
+    if missing:
+        raise FileNotFoundError(f"{missing[0]}: neither an audio file nor a track in the index {args.index}")
+    results = dict(zip(in_index, index.search_paths(in_index, args.top_k)))
+    if files:
+        results.update(zip(files, index.search_audio(files, args.top_k)))
+    print_neighbours([neighbour for query in args.queries for neighbour in results[query]], args.format, index.per_segment)
+    return EXIT_OK
+
+
+def print_neighbours(neighbours, output_format: str, per_segment: bool) -> None:
+    fields = ["query", "rank", "path", "score"] + (["segment", "start_seconds"] if per_segment else [])
+    rows = [{name: neighbour.to_dict()[name] for name in fields} for neighbour in neighbours]
+    if output_format == "json":
+        print(json.dumps(rows, indent=1))
+    elif output_format == "csv":
+        writer = csv.DictWriter(sys.stdout, fieldnames=fields, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    else:
+        query = None
+        for row in rows:
+            if row["query"] != query:
+                query = row["query"]
+                print(f"{query}:")
+            where = f"  @{row['start_seconds']:.1f} s" if per_segment else ""
+            print(f"  {row['rank']:3d}  {row['score']:.4f}  {row['path']}{where}")
+
+
+def run_app(args: argparse.Namespace) -> int:
+    # imported here: maest --help must start fast (and gradio is an optional extra)
+    from maest.app import launch_app
+
+    launch_app(model=args.model, index=args.index, host=args.host, port=args.port, top_k=args.top_k)
+    return EXIT_OK
