@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from maest.training.metrics import (
+from maest.training.evaluation.metrics import (
     METRIC_NAMES,
     average_precision,
     binary_average_precision,

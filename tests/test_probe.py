@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from maest.training.probe import ProbeClassifier, probe_sweep, train_probe
-from maest.training.probe_data import build_label_encoding, carve_split
+from maest.training.evaluation.probe import ProbeClassifier, probe_sweep, train_probe
+from maest.training.evaluation.labeled_data import build_label_encoding, carve_split
 
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
@@ -156,6 +156,26 @@ def test_probe_rejects_bad_inputs(splits):
         bad = train[0].copy()
         bad[0, 0] = np.nan
         train_probe(bad, train[1], *validation, *test, epochs=1)
+
+
+def test_test_labels_never_seen_in_training_are_refused():
+    """Old behaviour: NaN cells and exit 0. Now: one line that says what is wrong with the split."""
+    from maest.training.evaluation import EvaluationError
+
+    rng = np.random.default_rng(0)
+    features = [rng.standard_normal((40, 4)).astype(np.float32) for _ in range(3)]
+    train = np.zeros((40, 2), np.float32)
+    train[::2, 0] = 1  # only label 0 ever occurs in training
+    held_out = np.zeros((40, 2), np.float32)
+    held_out[::2, 1] = 1  # the test labels are all label 1
+    validation = train.copy()
+    with pytest.raises(EvaluationError, match=r"test split's labels \(indices \[1\]\) never occur in the training") as caught:
+        train_probe(features[0], train, features[1], validation, features[2], held_out, epochs=1)
+    assert "\n" not in str(caught.value)
+    # Multiclass: the test classes are not among the training classes.
+    with pytest.raises(EvaluationError, match="never occur in the training split"):
+        train_probe(features[0], np.arange(40) % 2, features[1], np.arange(40) % 2, features[2], 2 + np.arange(40) % 2,
+                    epochs=1)
 
 
 def test_sweep_writes_json_markdown_and_heatmap(tmp_path, splits):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from maest import MAESTConfig, MAESTForAudioClassification
-from maest.training.pretrain import macro_roc_auc_and_map
+from maest.training.validation import macro_roc_auc_and_map
 from maest.training.recipe import PaperSchedule, WeightAveraging, mixup, teacher_labels
 
 

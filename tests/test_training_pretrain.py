@@ -15,7 +15,9 @@ import yaml
 from safetensors.torch import load_file
 
 from maest import MAESTForAudioClassification
-from maest.training.pretrain import PretrainConfig, Pretrainer, list_checkpoints, parse_overrides, pretrain
+from maest.training.checkpoints import PretrainCheckpointError
+from maest.training.config import ConfigError, parse_pretrain_arguments
+from maest.training.pretrain import PretrainConfig, Pretrainer, list_checkpoints, pretrain
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
@@ -71,16 +73,58 @@ def assert_same_weights(first, second):
         assert torch.equal(first[key], second[key]), key
 
 
-def test_overrides_and_config_errors(tmp_path):
-    overrides = parse_overrides(["--batch_size", "8", "--model.hidden_size=64", "--swa", "false", "--init_from", "null"])
-    assert overrides == {"batch_size": 8, "model.hidden_size": 64, "swa": False, "init_from": None}
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"batch_size": 4, "model": {"hidden_size": 32}}))
-    config = PretrainConfig.from_file(tmp_path / "c.yaml", overrides)
-    assert config.batch_size == 8 and config.model == {"hidden_size": 64} and config.swa is False
-    with pytest.raises(ValueError, match="learning_rat"):
+def test_config_file_and_command_line_overrides(tmp_path):
+    (tmp_path / "c.yaml").write_text("batch_size: 4\nlearning_rate: 1e-4\nmodel: {hidden_size: 32}\n")
+    config = parse_pretrain_arguments(
+        [str(tmp_path / "c.yaml"), "--batch_size", "8", "--model", "{hidden_size: 64}", "--swa", "false", "--resume"]
+    )
+    assert (config.batch_size, config.model, config.swa, config.resume) == (8, {"hidden_size": 64}, False, "latest")
+    # YAML 1.1 reads 1e-4 as a string: every usual notation of a number is a number.
+    assert config.learning_rate == 1e-4 and isinstance(config.learning_rate, float)
+    assert parse_pretrain_arguments(["--config", str(tmp_path / "c.yaml"), "--learning_rate", "1e-3"]).learning_rate == 1e-3
+    assert PretrainConfig.from_dict({"learning_rate": "2.0e-5", "samples_per_epoch": "200_000"}).samples_per_epoch == 200_000
+    with pytest.raises(ConfigError, match="unknown pretrain settings: learning_rat"):
         PretrainConfig.from_dict({"learning_rat": 1.0})
-    with pytest.raises(ValueError, match="--epochs needs a value"):
-        parse_overrides(["--epochs"])
+    with pytest.raises(SystemExit):
+        parse_pretrain_arguments(["--epochs"])
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("batch_size: [4", "not valid YAML at line 1"),
+        ("learning_rate: -1e-3", "learning_rate must be greater than 0; got -0.001"),
+        ("batch_size: 0", "batch_size must be at least 1; got 0"),
+        ("batch_size: four", "batch_size must be an integer; got 'four'"),
+        ("max_steps: 0", "max_steps must be at least 1"),
+        ("- a list", "expected a mapping of settings"),
+        ("mixed_precision: fp8", "mixed_precision must be one of no, bf16, fp16"),
+    ],
+)
+def test_bad_settings_are_one_line_errors(tmp_path, text, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message) as caught:
+        PretrainConfig.from_file(path)
+    assert "\n" not in str(caught.value) and str(path) in str(caught.value)
+
+
+def test_command_line_errors_exit_2_with_one_line(tmp_path, capsys):
+    from maest.cli import main
+
+    (tmp_path / "c.yaml").write_text("batch_size: four\n")
+    assert main(["pretrain", str(tmp_path / "c.yaml")]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: {tmp_path / 'c.yaml'}: batch_size must be an integer; got 'four'"
+    ]
+    assert main(["pretrain", "--max_steps", "0", "--train_data", str(tmp_path)]) == 2
+    assert "max_steps must be at least 1" in capsys.readouterr().err
+    (tmp_path / "empty.yaml").write_text(f"output_dir: {tmp_path / 'out'}\n")
+    assert main(["pretrain", str(tmp_path / "empty.yaml")]) == 2  # no train_data
+    assert capsys.readouterr().err.startswith("error: set train_data")
+    with pytest.raises(SystemExit) as caught:
+        main(["pretrain", "--help"])
+    assert caught.value.code == 0 and "CONFIG.yaml --learning_rate 1e-3" in capsys.readouterr().out
 
 
 def test_pretrain_exports_the_swa_model_with_card(corpus, tmp_path):
@@ -117,7 +161,7 @@ def test_resume_continues_exactly(corpus, tmp_path):
 
 def test_resume_needs_a_complete_checkpoint(corpus, tmp_path):
     (tmp_path / "half").mkdir()
-    with pytest.raises(FileNotFoundError, match="not a complete pre-training checkpoint"):
+    with pytest.raises(PretrainCheckpointError, match="not a complete pre-training checkpoint"):
         pretrain(PretrainConfig(**tiny_settings(corpus, tmp_path / "run", resume=str(tmp_path / "half"))))
 
 
@@ -132,12 +176,12 @@ def _cli_config(corpus, output_dir, **overrides):
 def test_resume_after_sigkill_is_exact(corpus, tmp_path):
     command = [sys.executable, "-m", "maest", "pretrain"]
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
-    straight = subprocess.run(command + ["--config", str(_cli_config(corpus, tmp_path / "straight"))], env=environment,
+    straight = subprocess.run(command + [str(_cli_config(corpus, tmp_path / "straight"))], env=environment,
                               capture_output=True, text=True, timeout=600)
     assert straight.returncode == 0, straight.stderr[-3000:]
 
     config = _cli_config(corpus, tmp_path / "killed")
-    process = subprocess.Popen(command + ["--config", str(config)], env=environment, stdout=subprocess.DEVNULL,
+    process = subprocess.Popen(command + [str(config)], env=environment, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while not (tmp_path / "killed" / "checkpoints" / "step-00000006").is_dir():

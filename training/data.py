@@ -22,16 +22,29 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from maest.errors import MAESTError
+from maest.feature_extraction.audio import AudioDecodingError
+
 logger = logging.getLogger(__name__)
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".aiff", ".aif")
 DATA_FORMATS = ("auto", "hub", "audiofolder", "webdataset", "parquet")
 # The kinds of bad examples that are skipped and counted (never trained on).
 PROBLEMS = ("missing_labels", "unknown_tags", "bad_labels", "undecodable_audio", "empty_audio", "bad_teacher_logits")
 
 
-class DataQualityError(RuntimeError):
+class DataQualityError(MAESTError, RuntimeError):
     """Too much of the data is unusable: training on the rest would be training on garbage."""
+
+    @classmethod
+    def from_worker(cls, error: "DataQualityError") -> "DataQualityError":
+        """The error a DataLoader worker raised, without the worker's traceback that the DataLoader puts into the
+        message it re-raises (its last line is `DataQualityError: <message>`)."""
+        last_line = str(error).strip().splitlines()[-1] if str(error).strip() else ""
+        return cls(last_line.split(f"{cls.__name__}: ", 1)[-1])
+
+
+class TrainingDataError(MAESTError, ValueError):
+    """Training data that cannot be used as given: a missing source, column or label vocabulary."""
 
 
 # ----------------------------------------------------------------------------------------------- sources
@@ -39,7 +52,7 @@ def resolve_data_format(source: str, data_format: str = "auto") -> tuple[str, li
     """Decides how to read `source`: a local folder of audio files (`audiofolder`), tar shards (`webdataset`),
     Parquet files, or a Hub dataset id. Returns the format and, for file formats, the data files."""
     if data_format not in DATA_FORMATS:
-        raise ValueError(f"data format must be one of {DATA_FORMATS}, got {data_format!r}")
+        raise TrainingDataError(f"data format must be one of {DATA_FORMATS}, got {data_format!r}")
     path = Path(source).expanduser()
     files = None
     if path.is_dir():
@@ -55,7 +68,7 @@ def resolve_data_format(source: str, data_format: str = "auto") -> tuple[str, li
         if data_format == "auto":
             data_format = {".tar": "webdataset", ".parquet": "parquet"}.get(Path(files[0]).suffix)
             if data_format is None:
-                raise ValueError(f"cannot tell the format of {files[0]}: use .tar (WebDataset) or .parquet files")
+                raise TrainingDataError(f"cannot tell the format of {files[0]}: use .tar (WebDataset) or .parquet files")
     elif data_format == "auto":
         if source.startswith((".", "/", "~")):
             raise FileNotFoundError(f"data source {source!r} does not exist")
@@ -86,7 +99,7 @@ def prepare_columns(dataset, audio_column: str, label_column: str, extra_columns
     if columns is not None:
         for name, role in [(audio_column, "audio"), (label_column, "label")] + [(c, "extra") for c in extra_columns]:
             if name not in columns:
-                raise KeyError(f"the dataset has no {role} column {name!r}; its columns are {columns}")
+                raise TrainingDataError(f"the dataset has no {role} column {name!r}; its columns are {columns}")
         dataset = dataset.select_columns([audio_column, label_column, *extra_columns])
     features = dataset.features
     if features is not None and isinstance(features.get(audio_column), datasets.Audio):
@@ -102,14 +115,14 @@ class TagVocabulary:
     def __init__(self, names, counts=None, label_format: str = "auto", unknown_tags: str = "skip"):
         names = [str(n) for n in names]
         if not names:
-            raise ValueError("the label vocabulary is empty")
+            raise TrainingDataError("the label vocabulary is empty")
         if len(set(names)) != len(names):
             duplicates = sorted(n for n, c in Counter(names).items() if c > 1)
-            raise ValueError(f"the label vocabulary has duplicate tags: {duplicates[:10]}")
+            raise TrainingDataError(f"the label vocabulary has duplicate tags: {duplicates[:10]}")
         if label_format not in ("auto", "names", "multi_hot"):
-            raise ValueError(f"label_format must be auto, names or multi_hot, got {label_format!r}")
+            raise TrainingDataError(f"label_format must be auto, names or multi_hot, got {label_format!r}")
         if unknown_tags not in ("skip", "drop"):
-            raise ValueError(f"unknown_tags must be 'skip' (skip the example) or 'drop' (ignore the tag), got {unknown_tags!r}")
+            raise TrainingDataError(f"unknown_tags must be 'skip' (skip the example) or 'drop' (ignore the tag), got {unknown_tags!r}")
         self.names = names
         self.index = {name: i for i, name in enumerate(names)}
         self.counts = None if counts is None else np.asarray([counts.get(n, 0) for n in names], dtype=np.float64)
@@ -161,7 +174,7 @@ class TagVocabulary:
     def class_weights(self, power: float) -> np.ndarray:
         """Sampling weight of each class, `count ** -power` (rarer classes are drawn more often)."""
         if self.counts is None:
-            raise ValueError("class-balanced sampling needs tag counts; build the vocabulary from the data")
+            raise TrainingDataError("class-balanced sampling needs tag counts; build the vocabulary from the data")
         return np.where(self.counts > 0, np.maximum(self.counts, 1.0) ** -power, 0.0)
 
     def save(self, directory):
@@ -186,7 +199,7 @@ class TagVocabulary:
             elif isinstance(data, list):
                 names = data
             else:
-                raise ValueError(f"{path}: expected a JSON list of tags or an object of tag counts")
+                raise TrainingDataError(f"{path}: expected a JSON list of tags or an object of tag counts")
         else:
             names = [line.strip() for line in text.splitlines() if line.strip()]
             counts_file = path.with_name("label_counts.json")
@@ -218,7 +231,7 @@ class TagVocabulary:
             names = names or [f"tag_{i}" for i in range(len(multi_hot_sum))]
             counts = Counter(dict(zip(names, multi_hot_sum.tolist())))
         if not counts:
-            raise ValueError(f"no tags found in the label column {label_column!r}")
+            raise TrainingDataError(f"no tags found in the label column {label_column!r}")
         return cls(names or sorted(counts), counts=counts, **kwargs)
 
 
@@ -254,7 +267,7 @@ def decode_audio(value, sampling_rate: int, crop_seconds: float | None, crop: st
     else:
         source = value.get("bytes") or value.get("path") if isinstance(value, dict) else value
         if source is None:
-            raise ValueError("the audio value has neither bytes nor a path")
+            raise AudioDecodingError("the audio value has neither bytes nor a path")
         decoder = AudioDecoder(str(source) if isinstance(source, Path) else source, sample_rate=sampling_rate, num_channels=1)
     duration = decoder.metadata.duration_seconds
     if crop_seconds is not None and duration and duration > crop_seconds:
@@ -386,7 +399,7 @@ class TaggedAudioStream(torch.utils.data.IterableDataset):
         try:
             audio = decode_audio(example.get(self.audio_column), self.feature_extractor.sampling_rate,
                                  self.crop_seconds, self.crop, rng)
-        except Exception as error:  # torchcodec/FFmpeg raise several types for damaged files
+        except Exception as error:  # AudioDecodingError; torchcodec/FFmpeg raise several types for damaged files
             return skip("undecodable_audio", f" ({type(error).__name__}: {str(error).splitlines()[0][:120]})")
         if audio.numel() == 0 or not torch.isfinite(audio).all() or audio.abs().max() == 0:
             return skip("empty_audio", " (no samples, silence or non-finite samples)")
@@ -488,6 +501,7 @@ def format_data_report(counts) -> str:
 
 __all__ = [
     "DataQualityError",
+    "TrainingDataError",
     "TagVocabulary",
     "TaggedAudioStream",
     "decode_audio",

@@ -16,8 +16,8 @@ import json
 import logging
 import os
 import shutil
-import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -106,9 +106,9 @@ def log_mel_statistics(feature_extractor, paths) -> np.ndarray:
 
 
 def probe(train, validation, test, seed: int = 0) -> dict:
-    """The paper's probe (`maest.training.probe.train_probe`: one hidden layer of 512, dropout 0.5, AdamW lr 1e-4,
+    """The paper's probe (`maest.training.evaluation.probe.train_probe`: one hidden layer of 512, dropout 0.5, AdamW lr 1e-4,
     model selection on validation ROC-AUC) on `(features, targets)` splits, with `PROBE_SETTINGS`."""
-    from .probe import train_probe
+    from .evaluation.probe import train_probe
 
     return train_probe(*train, *validation, *test, kind="mlp", seed=seed, **PROBE_SETTINGS)
 
@@ -129,76 +129,138 @@ def _prepare_corpus(corpus: Path, settings: dict, seed: int, keep: bool) -> None
     logger.info(f"wrote {sum(counts.values())} tracks to {corpus} ({counts})")
 
 
-def run_demo(output_dir="demo_output", quick: bool = False, seed: int = 0, keep_corpus: bool = True) -> int:
-    from maest import MAESTFeatureExtractor, MAESTForAudioClassification
+REPRESENTATION_NAMES = {
+    "pretrained": "MAEST pre-trained on styles+instruments",
+    "random": "MAEST random init (same shape)",
+    "log-mel statistics": "log-mel mean+std per band",
+}
 
-    from .embeddings import extract_track_embeddings
-    from .pretrain import pretrain
 
-    started = time.perf_counter()
+@dataclass
+class DemoResult:
+    """What `run_demo` found: the table of probe results, the verdict, the tagged example and where things are."""
+
+    table: str
+    verdict: str
+    passed: bool
+    tagged_file: str
+    true_tags: list[str]
+    predicted_tags: list[dict]
+    heatmap: Path
+    model_dir: Path
+    timings: dict[str, float]
+
+
+class Stopwatch:
+    """Seconds spent in each named phase."""
+
+    def __init__(self):
+        self.started = self.last = time.perf_counter()
+        self.phases: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.phases[name], self.last = now - self.last, now
+
+    def total(self) -> dict[str, float]:
+        return {**self.phases, "total": time.perf_counter() - self.started}
+
+
+def run_demo(output_dir="demo_output", quick: bool = False, seed: int = 0, keep_corpus: bool = True) -> DemoResult:
+    """Runs the demo (see the module docstring); writes `results.json`, `results.md`, the sweep and the model."""
+    stopwatch = Stopwatch()
     torch.manual_seed(seed)
     # One core stays free for the data worker that decodes audio; on a small machine, more compute threads than
     # free cores makes every matrix product wait (a step was 10x slower with 2 threads on 2 busy cores).
-    num_threads = max(1, (os.cpu_count() or 2) - 1)
-    torch.set_num_threads(num_threads)
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
     settings = DEMO_SETTINGS["quick" if quick else "full"]
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     corpus = output_dir / "corpus"
     _prepare_corpus(corpus, settings, seed, keep_corpus)
-    timings = {"corpus": time.perf_counter() - started}
+    stopwatch.lap("corpus")
+    model_dir = _pretrain_model(output_dir, corpus, settings, seed)
+    stopwatch.lap("pretrain")
+    splits = {split: _read_split(corpus, split) for split in ("train", "validation", "test")}
+    targets = {split: _multi_hot(rows, "held_out", HELD_OUT_LABELS) for split, rows in splits.items()}
+    features, num_blocks = _held_out_features(model_dir, splits, seed)
+    stopwatch.lap("embeddings")
+    results = _probe_results(features, targets, output_dir / "probe_sweep", seed)
+    stopwatch.lap("probes")
+    table = _results_table(results, num_blocks)
+    passed = all(results["pretrained"]["roc_auc"] > results[b]["roc_auc"] for b in ("random", "log-mel statistics"))
+    verdict = ("PASS: the pre-trained MAEST's embeddings beat both baselines on the held-out tags" if passed else
+               "FAIL: the pre-trained MAEST's embeddings do NOT beat both baselines on the held-out tags")
+    example = splits["test"][0]
+    result = DemoResult(
+        table=table, verdict=verdict, passed=passed, tagged_file=example["path"], true_tags=example["tags"],
+        predicted_tags=_tag_file(model_dir, example["path"]), heatmap=output_dir / "probe_sweep" / "heatmap.png",
+        model_dir=model_dir, timings=stopwatch.total(),
+    )
+    _write_results(output_dir, result, results, settings, seed)
+    _add_probe_results_to_card(model_dir, results, num_blocks)
+    return result
 
-    # --- pre-training, through the same streaming trainer as `maest pretrain`
+
+def _pretrain_model(output_dir: Path, corpus: Path, settings: dict, seed: int) -> Path:
+    """Pre-trains through the same streaming trainer as `maest pretrain`; the exported model goes to `model/`."""
+    from .pretrain import pretrain
+
     run_dir = output_dir / "pretrain"
     shutil.rmtree(run_dir, ignore_errors=True)
     final = pretrain(_pretrain_config(run_dir, corpus, settings, seed))
     model_dir = output_dir / "model"
     shutil.rmtree(model_dir, ignore_errors=True)
     shutil.copytree(final, model_dir)
-    timings["pretrain"] = time.perf_counter() - started - sum(timings.values())
+    return model_dir
 
-    # --- embeddings of the held-out task
+
+def _held_out_features(model_dir: Path, splits: dict, seed: int) -> tuple[dict, int]:
+    """Per representation and split: the pre-trained and the random twin's `TrackEmbeddings`, and the log-mel
+    statistics `(tracks, 192)`; and the number of blocks."""
+    from maest import MAESTFeatureExtractor, MAESTForAudioClassification
+
+    from .evaluation.embeddings import extract_track_embeddings
+
     pretrained = MAESTForAudioClassification.from_pretrained(model_dir).eval()
     torch.manual_seed(seed + 1)
     random_twin = MAESTForAudioClassification(pretrained.config).eval()
     feature_extractor = MAESTFeatureExtractor.from_pretrained(model_dir)
-    splits = {split: _read_split(corpus, split) for split in ("train", "validation", "test")}
-    targets = {split: _multi_hot(rows, "held_out", HELD_OUT_LABELS) for split, rows in splits.items()}
     paths = {split: [row["path"] for row in rows] for split, rows in splits.items()}
-    embeddings = {
+    features = {
         name: {split: extract_track_embeddings(model, paths[split], feature_extractor=feature_extractor, progress=False)
                for split in splits}
         for name, model in (("pretrained", pretrained), ("random", random_twin))
     }
-    statistics = {split: log_mel_statistics(feature_extractor, paths[split]) for split in splits}
-    timings["embeddings"] = time.perf_counter() - started - sum(timings.values())
+    features["log-mel statistics"] = {split: log_mel_statistics(feature_extractor, paths[split]) for split in splits}
+    return features, pretrained.config.num_hidden_layers
 
-    # --- probes (the paper's MLP probe, see `probe`): the poster's blocks x token sets sweep for the pre-trained
-    # model (with its heatmap), every block with cls+dist+mean for the random twin; each MAEST's row in the table is
-    # its block with the best validation ROC-AUC (tokens cls+dist+mean, the paper's embedding).
-    from .probe import probe_sweep
 
-    num_blocks = pretrained.config.num_hidden_layers
-    sweep_dir = output_dir / "probe_sweep"
+def _probe_results(features: dict, targets: dict, sweep_dir: Path, seed: int) -> dict:
+    """The paper's MLP probe (see `probe`): the poster's blocks x token sets sweep for the pre-trained model (with
+    its heatmap in `sweep_dir`), every block with cls+dist+mean for the random twin; each MAEST's result is its block
+    with the best validation ROC-AUC (tokens cls+dist+mean, the paper's embedding)."""
+    from .evaluation.probe import probe_sweep
+
     shutil.rmtree(sweep_dir, ignore_errors=True)
     results = {}
     for name, token_sets, report_dir in (("pretrained", TOKEN_SETS, sweep_dir), ("random", ("cda",), None)):
         rows = probe_sweep(
-            embeddings[name], targets, token_sets=token_sets, kind="mlp", output_dir=report_dir, progress=False,
+            features[name], targets, token_sets=token_sets, kind="mlp", output_dir=report_dir, progress=False,
             title="pre-trained demo MAEST, held-out tags (tempo class + mode)" if report_dir else None,
             settings={"model": name, "task": "tempo class + mode", **PROBE_SETTINGS} if report_dir else None,
             seed=seed, **PROBE_SETTINGS,
         )
         best = max((row for row in rows if row["tokens"] == "cda"), key=lambda row: row["validation_roc_auc"])
         results[name] = {k: v for k, v in best.items() if k != "history"}
-    results["log-mel statistics"] = {"block": None, "tokens": "-", **probe(
-        *[(statistics[s], targets[s]) for s in ("train", "validation", "test")], seed=seed)}
-    results["log-mel statistics"].pop("history", None)
-    timings["probes"] = time.perf_counter() - started - sum(timings.values())
+    statistics = features["log-mel statistics"]
+    baseline = probe(*[(statistics[s], targets[s]) for s in ("train", "validation", "test")], seed=seed)
+    baseline.pop("history", None)
+    results["log-mel statistics"] = {"block": None, "tokens": "-", **baseline}
+    return results
 
-    # --- report
-    labels = {"pretrained": "MAEST pre-trained on styles+instruments", "random": "MAEST random init (same shape)",
-              "log-mel statistics": "log-mel mean+std per band"}
+
+def _results_table(results: dict, num_blocks: int) -> str:
     lines = [
         "Held-out tags (tempo class + mode; never seen in pre-training), MLP probe, test split:",
         "",
@@ -207,42 +269,27 @@ def run_demo(output_dir="demo_output", quick: bool = False, seed: int = 0, keep_
     ]
     for name, result in results.items():
         block = "-" if result["block"] is None else f"{result['block']}/{num_blocks}"
-        lines.append(f"| {labels[name]} | {block} | {100 * result['roc_auc']:.1f} | "
+        lines.append(f"| {REPRESENTATION_NAMES[name]} | {block} | {100 * result['roc_auc']:.1f} | "
                      f"{100 * result['average_precision']:.1f} | {100 * result['validation_roc_auc']:.1f} |")
-    beats = all(results["pretrained"]["roc_auc"] > results[b]["roc_auc"] for b in ("random", "log-mel statistics"))
-    verdict = ("PASS: the pre-trained MAEST's embeddings beat both baselines on the held-out tags" if beats else
-               "FAIL: the pre-trained MAEST's embeddings do NOT beat both baselines on the held-out tags")
-    table = "\n".join(lines)
-    heatmap_path = sweep_dir / "heatmap.png"
+    return "\n".join(lines)
 
-    # --- tag one file with the trained model (transformers' pipeline; `import maest` registers the classes)
+
+def _tag_file(model_dir: Path, path: str) -> list[dict]:
+    """The top 5 tags of one file with the trained model (transformers' pipeline; `import maest` registers it)."""
     from transformers import pipeline
 
-    example = splits["test"][0]
     classifier = pipeline("audio-classification", model=str(model_dir), function_to_apply="sigmoid", top_k=5)
-    tags = classifier(example["path"])[:5]
+    return classifier(path)[:5]
 
-    summary = {"results": results, "sweep": str(sweep_dir / "results.json"),
-               "verdict": verdict, "passed": beats, "tagged_file": example["path"], "true_tags": example["tags"],
-               "predicted_tags": tags, "timings_seconds": {k: round(v, 1) for k, v in timings.items()},
-               "settings": settings, "seed": seed}
-    timings["total"] = time.perf_counter() - started
-    summary["timings_seconds"]["total"] = round(timings["total"], 1)
+
+def _write_results(output_dir: Path, result: DemoResult, results: dict, settings: dict, seed: int) -> None:
+    summary = {"results": results, "sweep": str(output_dir / "probe_sweep" / "results.json"),
+               "verdict": result.verdict, "passed": result.passed, "tagged_file": result.tagged_file,
+               "true_tags": result.true_tags, "predicted_tags": result.predicted_tags,
+               "timings_seconds": {k: round(v, 1) for k, v in result.timings.items()}, "settings": settings,
+               "seed": seed}
     (output_dir / "results.json").write_text(json.dumps(summary, indent=1, default=float))
-    (output_dir / "results.md").write_text(table + "\n\n" + verdict + "\n")
-    _add_probe_results_to_card(model_dir, results, num_blocks)
-
-    print(table)
-    print()
-    print(f"Tagged {example['path']} (true tags: {', '.join(example['tags'])}):")
-    for tag in tags:
-        print(f"  {tag['label']:<10} {tag['score']:.3f}")
-    print(f"Heatmap: {heatmap_path}")
-    print(f"Model with its card: {model_dir}")
-    print(f"Time: {timings['total']:.0f} s (" + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items() if k != "total") + ")")
-    print(verdict)
-    sys.stdout.flush()
-    return 0 if beats else 1
+    (output_dir / "results.md").write_text(result.table + "\n\n" + result.verdict + "\n")
 
 
 def _add_probe_results_to_card(model_dir: Path, results: dict, num_blocks: int) -> None:
@@ -266,4 +313,4 @@ def _add_probe_results_to_card(model_dir: Path, results: dict, num_blocks: int) 
     )
 
 
-__all__ = ["log_mel_statistics", "run_demo"]
+__all__ = ["DemoResult", "log_mel_statistics", "run_demo"]

@@ -1,33 +1,42 @@
 """MAEST supervised pre-training with Accelerate on streamed data (`maest pretrain`).
 
-The loop follows accelerate's examples: build data, model, optimizer and scheduler; `accelerator.prepare` the model,
-optimizer and scheduler; step through batches under `accelerator.accumulate`. The streaming data loader is NOT
-passed through `prepare`: each process already reads its own part of the stream (`split_dataset_by_node`), and
-preparing it too would shard it twice. An epoch is `samples_per_epoch` examples (the paper's 200k), not a pass over
-the data; the stream repeats (reshuffled) for as long as training runs, so every process runs the same number of
-steps and gradients stay in sync.
+The loop (`Pretrainer.run`) follows accelerate's examples: build data, model, optimizer and scheduler;
+`accelerator.prepare` the model, optimizer and scheduler; step through batches under `accelerator.accumulate`. The
+streaming data loader is NOT passed through `prepare`: each process already reads its own part of the stream
+(`split_dataset_by_node`), and preparing it too would shard it twice. An epoch is `samples_per_epoch` examples (the
+paper's 200k), not a pass over the data; the stream repeats (reshuffled) for as long as training runs, so every
+process runs the same number of steps and gradients stay in sync.
 
-Checkpoints (`checkpoint_every_steps`) hold Accelerate's state (model, optimizer, scheduler, RNG states), the SWA
-average, and each process's data position; they are written to a temporary folder and renamed, so a killed run
-leaves either a complete checkpoint or none. `--resume` continues from the latest one exactly as if the run had not
-stopped.
+Settings: `maest.training.config`; checkpoints (written atomically, `--resume` continues exactly as if the run had
+not stopped): `maest.training.checkpoints`; validation metrics: `maest.training.validation`.
 """
 
 import dataclasses
 import json
 import logging
-import math
 import os
+import pickle
 import shutil
 import time
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import torch
 import yaml
 
+from maest.errors import MAESTError
+
+from .checkpoints import (
+    check_output_dir,
+    find_resume_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    remove_run_files,
+    save_checkpoint,
+)
+from .config import ConfigError, PretrainConfig
 from .data import (
+    DataQualityError,
     TaggedAudioStream,
     TagVocabulary,
     format_data_report,
@@ -37,159 +46,39 @@ from .data import (
     stream_num_workers,
 )
 from .recipe import PaperSchedule, WeightAveraging, mixup, teacher_labels
+from .validation import evaluate
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_PREFIX = "step-"
-TRAINER_STATE = "trainer_state_{rank}.json"
-SWA_WEIGHTS = "swa.safetensors"
-
 
 @dataclasses.dataclass
-class PretrainConfig:
-    """Everything `maest pretrain` needs; a YAML file holds these keys, `--key value` overrides them (dotted keys
-    such as `--model.hidden_size 64` set entries of `model`)."""
+class TrainingPlan:
+    """The run's length and the steps at which things happen, from the config and the number of processes."""
 
-    output_dir: str = "maest-pretrain"
-    # --- data: any `datasets` source, streamed
-    train_data: str | None = None  # Hub id, audiofolder directory, tar/parquet glob or directory
-    train_split: str = "train"
-    validation_data: str | None = None  # defaults to train_data with validation_split
-    validation_split: str | None = None
-    data_format: str = "auto"  # auto, hub, audiofolder, webdataset, parquet
-    data_config_name: str | None = None
-    audio_column: str = "audio"
-    label_column: str = "tags"
-    label_format: str = "auto"  # auto, names (list or comma-separated), multi_hot
-    labels_file: str | None = None  # one tag per line or JSON; built from the data when unset
-    unknown_tags: str = "skip"  # skip the example, or drop the unknown tag
-    teacher_logits_column: str | None = None
-    max_bad_fraction: float = 0.5
-    shuffle_buffer_size: int = 1000
-    class_balanced_sampling: bool = True
-    class_balance_power: float = 0.5  # weight of a class = count ** -power (1: fully balanced)
-    num_workers: int = 2
-    validation_max_examples: int | None = None
-    # --- model
-    model_preset: str = "maest-30s"
-    model: dict = dataclasses.field(default_factory=dict)  # MAESTConfig overrides
-    init_from: str | None = None  # None (random), a MAEST directory/checkpoint, PaSST or DeiT weight file
-    init_format: str = "auto"
-    train_patchout_time: int | None = None  # None: the paper's (30 per 10 s of input)
-    train_patchout_freq: int = 0
-    gradient_checkpointing: bool = False
-    # --- recipe (DESIGN.md section 5)
-    batch_size: int = 12  # per process
-    gradient_accumulation_steps: int = 1
-    learning_rate: float = 2e-5
-    weight_decay: float = 1e-4
-    max_grad_norm: float | None = None
-    samples_per_epoch: int = 200_000
-    epochs: float = 130
-    max_steps: int | None = None  # overrides epochs
-    warmup_epochs: float = 5
-    decay_start_epoch: float = 50
-    decay_epochs: float = 50
-    final_lr_factor: float = 0.01
-    mixup_alpha: float = 0.3  # 0 disables mixup
-    swa: bool = True
-    swa_start_epoch: float = 50
-    swa_update_every_epochs: float = 1
-    export_swa: bool = True
-    teacher_model: str | None = None
-    distillation_threshold: float = 0.45
-    mixed_precision: str = "no"  # no, bf16, fp16
-    seed: int = 0
-    # --- bookkeeping
-    logging_steps: int = 50
-    eval_every_epochs: float | None = 1
-    checkpoint_every_steps: int | None = 1000
-    keep_checkpoints: int = 3
-    report_to: str = "tensorboard"  # tensorboard or none
-    resume: str | None = None  # "latest" or a checkpoint directory
-    stop_after_steps: int | None = None  # stop (after checkpointing) at this step without finishing; for tests
-    progress_bar: bool = True
-    record_example_ids: bool = False  # write the examples each process trained on to example_ids_rank<r>.txt
-    model_card: bool = True
+    steps_per_epoch: float
+    total_steps: int
+    stop_at: int  # `total_steps`, or `stop_after_steps` when earlier
+    swa_start: int
+    swa_every: int
+    eval_every: int | None
 
     @classmethod
-    def from_file(cls, path, overrides: dict | None = None) -> "PretrainConfig":
-        data = {}
-        if path is not None:
-            with open(path) as handle:
-                data = yaml.safe_load(handle) or {}
-            if not isinstance(data, dict):
-                raise ValueError(f"{path}: expected a mapping of settings")
-        return cls.from_dict(data, overrides)
-
-    @classmethod
-    def from_dict(cls, data: dict, overrides: dict | None = None) -> "PretrainConfig":
-        data = json.loads(json.dumps(data))
-        for key, value in (overrides or {}).items():
-            target = data
-            *parents, leaf = key.replace("-", "_").split(".")
-            for parent in parents:
-                target = target.setdefault(parent, {})
-            target[leaf] = value
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown pretrain settings: {', '.join(unknown)}")
-        return cls(**data)
+    def from_config(cls, config: PretrainConfig, num_processes: int) -> "TrainingPlan":
+        samples_per_step = config.batch_size * config.gradient_accumulation_steps * num_processes
+        steps_per_epoch = config.samples_per_epoch / samples_per_step
+        total_steps = config.max_steps or max(1, round(config.epochs * steps_per_epoch))
+        return cls(
+            steps_per_epoch=steps_per_epoch,
+            total_steps=total_steps,
+            stop_at=min(total_steps, config.stop_after_steps or total_steps),
+            swa_start=max(1, round(config.swa_start_epoch * steps_per_epoch)),
+            swa_every=max(1, round(config.swa_update_every_epochs * steps_per_epoch)),
+            eval_every=max(1, round(config.eval_every_epochs * steps_per_epoch)) if config.eval_every_epochs else None,
+        )
 
 
-def parse_overrides(tokens: list[str]) -> dict:
-    """`["--batch_size", "8", "--model.hidden_size", "64"]` -> `{"batch_size": 8, "model.hidden_size": 64}`; values
-    are parsed as YAML scalars."""
-    overrides = {}
-    index = 0
-    while index < len(tokens):
-        token = tokens[index]
-        if not token.startswith("--"):
-            raise ValueError(f"expected --key value, got {token!r}")
-        key = token[2:]
-        if "=" in key:
-            key, value = key.split("=", 1)
-            index += 1
-        else:
-            if index + 1 >= len(tokens):
-                raise ValueError(f"{token} needs a value")
-            value = tokens[index + 1]
-            index += 2
-        overrides[key] = yaml.safe_load(value)
-    return overrides
-
-
-# ----------------------------------------------------------------------------------------------- metrics
-def macro_roc_auc_and_map(scores: np.ndarray, targets: np.ndarray) -> dict:
-    """Macro ROC-AUC and macro average precision (the project's metrics, `maest.training.metrics`) over the labels
-    with both positives and negatives in `targets` `(examples, labels)`."""
-    from .metrics import average_precision, roc_auc
-
-    value, skipped = roc_auc(targets, scores)
-    precision, _ = average_precision(targets, scores)
-    return {"roc_auc": value, "average_precision": precision, "num_classes": int(targets.shape[1] - skipped)}
-
-
-# ----------------------------------------------------------------------------------------------- checkpoints
-def list_checkpoints(output_dir) -> list[Path]:
-    root = Path(output_dir) / "checkpoints"
-    if not root.is_dir():
-        return []
-    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)]
-    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
-
-
-def find_resume_checkpoint(resume: str | None, output_dir) -> Path | None:
-    if not resume:
-        return None
-    if resume in ("latest", "auto", "true", "True"):
-        checkpoints = list_checkpoints(output_dir)
-        return checkpoints[-1] if checkpoints else None
-    path = Path(resume)
-    if not (path / TRAINER_STATE.format(rank=0)).is_file():
-        raise FileNotFoundError(f"{path} is not a complete pre-training checkpoint (no {TRAINER_STATE.format(rank=0)})")
-    return path
+def one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())[:300] or type(error).__name__
 
 
 class Pretrainer:
@@ -199,6 +88,8 @@ class Pretrainer:
         from accelerate import Accelerator
         from accelerate.utils import set_seed
 
+        if not config.train_data:
+            raise ConfigError("set train_data (a Hub dataset id, an audiofolder directory, or tar/parquet files)")
         self.config = config
         self.output_dir = Path(config.output_dir)
         self.accelerator = Accelerator(
@@ -210,9 +101,14 @@ class Pretrainer:
         )
         set_seed(config.seed)
         self.is_main = self.accelerator.is_main_process
+        # Every process checks before any writes: an earlier run's labels and checkpoints must not leak into this one.
+        stale = check_output_dir(self.output_dir, config.resume, config.overwrite)
+        self.accelerator.wait_for_everyone()
         if self.is_main:
+            remove_run_files(stale)
             self.output_dir.mkdir(parents=True, exist_ok=True)
         self.accelerator.wait_for_everyone()
+        self.swa = None
 
     # ------------------------------------------------------------------------------------------- set-up
     def _vocabulary(self, train_dataset) -> TagVocabulary:
@@ -235,8 +131,6 @@ class Pretrainer:
         from datasets.distributed import split_dataset_by_node
 
         config = self.config
-        if not config.train_data:
-            raise ValueError("set train_data (a Hub dataset id, an audiofolder directory, or tar/parquet files)")
         extra = [config.teacher_logits_column] if config.teacher_logits_column else []
         train = load_streaming_dataset(config.train_data, config.train_split, config.data_format, config.data_config_name)
         train = prepare_columns(train, config.audio_column, config.label_column, extra)
@@ -268,6 +162,7 @@ class Pretrainer:
         model_kwargs.update(
             id2label=dict(enumerate(vocabulary.names)),
             label2id={name: i for i, name in enumerate(vocabulary.names)},
+            num_labels=len(vocabulary),  # the data's vocabulary, whatever the preset's label count
             # The distillation head only takes part in teacher-student training; an unused head would also stall
             # DistributedDataParallel, which expects a gradient for every parameter.
             use_distillation_head=bool(config.teacher_model or config.teacher_logits_column),
@@ -282,19 +177,24 @@ class Pretrainer:
         model = MAESTForAudioClassification(model_config)
         self.init_report = None
         if config.init_from:
-            self.init_report = load_initial_weights(model, config.init_from, config.init_format)
+            try:
+                self.init_report = load_initial_weights(model, config.init_from, config.init_format)
+            except MAESTError:
+                raise
+            except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as error:
+                raise MAESTError(f"init_from {config.init_from}: cannot be loaded ({one_line(error)})") from None
         if config.gradient_checkpointing:
             # transformers 5 calls it activation checkpointing (the old name is deprecated).
             (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
         feature_extractor = MAESTFeatureExtractor(max_length=model_config.max_length)
         return model, feature_extractor
 
-    def _loader(self, dataset, vocabulary, feature_extractor, train: bool, start_positions=None):
+    def _loader(self, dataset, train: bool, start_positions=None):
         config = self.config
         stream = TaggedAudioStream(
             dataset,
-            vocabulary,
-            feature_extractor,
+            self.vocabulary,
+            self.feature_extractor,
             batch_size=config.batch_size,
             audio_column=config.audio_column,
             label_column=config.label_column,
@@ -317,215 +217,168 @@ class Pretrainer:
         )
         return loader, max(1, num_workers)
 
-    # ------------------------------------------------------------------------------------------- checkpoints
-    def save_checkpoint(self, step: int, state: dict):
-        accelerator = self.accelerator
-        root = self.output_dir / "checkpoints"
-        final = root / f"{CHECKPOINT_PREFIX}{step:08d}"
-        temporary = root / f".incomplete-{CHECKPOINT_PREFIX}{step:08d}"
-        if self.is_main:
-            shutil.rmtree(temporary, ignore_errors=True)
-            root.mkdir(parents=True, exist_ok=True)
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(temporary), safe_serialization=True)
-        if self.is_main and self.swa is not None:
-            from safetensors.torch import save_file
 
-            save_file({k: v.detach().cpu().contiguous() for k, v in self.swa.state_dict().items()}, str(temporary / SWA_WEIGHTS))
-        with open(temporary / TRAINER_STATE.format(rank=accelerator.process_index), "w") as handle:
-            json.dump(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        accelerator.wait_for_everyone()
-        if self.is_main:
-            if final.exists():  # re-saving a step after a resume: replace it
-                shutil.rmtree(final)
-            os.replace(temporary, final)
-            for old in list_checkpoints(self.output_dir)[: -self.config.keep_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
-        accelerator.wait_for_everyone()
-        return final
-
-    def load_checkpoint(self, path: Path) -> dict:
-        accelerator = self.accelerator
-        state_file = path / TRAINER_STATE.format(rank=accelerator.process_index)
-        if not state_file.is_file():
-            raise FileNotFoundError(
-                f"{path} has no data position for process {accelerator.process_index}: it was written by a run with "
-                f"another number of processes; resume with the same launch settings"
-            )
-        state = json.loads(state_file.read_text())
-        if state["num_processes"] != accelerator.num_processes or state["num_workers"] != self.num_workers:
-            raise ValueError(
-                f"{path} was written with {state['num_processes']} process(es) x {state['num_workers']} data worker(s); "
-                f"this run has {accelerator.num_processes} x {self.num_workers}. Resume with the same settings so that "
-                f"every process continues from its own data position"
-            )
-        accelerator.load_state(str(path))
-        if self.swa is not None and (path / SWA_WEIGHTS).is_file():
-            from safetensors.torch import load_file
-
-            self.swa.load_state_dict(load_file(str(path / SWA_WEIGHTS), device=str(accelerator.device)))
-        return state
-
-    # ------------------------------------------------------------------------------------------- evaluation
-    @torch.no_grad()
-    def evaluate(self, model, loader) -> dict:
-        from accelerate.utils import gather_object
-
-        was_training = model.training
-        model.eval()
-        scores, targets = [], []
-        for batch in loader:
-            logits = model(batch["input_values"].to(self.accelerator.device)).logits
-            scores.append(torch.sigmoid(logits.float()).cpu().numpy())
-            targets.append(batch["labels"].numpy())
-        model.train(was_training)
-        local = [(np.concatenate(scores), np.concatenate(targets))] if scores else []
-        gathered = gather_object(local) if self.accelerator.num_processes > 1 else local
-        if not gathered:
-            return {}
-        all_scores = np.concatenate([s for s, _ in gathered])
-        all_targets = np.concatenate([t for _, t in gathered])
-        result = macro_roc_auc_and_map(all_scores, all_targets)
-        result["num_examples"] = int(len(all_scores))
-        return result
-
-    # ------------------------------------------------------------------------------------------- the loop
-    def run(self) -> Path:
-        from tqdm.auto import tqdm
-
+    def _teacher(self, vocabulary):
+        """The teacher of teacher-student training (frozen, eval mode), or `None`."""
         config = self.config
-        accelerator = self.accelerator
-        train_dataset, validation_dataset, vocabulary = self._datasets()
-        model, feature_extractor = self._model(vocabulary)
-        self.vocabulary, self.feature_extractor = vocabulary, feature_extractor
+        if not config.teacher_model:
+            return None
+        from maest import MAESTForAudioClassification
 
-        world = accelerator.num_processes
-        samples_per_step = config.batch_size * config.gradient_accumulation_steps * world
-        steps_per_epoch = config.samples_per_epoch / samples_per_step
-        total_steps = config.max_steps or max(1, round(config.epochs * steps_per_epoch))
-        schedule = PaperSchedule(steps_per_epoch, config.warmup_epochs, config.decay_start_epoch, config.decay_epochs,
-                                 config.final_lr_factor)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-        unwrapped = accelerator.unwrap_model(model)
-        self.model = unwrapped
-        self.swa = WeightAveraging(unwrapped) if config.swa else None
-        swa_start = max(1, round(config.swa_start_epoch * steps_per_epoch))
-        swa_every = max(1, round(config.swa_update_every_epochs * steps_per_epoch))
-        eval_every = max(1, round(config.eval_every_epochs * steps_per_epoch)) if config.eval_every_epochs else None
+        try:
+            teacher = MAESTForAudioClassification.from_pretrained(config.teacher_model)
+        except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as error:
+            raise MAESTError(f"teacher_model {config.teacher_model}: cannot be loaded ({one_line(error)})") from None
+        names = [teacher.config.id2label[i] for i in range(teacher.config.num_labels)]
+        if names != vocabulary.names:
+            raise MAESTError(
+                f"the teacher's {len(names)} labels differ from the vocabulary's {len(vocabulary)} (names or order; "
+                f"first teacher labels {names[:5]}, vocabulary {vocabulary.names[:5]}): pass the teacher's labels "
+                f"as labels_file"
+            )
+        return teacher.to(self.accelerator.device).eval().requires_grad_(False)
 
-        teacher = None
-        if config.teacher_model:
-            from maest import MAESTForAudioClassification
-
-            teacher = MAESTForAudioClassification.from_pretrained(config.teacher_model).to(accelerator.device).eval()
-            teacher_labels_ = [teacher.config.id2label[i] for i in range(teacher.config.num_labels)]
-            if teacher_labels_ != vocabulary.names:
-                raise ValueError(
-                    f"the teacher's {len(teacher_labels_)} labels differ from the vocabulary's {len(vocabulary)} (names or "
-                    f"order; first teacher labels {teacher_labels_[:5]}, vocabulary {vocabulary.names[:5]}): pass the "
-                    f"teacher's labels as labels_file"
-                )
-            teacher.requires_grad_(False)
-
-        # The data workers' positions. Batches come round-robin from the workers, so checkpoints are taken when the
-        # number of consumed batches is a multiple of the worker count: a resumed loader starts at worker 0 again.
-        _, self.num_workers = self._loader(train_dataset, vocabulary, feature_extractor, True)
-        state = {"step": 0, "batches": 0, "positions": {}, "counts": {}, "num_processes": world,
+    def _initial_state(self) -> dict:
+        """The trainer state: a checkpoint's when resuming, else the start. Batches come round-robin from the data
+        workers, so checkpoints are taken when the number of consumed batches is a multiple of the worker count (a
+        resumed loader starts at worker 0 again)."""
+        config = self.config
+        state = {"step": 0, "batches": 0, "positions": {}, "counts": {}, "num_processes": self.accelerator.num_processes,
                  "num_workers": self.num_workers, "best": None}
         resume_from = find_resume_checkpoint(config.resume, self.output_dir)
         if resume_from is not None:
-            state = self.load_checkpoint(resume_from)
+            state = load_checkpoint(self.accelerator, resume_from, self.swa, self.num_workers)
             if self.is_main:
                 logger.info(f"resumed from {resume_from} at step {state['step']}")
         elif config.resume and self.is_main:
             logger.info(f"no checkpoint in {self.output_dir / 'checkpoints'}; starting from the beginning")
-        loader, _ = self._loader(train_dataset, vocabulary, feature_extractor, True, start_positions=state["positions"])
+        return state
 
+    def _start_logging(self, plan: TrainingPlan) -> None:
+        config = self.config
         if config.report_to == "tensorboard":
             scalars = {k: v for k, v in dataclasses.asdict(config).items() if isinstance(v, (int, float, str, bool))}
-            accelerator.init_trackers("pretrain", config=scalars)
+            self.accelerator.init_trackers("pretrain", config=scalars)
         if self.is_main:
-            (self.output_dir / "pretrain_config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+            settings = {**dataclasses.asdict(config), "model": dict(config.model)}
+            (self.output_dir / "pretrain_config.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
             logger.info(
-                f"pre-training {sum(p.numel() for p in unwrapped.parameters()):,} parameters for {total_steps} steps "
-                f"({steps_per_epoch:.1f} steps per epoch of {config.samples_per_epoch} samples, {world} process(es), "
-                f"{self.num_workers} data worker(s) each), {len(vocabulary)} labels"
+                f"pre-training {sum(p.numel() for p in self.model.parameters()):,} parameters for {plan.total_steps} "
+                f"steps ({plan.steps_per_epoch:.1f} steps per epoch of {config.samples_per_epoch} samples, "
+                f"{self.accelerator.num_processes} process(es), {self.num_workers} data worker(s) each), "
+                f"{len(self.vocabulary)} labels"
             )
 
-        step = state["step"]
-        stop_at = min(total_steps, config.stop_after_steps or total_steps)
-        progress = tqdm(total=total_steps, initial=step, desc="pre-training", disable=not (self.is_main and config.progress_bar))
-        running_loss, running_count = 0.0, 0
-        checkpoint_pending = False
-        history = []
+    def _next_batch(self, batches, state: dict, step: int) -> dict:
+        """The next training batch; records the worker's data position in `state`."""
+        try:
+            batch = next(batches)
+        except DataQualityError as error:  # re-raised by the DataLoader with the worker's traceback in the message
+            raise DataQualityError.from_worker(error) from None
+        state["batches"] += 1
+        state["positions"][str(batch["worker"])] = list(batch["position"])
+        state["counts"][str(batch["worker"])] = batch["counts"]
+        if self.config.record_example_ids:
+            with open(self.output_dir / f"example_ids_rank{self.accelerator.process_index}.txt", "a") as handle:
+                handle.write("".join(f"{step}\t{example_id}\n" for example_id in batch["ids"]))
+        return batch
+
+    def _targets(self, batch: dict, input_values: torch.Tensor, teacher) -> list[torch.Tensor]:
+        """The ground truth, and the teacher's labels when distilling (from the unmixed input)."""
+        device, threshold = self.accelerator.device, self.config.distillation_threshold
+        targets = [batch["labels"].to(device)]
+        if teacher is not None:
+            targets.append(teacher_labels(teacher(input_values).logits, threshold))
+        elif "teacher_logits" in batch:
+            targets.append(teacher_labels(batch["teacher_logits"].to(device), threshold))
+        return targets
+
+    def _after_step(self, step: int, state: dict, plan: TrainingPlan, model, validation_dataset, history) -> None:
+        """SWA snapshot, validation and checkpoint, each when due."""
+        if self.swa is not None and step >= plan.swa_start and (step - plan.swa_start) % plan.swa_every == 0:
+            self.swa.update(self.model)
+        if validation_dataset is not None and plan.eval_every and (
+            step % plan.eval_every == 0 or step == plan.total_steps
+        ):
+            history.append(self._validate(model, validation_dataset, step))
+        every = self.config.checkpoint_every_steps
+        self.checkpoint_pending |= bool(every) and (step % every == 0 or step == plan.stop_at)
+        # A resumed loader restarts its round-robin at worker 0: checkpoint only where the next batch is worker 0's.
+        if self.checkpoint_pending and state["batches"] % self.num_workers == 0:
+            save_checkpoint(self.accelerator, self.output_dir, step, state, self.swa, self.config.keep_checkpoints)
+            self.checkpoint_pending = False
+
+    # ------------------------------------------------------------------------------------------- the loop
+    def run(self) -> Path | None:
+        """Trains; returns the export directory (`output_dir/final`), or `None` when stopped at `stop_after_steps`."""
+        from tqdm.auto import tqdm
+
+        config, accelerator = self.config, self.accelerator
+        train_dataset, validation_dataset, self.vocabulary = self._datasets()
+        model, self.feature_extractor = self._model(self.vocabulary)
+        plan = TrainingPlan.from_config(config, accelerator.num_processes)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+        schedule = PaperSchedule(plan.steps_per_epoch, config.warmup_epochs, config.decay_start_epoch,
+                                 config.decay_epochs, config.final_lr_factor)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+        self.model = accelerator.unwrap_model(model)
+        self.swa = WeightAveraging(self.model) if config.swa else None
+        teacher = self._teacher(self.vocabulary)
+        _, self.num_workers = self._loader(train_dataset, train=True)
+        state = self._initial_state()
+        loader, _ = self._loader(train_dataset, train=True, start_positions=state["positions"])
+        self._start_logging(plan)
+
+        step, history, self.checkpoint_pending = state["step"], [], False
+        progress = tqdm(total=plan.total_steps, initial=step, desc="pre-training",
+                        disable=not (self.is_main and config.progress_bar))
+        running_loss = RunningMean()
         started = time.perf_counter()
-        data_iterator = iter(loader)
+        batches = iter(loader)
         model.train()
-        while step < stop_at:
+        while step < plan.stop_at:
             with accelerator.accumulate(model):
-                batch = next(data_iterator)
-                state["batches"] += 1
-                state["positions"][str(batch["worker"])] = list(batch["position"])
-                state["counts"][str(batch["worker"])] = batch["counts"]
-                if config.record_example_ids:
-                    with open(self.output_dir / f"example_ids_rank{accelerator.process_index}.txt", "a") as handle:
-                        handle.write("".join(f"{step}\t{example_id}\n" for example_id in batch["ids"]))
+                batch = self._next_batch(batches, state, step)
                 input_values = batch["input_values"].to(accelerator.device)
-                targets = [batch["labels"].to(accelerator.device)]
-                # Teacher labels come from the unmixed input and are then mixed like the ground truth.
-                if teacher is not None:
-                    targets.append(teacher_labels(teacher(input_values).logits, config.distillation_threshold))
-                elif "teacher_logits" in batch:
-                    targets.append(teacher_labels(batch["teacher_logits"].to(accelerator.device), config.distillation_threshold))
+                targets = self._targets(batch, input_values, teacher)
                 if config.mixup_alpha:
                     input_values, targets, _, _ = mixup(input_values, targets, config.mixup_alpha)
-                outputs = model(input_values, labels=targets[0], distillation_labels=targets[1] if len(targets) > 1 else None)
-                accelerator.backward(outputs.loss)
+                distillation_labels = targets[1] if len(targets) > 1 else None
+                loss = model(input_values, labels=targets[0], distillation_labels=distillation_labels).loss
+                accelerator.backward(loss)
                 if config.max_grad_norm and accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
                 optimizer.step()
                 if accelerator.sync_gradients:
                     scheduler.step()
                 optimizer.zero_grad()
-            running_loss += outputs.loss.detach().float().item()
-            running_count += 1
+            running_loss.add(loss.detach().float().item())
             if not accelerator.sync_gradients:
                 continue
-            step += 1
-            state["step"] = step
+            step = state["step"] = step + 1
             progress.update(1)
-            if self.swa is not None and step >= swa_start and (step - swa_start) % swa_every == 0:
-                self.swa.update(unwrapped)
-            if step % config.logging_steps == 0 or step == stop_at:
-                logs = {"train/loss": running_loss / max(1, running_count), "train/learning_rate": scheduler.get_last_lr()[0],
-                        "train/epoch": step / steps_per_epoch}
-                accelerator.log(logs, step=step)
-                progress.set_postfix(loss=f"{logs['train/loss']:.4f}", lr=f"{logs['train/learning_rate']:.2e}")
-                running_loss, running_count = 0.0, 0
-            if validation_dataset is not None and eval_every and (step % eval_every == 0 or step == total_steps):
-                history.append(self._validate(model, validation_dataset, vocabulary, feature_extractor, step))
-            checkpoint_due = config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0
-            checkpoint_pending |= bool(config.checkpoint_every_steps) and (checkpoint_due or step == stop_at)
-            # A resumed loader restarts its round-robin at worker 0: checkpoint only where the next batch is worker 0's.
-            if checkpoint_pending and state["batches"] % self.num_workers == 0:
-                self.save_checkpoint(step, state)
-                checkpoint_pending = False
+            if step % config.logging_steps == 0 or step == plan.stop_at:
+                self._log_training(step, plan, running_loss.pop(), scheduler.get_last_lr()[0], progress)
+            self._after_step(step, state, plan, model, validation_dataset, history)
         progress.close()
-        elapsed = time.perf_counter() - started
+        return self._finish(state, history, plan, time.perf_counter() - started)
 
+    def _log_training(self, step: int, plan: TrainingPlan, loss: float, learning_rate: float, progress) -> None:
+        logs = {"train/loss": loss, "train/learning_rate": learning_rate, "train/epoch": step / plan.steps_per_epoch}
+        self.accelerator.log(logs, step=step)
+        progress.set_postfix(loss=f"{loss:.4f}", lr=f"{learning_rate:.2e}")
+
+    def _finish(self, state: dict, history: list, plan: TrainingPlan, elapsed: float) -> Path | None:
+        """Writes the data report and, when training is complete, exports the model."""
         counts = self._global_counts(state["counts"])
         if self.is_main:
             logger.info(f"data: {format_data_report(counts)}")
             (self.output_dir / "data_report.json").write_text(json.dumps(dict(counts), indent=1))
-        if step < total_steps:
-            accelerator.end_training()
-            return None
-        export_dir = self._export(unwrapped, state, history, counts, total_steps, elapsed)
-        accelerator.end_training()
+        export_dir = None
+        if state["step"] >= plan.total_steps:
+            export_dir = self._export(self.model, state, history, counts, plan.total_steps, elapsed)
+        self.accelerator.end_training()
         return export_dir
 
     def _global_counts(self, per_worker: dict) -> Counter:
@@ -539,12 +392,12 @@ class Pretrainer:
             counts = total
         return counts
 
-    def _validate(self, model, dataset, vocabulary, feature_extractor, step) -> dict:
-        loader, _ = self._loader(dataset, vocabulary, feature_extractor, train=False)
-        result = {"step": step, "model": self.evaluate(model, loader)}
+    def _validate(self, model, dataset, step) -> dict:
+        loader, _ = self._loader(dataset, train=False)
+        result = {"step": step, "model": evaluate(self.accelerator, model, loader)}
         if self.swa is not None and self.swa.num_averaged > 0:
-            loader, _ = self._loader(dataset, vocabulary, feature_extractor, train=False)
-            result["swa"] = self.evaluate(self.swa.module, loader)
+            loader, _ = self._loader(dataset, train=False)
+            result["swa"] = evaluate(self.accelerator, self.swa.module, loader)
         logs = {}
         for name in ("model", "swa"):
             for key in ("roc_auc", "average_precision"):
@@ -612,4 +465,20 @@ def pretrain(config: PretrainConfig) -> Path | None:
     return Pretrainer(config).run()
 
 
-__all__ = ["PretrainConfig", "Pretrainer", "macro_roc_auc_and_map", "parse_overrides", "pretrain"]
+class RunningMean:
+    """The mean of the values added since the last `pop()`."""
+
+    def __init__(self):
+        self.total, self.count = 0.0, 0
+
+    def add(self, value: float) -> None:
+        self.total += value
+        self.count += 1
+
+    def pop(self) -> float:
+        mean = self.total / max(1, self.count)
+        self.total, self.count = 0.0, 0
+        return mean
+
+
+__all__ = ["PretrainConfig", "Pretrainer", "TrainingPlan", "list_checkpoints", "pretrain"]

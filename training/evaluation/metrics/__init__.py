@@ -2,7 +2,7 @@
 project, loadable offline.
 
 ```python
-from maest.training.metrics import load_metric
+from maest.training.evaluation.metrics import load_metric
 
 metric = load_metric("macro_roc_auc")  # = evaluate.load(<this folder>/macro_roc_auc)
 metric.compute(references=multi_hot, prediction_scores=scores)  # {"roc_auc": ..., "num_labels_skipped": ...}

@@ -1,17 +1,15 @@
-"""Macro average precision (mAP) as an `evaluate` module that loads offline:
-`evaluate.load("<path>/macro_average_precision")`, or
-`maest.training.metrics.load_metric("macro_average_precision")`."""
+"""Macro ROC-AUC as an `evaluate` module that loads offline: `evaluate.load("<path>/macro_roc_auc")`, or
+`maest.training.evaluation.metrics.load_metric("macro_roc_auc")`."""
 
 import datasets
 import evaluate
 
-from maest.training.metrics.ranking import average_precision
+from maest.training.evaluation.metrics.ranking import roc_auc
 
 
 _DESCRIPTION = """
-Macro average precision (mAP) of multi-label (or single-label, one-vs-rest) scores: the unweighted mean over labels of
-sum_n (R_n - R_(n-1)) P_n, the precision at each distinct score threshold weighted by the recall it adds (tied scores
-enter together; no interpolation).
+Macro ROC-AUC of multi-label (or single-label, one-vs-rest) scores: the unweighted mean over labels of the probability
+that a positive example scores above a negative one (ties count one half; equal to the area under the ROC curve).
 Labels with only one class among the references (no positive or no negative example) are skipped, and their number is
 reported as `num_labels_skipped`; if every label is skipped the value is NaN.
 """
@@ -24,24 +22,24 @@ Args:
     average (`str` or `None`, defaults to `"macro"`): `None` returns the per-label values (NaN for skipped labels).
 
 Returns:
-    average_precision (`float`, or `list` of `float` with `average=None`), num_labels_skipped (`int`).
+    roc_auc (`float`, or `list` of `float` with `average=None`), num_labels_skipped (`int`).
 
 Example:
-    >>> metric = maest.training.metrics.load_metric("macro_average_precision")
+    >>> metric = maest.training.evaluation.metrics.load_metric("macro_roc_auc")
     >>> metric.compute(references=[[1, 0], [0, 1], [1, 1]], prediction_scores=[[0.9, 0.2], [0.1, 0.8], [0.7, 0.1]])
-    {'average_precision': 0.9166666666666666, 'num_labels_skipped': 0}
+    {'roc_auc': 0.75, 'num_labels_skipped': 0}
 """
 
 _CITATION = """
-@book{manning2008introduction,
-  title={Introduction to Information Retrieval},
-  author={Manning, Christopher D and Raghavan, Prabhakar and Sch{\"u}tze, Hinrich},
-  publisher={Cambridge University Press}, year={2008}, chapter={8.4}
+@article{hanley1982meaning,
+  title={The meaning and use of the area under a receiver operating characteristic (ROC) curve},
+  author={Hanley, James A and McNeil, Barbara J},
+  journal={Radiology}, volume={143}, number={1}, pages={29--36}, year={1982}
 }
 """
 
 
-class MacroAveragePrecision(evaluate.Metric):
+class MacroRocAuc(evaluate.Metric):
     def _info(self):
         scores = datasets.Sequence(datasets.Value("float64"))
         return evaluate.MetricInfo(
@@ -57,8 +55,5 @@ class MacroAveragePrecision(evaluate.Metric):
         )
 
     def _compute(self, prediction_scores, references, average="macro"):
-        value, num_skipped = average_precision(references, prediction_scores, average=average)
-        return {
-            "average_precision": value if average is not None else value.tolist(),
-            "num_labels_skipped": num_skipped,
-        }
+        value, num_skipped = roc_auc(references, prediction_scores, average=average)
+        return {"roc_auc": value if average is not None else value.tolist(), "num_labels_skipped": num_skipped}

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import EvaluationError
+
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +52,7 @@ def load_labeled_splits(data: str, config_name: str | None = None, streaming: bo
         suffix = path.suffix.lstrip(".")
         builder = {"parquet": "parquet", "csv": "csv", "json": "json", "jsonl": "json", "arrow": "arrow"}.get(suffix)
         if builder is None:
-            raise ValueError(f"cannot read {data!r}: give a dataset folder, a Hub id, or .parquet/.csv/.jsonl files")
+            raise EvaluationError(f"cannot read {data!r}: give a dataset folder, a Hub id, or .parquet/.csv/.jsonl files")
         loaded = datasets.load_dataset(builder, data_files={"train": data}, streaming=streaming)
     elif data.startswith((".", "/", "~")):
         raise FileNotFoundError(f"dataset {data!r} does not exist")
@@ -61,7 +63,7 @@ def load_labeled_splits(data: str, config_name: str | None = None, streaming: bo
     for canonical, aliases in SPLIT_ALIASES.items():
         found = [name for name in loaded if name.lower() in aliases]
         if len(found) > 1:
-            raise ValueError(f"the dataset has several {canonical} splits: {found}")
+            raise EvaluationError(f"the dataset has several {canonical} splits: {found}")
         if found:
             splits[canonical] = loaded[found[0]]
     known_names = {alias for aliases in SPLIT_ALIASES.values() for alias in aliases}
@@ -69,7 +71,7 @@ def load_labeled_splits(data: str, config_name: str | None = None, streaming: bo
     if ignored:
         logger.warning(f"ignoring the splits {ignored} (not train, validation or test)")
     if "train" not in splits:
-        raise ValueError(f"the dataset has no training split; its splits are {sorted(loaded)}")
+        raise EvaluationError(f"the dataset has no training split; its splits are {sorted(loaded)}")
     return splits
 
 
@@ -77,9 +79,9 @@ def carve_split(num_examples: int, fraction: float, seed: int = 0) -> tuple[np.n
     """A deterministic random split of `range(num_examples)` into `(kept, carved)` index arrays (both sorted), the
     carved part having `round(fraction * num_examples)` examples (at least 1, leaving at least 1)."""
     if not 0 < fraction < 1:
-        raise ValueError(f"the fraction to carve must be in (0, 1), got {fraction}")
+        raise EvaluationError(f"the fraction to carve must be in (0, 1), got {fraction}")
     if num_examples < 2:
-        raise ValueError(f"cannot split {num_examples} example(s)")
+        raise EvaluationError(f"cannot split {num_examples} example(s)")
     num_carved = min(max(1, round(fraction * num_examples)), num_examples - 1)
     permutation = np.random.default_rng(seed).permutation(num_examples)
     return np.sort(permutation[num_carved:]), np.sort(permutation[:num_carved])
@@ -104,7 +106,7 @@ class LabelEncoding:
             if self.value_kind == "class_id":
                 targets = np.array([int(value) for value in values], dtype=np.int64)
                 if len(targets) and (targets.min() < 0 or targets.max() >= len(self.names)):
-                    raise ValueError(f"class ids must be in [0, {len(self.names)})")
+                    raise EvaluationError(f"class ids must be in [0, {len(self.names)})")
             else:
                 targets = np.array([index[str(value)] for value in values], dtype=np.int64)
             return targets, kept
@@ -113,7 +115,7 @@ class LabelEncoding:
             if self.value_kind == "multi_hot":
                 vector = np.asarray(value, dtype=np.float32)
                 if vector.shape != (len(self.names),) or not np.isin(vector, (0, 1)).all():
-                    raise ValueError(f"multi-hot label of track {kept[row]} has shape {vector.shape} or non-0/1 values")
+                    raise EvaluationError(f"multi-hot label of track {kept[row]} has shape {vector.shape} or non-0/1 values")
                 targets[row] = vector
             elif self.value_kind == "tag_ids":
                 targets[row, [int(v) for v in value]] = 1.0
@@ -139,10 +141,10 @@ def build_label_encoding(values_by_split: dict, feature=None, task: str = "auto"
     import datasets
 
     if task not in TASKS:
-        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        raise EvaluationError(f"task must be one of {TASKS}, got {task!r}")
     values = [value for split_values in values_by_split.values() for value in split_values if value is not None]
     if not values:
-        raise ValueError("the label column has no values")
+        raise EvaluationError("the label column has no values")
     inner = getattr(feature, "feature", None)
     if isinstance(feature, datasets.ClassLabel):
         kind, names = "class_id", list(feature.names)
@@ -160,26 +162,26 @@ def build_label_encoding(values_by_split: dict, feature=None, task: str = "auto"
         elif all(isinstance(item, str) for item in flat):
             kind, names = "tags", sorted({tag for value in values for tag in _tags(value, "tags")})
         else:
-            raise ValueError("list labels must be tag names or multi-hot 0/1 vectors of one length")
+            raise EvaluationError("list labels must be tag names or multi-hot 0/1 vectors of one length")
     elif all(_is_number(value) and float(value).is_integer() for value in values):
         kind = "class_id"
         names = [str(i) for i in range(int(max(values)) + 1)]
     else:
         examples = sorted({type(value).__name__ for value in values})
-        raise ValueError(f"cannot read labels of types {examples}: use tag lists, multi-hot vectors or class names")
+        raise EvaluationError(f"cannot read labels of types {examples}: use tag lists, multi-hot vectors or class names")
 
     if label_names is not None:
         label_names = [str(name) for name in label_names]
         if kind in ("multi_hot", "class_id", "tag_ids") and len(label_names) != len(names):
-            raise ValueError(f"{len(label_names)} label names given for {len(names)} labels")
+            raise EvaluationError(f"{len(label_names)} label names given for {len(names)} labels")
         if kind in ("tags", "comma_tags", "class"):
             unknown = sorted(set(names) - set(label_names))
             if unknown:
-                raise ValueError(f"labels {unknown[:10]} are not among the given label names")
+                raise EvaluationError(f"labels {unknown[:10]} are not among the given label names")
         names = label_names
     encoding_task = "multiclass" if kind in ("class", "class_id") else "multilabel"
     if task == "multiclass" and encoding_task != "multiclass":
-        raise ValueError(f"--task multiclass needs one class per track, the labels are {kind.replace('_', ' ')}")
+        raise EvaluationError(f"--task multiclass needs one class per track, the labels are {kind.replace('_', ' ')}")
     return LabelEncoding(names=names, task=encoding_task, value_kind=kind)
 
 

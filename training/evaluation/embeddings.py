@@ -30,31 +30,28 @@ import json
 import logging
 import os
 import re
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from maest.feature_extraction.audio import AudioDecodingError, track_segment_features
 from maest.files import atomic_write
 from maest.modeling import parse_embedding_tokens, pool_embedding_tokens
+
+from . import EvaluationError
 
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT = "maest-track-embeddings-v1"
+CACHE_FORMAT = "maest-track-embeddings-v2"  # v2: decoded by maest.feature_extraction.audio, as `maest embed`
 # Stored token order; `pool_embedding_tokens(hidden, STORED_TOKENS)` gives these three vectors concatenated.
 STORED_TOKENS = ("cls", "dist", "mean")
 TOKEN_LETTERS = {"cls": "c", "dist": "d", "mean": "a"}
 POSTER_TOKEN_SETS = ("c", "d", "a", "cd", "ca", "da", "cda")
 
-
-class AudioDecodingError(ValueError):
-    """A track's audio could not be read or is empty; `source` names the track (its file when known)."""
-
-    def __init__(self, source: str, problem: str):
-        super().__init__(f"{source}: {problem}")
-        self.source = source
 
 
 def token_set_name(tokens) -> str:
@@ -74,20 +71,20 @@ def parse_blocks(blocks, num_blocks: int) -> list[int]:
         for part in blocks.replace(" ", "").split(","):
             match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
             if match is None:
-                raise ValueError(
+                raise EvaluationError(
                     f"cannot read blocks {blocks!r}: use numbers and ranges such as '1-12', '6' or '1,4,7-9'"
                 )
             first, last = int(match.group(1)), int(match.group(2) or match.group(1))
             if last < first:
-                raise ValueError(f"block range {part!r} is empty")
+                raise EvaluationError(f"block range {part!r} is empty")
             numbers.extend(range(first, last + 1))
     else:
         numbers = [int(block) for block in blocks]
     if not numbers:
-        raise ValueError("no blocks given")
+        raise EvaluationError("no blocks given")
     bad = [block for block in numbers if not 1 <= block <= num_blocks]
     if bad:
-        raise ValueError(f"blocks are numbered 1..{num_blocks} for this model (block b = hidden_states[b]); got {bad}")
+        raise EvaluationError(f"blocks are numbered 1..{num_blocks} for this model (block b = hidden_states[b]); got {bad}")
     return sorted(set(numbers))
 
 
@@ -105,7 +102,7 @@ def load_encoder(model_or_path, device=None):
     else:
         encoder = getattr(model_or_path, "maest", model_or_path)
         if not isinstance(encoder, MAESTModel):
-            raise TypeError(f"expected a MAEST model or a path, got {type(model_or_path).__name__}")
+            raise EvaluationError(f"expected a MAEST model or a path, got {type(model_or_path).__name__}")
     if device is not None:
         encoder = encoder.to(device)
     return encoder.eval()
@@ -167,7 +164,9 @@ def _identity(key: str) -> str:
 
 
 @dataclass
-class _AudioSource:
+class TrackSource:
+    """Where one track's audio is (a file, encoded bytes or decoded samples) and its cache key."""
+
     key: str
     description: str
     path: Path | None = None
@@ -175,54 +174,66 @@ class _AudioSource:
     samples: np.ndarray | None = None
     sampling_rate: int | None = None
 
-    def decode(self) -> tuple[torch.Tensor, int]:
-        """`(channels, samples)` float32 audio and its sampling rate."""
+    def segments(self, feature_extractor, last_segment: str) -> torch.Tensor:
+        """The track's consecutive segments `(num_segments, max_length, num_mel_bins)`, cut as `maest embed` cuts
+        them (`track_segment_features`: files decoded by `maest.feature_extraction.audio`, long ones streamed)."""
         if self.samples is not None:
-            return torch.as_tensor(np.asarray(self.samples, dtype=np.float32)), int(self.sampling_rate)
-        from torchcodec.decoders import AudioDecoder
+            try:
+                return feature_extractor(
+                    torch.as_tensor(self.samples), sampling_rate=int(self.sampling_rate), return_segments=True,
+                    last_segment=last_segment,
+                )["input_values"]
+            except ValueError as error:  # empty, NaN samples...
+                raise AudioDecodingError(f"{self.description}: {error}") from error
+        if self.path is not None:
+            return self._file_segments(self.path, feature_extractor, last_segment)
+        # Encoded bytes (a dataset's embedded audio): the one decoder reads files, so they go through one.
+        with tempfile.NamedTemporaryFile(suffix=".audio") as handle:
+            handle.write(self.data)
+            handle.flush()
+            try:
+                return self._file_segments(handle.name, feature_extractor, last_segment)
+            except AudioDecodingError as error:
+                raise AudioDecodingError(str(error).replace(handle.name, self.description)) from None
 
-        try:
-            decoded = AudioDecoder(str(self.path) if self.path is not None else self.data).get_all_samples()
-        except Exception as error:  # torchcodec raises RuntimeError/ValueError with FFmpeg's message
-            raise AudioDecodingError(self.description, f"cannot decode audio ({error})") from error
-        if decoded.data.numel() == 0:
-            raise AudioDecodingError(self.description, "no audio samples")
-        return decoded.data, int(decoded.sample_rate)
+    @staticmethod
+    def _file_segments(path, feature_extractor, last_segment: str) -> torch.Tensor:
+        chunks = [chunk for chunk, _ in track_segment_features(path, feature_extractor, last_segment=last_segment)]
+        return torch.cat(chunks)
 
-
-def _audio_source(value, index: int) -> _AudioSource:
+def track_source(value, index: int) -> TrackSource:
     """Where a track's audio is and its cache key, from a dataset's audio value (an undecoded `Audio` dict with
     `path`/`bytes`, a decoded dict with `array`/`sampling_rate`, or a file path)."""
     if isinstance(value, (str, os.PathLike)):
         value = {"path": str(value), "bytes": None}
     if not isinstance(value, dict):
-        raise TypeError(
+        raise EvaluationError(
             f"track {index}: unsupported audio value of type {type(value).__name__}; pass file paths, or a dataset "
             f"whose audio column is an `Audio` feature (decoded audio objects are read again from their files)"
         )
     if value.get("array") is not None:
         samples = np.asarray(value["array"], dtype=np.float32)
         if value.get("sampling_rate") is None:
-            raise ValueError(f"track {index}: decoded audio needs its 'sampling_rate'")
+            raise EvaluationError(f"track {index}: decoded audio needs its 'sampling_rate'")
         key = _content_key(samples.tobytes() + str(int(value["sampling_rate"])).encode())
-        return _AudioSource(
+        return TrackSource(
             key, value.get("path") or f"track {index}", samples=samples, sampling_rate=value["sampling_rate"]
         )
     path, data = value.get("path"), value.get("bytes")
     description = str(path) if path else f"track {index}"
     if data is not None:
-        return _AudioSource(_content_key(data), description, data=data)
+        return TrackSource(_content_key(data), description, data=data)
     if not path:
-        raise ValueError(f"track {index}: the audio value has neither a path nor bytes")
+        raise EvaluationError(f"track {index}: the audio value has neither a path nor bytes")
     if Path(path).is_file():
-        return _AudioSource(_file_key(Path(path)), description, path=Path(path).resolve())
+        return TrackSource(_file_key(Path(path)), description, path=Path(path).resolve())
     if "://" in str(path):  # remote file of a streamed dataset: read it once through datasets' file system layer
         from datasets.utils.file_utils import xopen
 
         with xopen(path, "rb") as handle:
             data = handle.read()
-        return _AudioSource(_content_key(data), description, data=data)
-    raise AudioDecodingError(description, "file not found")
+        return TrackSource(_content_key(data), description, data=data)
+    raise AudioDecodingError(f"{description}: file not found")
 
 
 def _rows(dataset, audio_column: str, keep_columns):
@@ -236,7 +247,7 @@ def _rows(dataset, audio_column: str, keep_columns):
         if columns is not None:
             for name in (audio_column, *keep_columns):
                 if name not in columns:
-                    raise KeyError(f"the dataset has no column {name!r}; its columns are {columns}")
+                    raise EvaluationError(f"the dataset has no column {name!r}; its columns are {columns}")
             dataset = dataset.select_columns([audio_column, *keep_columns])
         features = dataset.features
         if features is not None and isinstance(features.get(audio_column), datasets.Audio):
@@ -247,11 +258,11 @@ def _rows(dataset, audio_column: str, keep_columns):
         if isinstance(item, dict) and audio_column in item:
             missing = [name for name in keep_columns if name not in item]
             if missing:
-                raise KeyError(f"an example has no column(s) {missing}")
+                raise EvaluationError(f"an example has no column(s) {missing}")
             yield item
         else:
             if keep_columns:
-                raise KeyError(f"plain audio values have no columns {list(keep_columns)}; pass dicts")
+                raise EvaluationError(f"plain audio values have no columns {list(keep_columns)}; pass dicts")
             yield {audio_column: item}
 
 
@@ -272,12 +283,12 @@ def _read_cache(path: Path, num_blocks: int) -> dict[str, tuple[np.ndarray, int]
         with safe_open(str(path), framework="np") as handle:
             metadata = handle.metadata() or {}
             if metadata.get("format") != CACHE_FORMAT:
-                raise ValueError(f"format {metadata.get('format')!r}")
+                raise EvaluationError(f"format {metadata.get('format')!r}")
             keys = json.loads(metadata["keys"])
             blocks = np.stack([handle.get_tensor(f"block_{b}") for b in range(1, num_blocks + 1)], axis=1)
             num_segments = handle.get_tensor("num_segments")
         if len(keys) != len(blocks) or len(keys) != len(num_segments):
-            raise ValueError("keys and tensors differ in length")
+            raise EvaluationError("keys and tensors differ in length")
     except Exception as error:
         logger.warning(f"ignoring the unreadable embedding cache file {path} ({error}); it will be rewritten")
         return {}
@@ -331,7 +342,7 @@ class TrackEmbeddings:
         """`(num_tracks, len(tokens) * hidden_size)` embeddings of one block and token set, concatenated in the order
         given (as `pool_embedding_tokens`)."""
         if block not in self.tokens:
-            raise ValueError(f"block {block} is not available; blocks are {self.blocks}")
+            raise EvaluationError(f"block {block} is not available; blocks are {self.blocks}")
         order = [STORED_TOKENS.index(name) for name in parse_embedding_tokens(tokens)]
         vectors = self.tokens[block][:, order]
         return vectors.reshape(len(vectors), -1)
@@ -356,6 +367,45 @@ class TrackEmbeddings:
         blocks = self.blocks if blocks is None else parse_blocks(blocks, max(self.blocks))
         names = [token_set_name(tokens) for tokens in ([token_sets] if isinstance(token_sets, str) else token_sets)]
         return {(block, name): self.features(block, name) for block in blocks for name in names}
+
+
+class SegmentEmbedder:
+    """Runs the encoder over the segments of queued tracks in batches of `batch_size` segments, and averages each
+    track's pooled block outputs: `(num_blocks, 3, hidden_size)` per track (cls, dist, patch average)."""
+
+    def __init__(self, encoder, batch_size: int):
+        self.encoder = encoder
+        self.batch_size = batch_size
+        parameter = next(encoder.parameters())
+        self.device, self.dtype = parameter.device, parameter.dtype
+        self.queue: list[tuple[str, torch.Tensor]] = []  # (track key, (segments, frames, mel))
+
+    def add(self, key: str, segments: torch.Tensor) -> dict:
+        """Queues a track; returns the entries of the tracks finished meanwhile (`{key: (tokens, num_segments)}`)."""
+        self.queue.append((key, segments))
+        return self.flush() if sum(len(s) for _, s in self.queue) >= self.batch_size else {}
+
+    def flush(self) -> dict:
+        if not self.queue:
+            return {}
+        pooled = torch.cat([self._pooled_blocks(batch) for batch in torch.cat([s for _, s in self.queue]).split(
+            self.batch_size)]).numpy()
+        finished, offset = {}, 0
+        for key, segments in self.queue:
+            finished[key] = (pooled[offset : offset + len(segments)].mean(axis=0), len(segments))
+            offset += len(segments)
+        self.queue.clear()
+        return finished
+
+    @torch.inference_mode()
+    def _pooled_blocks(self, batch: torch.Tensor) -> torch.Tensor:
+        """`(segments, frames, mel)` -> `(segments, num_blocks, 3, hidden_size)` float32 on the CPU."""
+        hidden_states = self.encoder(batch.to(self.device, self.dtype), output_hidden_states=True).hidden_states
+        per_block = [
+            pool_embedding_tokens(hidden, STORED_TOKENS).view(len(batch), len(STORED_TOKENS), -1)
+            for hidden in hidden_states[1:]
+        ]
+        return torch.stack(per_block, dim=1).float().cpu()
 
 
 def extract_track_embeddings(
@@ -396,101 +446,76 @@ def extract_track_embeddings(
     from maest import MAESTFeatureExtractor
 
     encoder = load_encoder(model_or_path, device)
-    config = encoder.config
-    feature_extractor = feature_extractor or MAESTFeatureExtractor(max_length=config.max_length)
-    model_key = model_cache_key(encoder, feature_extractor, last_segment)
-    num_blocks = config.num_hidden_layers
+    feature_extractor = feature_extractor or MAESTFeatureExtractor(max_length=encoder.config.max_length)
     cache_name = cache_name or str(getattr(dataset, "split", None) or "embeddings")
-    cache_file = _cache_file(cache_dir, model_key, cache_name) if cache_dir is not None else None
-    cached = _read_cache(cache_file, num_blocks) if cache_file is not None else {}
-    model_device = next(encoder.parameters()).device
-    model_dtype = next(encoder.parameters()).dtype
+    cache_file = None
+    if cache_dir is not None:
+        cache_file = _cache_file(cache_dir, model_cache_key(encoder, feature_extractor, last_segment), cache_name)
+    cached = _read_cache(cache_file, encoder.config.num_hidden_layers) if cache_file is not None else {}
+    embedder = SegmentEmbedder(encoder, batch_size)
 
-    # Per kept track, in dataset order: key, index, columns; entries filled from the cache or the model.
-    keys, indices, problems = [], [], []
-    columns = {name: [] for name in keep_columns}
-    entries: dict[str, tuple[np.ndarray, int]] = {}
-    computed: dict[str, tuple[np.ndarray, int]] = {}
-    pending: list[tuple[str, torch.Tensor]] = []  # (key, (segments, frames, mel)) waiting for a forward pass
-    num_cached = 0
-
-    def run_pending():
-        segments = torch.cat([track_segments for _, track_segments in pending])
-        pooled = []  # per forward batch: (segments, blocks, 3, hidden)
-        with torch.inference_mode():
-            for start in range(0, len(segments), batch_size):
-                batch = segments[start : start + batch_size].to(model_device, model_dtype)
-                hidden_states = encoder(batch, output_hidden_states=True).hidden_states
-                per_block = [
-                    pool_embedding_tokens(hidden_states[block], STORED_TOKENS).view(len(batch), len(STORED_TOKENS), -1)
-                    for block in range(1, num_blocks + 1)
-                ]
-                pooled.append(torch.stack(per_block, dim=1).float().cpu())
-        pooled = torch.cat(pooled).numpy()
-        offset = 0
-        for key, track_segments in pending:
-            count = len(track_segments)
-            computed[key] = entries[key] = (pooled[offset : offset + count].mean(axis=0), count)
-            offset += count
-        pending.clear()
-
+    tracks = {"keys": [], "indices": [], "problems": [], "columns": {name: [] for name in keep_columns}}
+    entries, computed, num_cached = {}, {}, 0
     total = len(dataset) if hasattr(dataset, "__len__") else None
     rows = _rows(dataset, audio_column, tuple(keep_columns))
     for index, row in enumerate(tqdm(rows, total=total, desc=f"embeddings ({cache_name})", disable=not progress)):
         try:
-            source = _audio_source(row[audio_column], index)
-            if source.key not in entries:
-                if source.key in cached:
-                    entries[source.key] = cached[source.key]
-                    num_cached += 1
-                else:
-                    audio, sampling_rate = source.decode()
-                    try:
-                        segments = feature_extractor(
-                            audio, sampling_rate=sampling_rate, return_segments=True, last_segment=last_segment
-                        )["input_values"]
-                    except ValueError as error:  # empty, NaN samples...
-                        raise AudioDecodingError(source.description, str(error)) from error
-                    entries[source.key] = None  # filled by run_pending
-                    pending.append((source.key, segments))
-                    if sum(len(s) for _, s in pending) >= batch_size:
-                        run_pending()
+            source = track_source(row[audio_column], index)
+            if source.key in cached and source.key not in entries:
+                entries[source.key] = cached[source.key]
+                num_cached += 1
+            elif source.key not in entries:
+                entries[source.key] = None  # filled when its batch has run
+                computed.update(embedder.add(source.key, source.segments(feature_extractor, last_segment)))
         except AudioDecodingError as error:
             if not skip_bad_audio:
                 raise
-            problems.append({"index": index, "source": error.source, "error": str(error)})
+            description = row[audio_column] if isinstance(row[audio_column], (str, os.PathLike)) else None
+            tracks["problems"].append({"index": index, "source": _problem_source(error, description), "error": str(error)})
             logger.warning(f"skipping a track: {error}")
             continue
-        keys.append(source.key)
-        indices.append(index)
+        tracks["keys"].append(source.key)
+        tracks["indices"].append(index)
         for name in keep_columns:
-            columns[name].append(row[name])
-    if pending:
-        run_pending()
-    if not keys:
-        raise ValueError(f"no track of {cache_name!r} could be embedded ({len(problems)} unreadable)")
-
+            tracks["columns"][name].append(row[name])
+    computed.update(embedder.flush())
+    entries.update(computed)
+    if not tracks["keys"]:
+        raise EvaluationError(f"no track of {cache_name!r} could be embedded ({len(tracks['problems'])} unreadable)")
     if cache_file is not None and computed:
-        new_identities = {_identity(key) for key in computed}
-        kept = {key: value for key, value in cached.items() if _identity(key) not in new_identities}
-        description = {
-            "name_or_path": getattr(config, "_name_or_path", None) or getattr(config, "name_or_path", None),
-            "model_type": config.model_type,
-            "hidden_size": config.hidden_size,
-            "blocks": num_blocks,
-        }
-        _write_cache(cache_file, {**kept, **computed}, description)
+        _update_cache(cache_file, cached, computed, encoder.config)
+    return _track_embeddings(tracks, entries, encoder.config.num_hidden_layers, num_cached, len(computed))
 
-    stacked = np.stack([entries[key][0] for key in keys])  # (tracks, blocks, 3, hidden)
+
+def _problem_source(error: AudioDecodingError, description) -> str:
+    """The track an `AudioDecodingError` names: the text before its first `: ` (the file), or `description`."""
+    return str(description) if description is not None else str(error).split(": ", 1)[0]
+
+
+def _update_cache(cache_file: Path, cached: dict, computed: dict, config) -> None:
+    """Rewrites the split's cache file with the new entries (replacing older versions of the same files)."""
+    new_identities = {_identity(key) for key in computed}
+    kept = {key: value for key, value in cached.items() if _identity(key) not in new_identities}
+    description = {
+        "name_or_path": getattr(config, "_name_or_path", None) or getattr(config, "name_or_path", None),
+        "model_type": config.model_type,
+        "hidden_size": config.hidden_size,
+        "blocks": config.num_hidden_layers,
+    }
+    _write_cache(cache_file, {**kept, **computed}, description)
+
+
+def _track_embeddings(tracks: dict, entries: dict, num_blocks: int, num_cached: int, num_computed: int):
+    stacked = np.stack([entries[key][0] for key in tracks["keys"]])  # (tracks, blocks, 3, hidden)
     return TrackEmbeddings(
         tokens={block: np.ascontiguousarray(stacked[:, block - 1]) for block in range(1, num_blocks + 1)},
-        keys=keys,
-        indices=indices,
-        num_segments=np.array([entries[key][1] for key in keys]),
-        columns=columns,
-        problems=problems,
+        keys=tracks["keys"],
+        indices=tracks["indices"],
+        num_segments=np.array([entries[key][1] for key in tracks["keys"]]),
+        columns=tracks["columns"],
+        problems=tracks["problems"],
         num_cached=num_cached,
-        num_computed=len(computed),
+        num_computed=num_computed,
     )
 
 
@@ -520,7 +545,7 @@ def extract_embeddings(
         order, e.g. `{(7, "cda"): (N, 2304)}`. A track whose audio cannot be read raises `AudioDecodingError`.
     """
     if kwargs.get("skip_bad_audio"):
-        raise ValueError(
+        raise EvaluationError(
             "extract_embeddings keeps every track aligned with the dataset; use extract_track_embeddings to skip"
         )
     embeddings = extract_track_embeddings(
@@ -531,12 +556,14 @@ def extract_embeddings(
 
 __all__ = [
     "POSTER_TOKEN_SETS",
-    "AudioDecodingError",
+    "SegmentEmbedder",
     "TrackEmbeddings",
+    "TrackSource",
     "extract_embeddings",
     "extract_track_embeddings",
     "load_encoder",
     "model_cache_key",
     "parse_blocks",
     "token_set_name",
+    "track_source",
 ]

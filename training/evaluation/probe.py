@@ -15,7 +15,6 @@ import functools
 import logging
 import math
 import os
-import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import EvaluationError
 from .embeddings import (
     POSTER_TOKEN_SETS,
     TrackEmbeddings,
@@ -33,7 +33,7 @@ from .embeddings import (
     token_set_name,
 )
 from .metrics import average_precision, load_metric, roc_auc
-from .probe_report import markdown_tables, result_row, write_probe_report, write_results_json
+from .report import result_row, write_probe_report, write_results_json
 
 
 logger = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class ProbeClassifier(nn.Module):
     ):
         super().__init__()
         if kind not in PROBE_KINDS:
-            raise ValueError(f"probe kind must be one of {PROBE_KINDS}, got {kind!r}")
+            raise EvaluationError(f"probe kind must be one of {PROBE_KINDS}, got {kind!r}")
         self.kind = kind
         if kind == "linear":
             self.layers = nn.Linear(num_features, num_labels)
@@ -75,9 +75,9 @@ class ProbeClassifier(nn.Module):
 def _check_features(name: str, features) -> np.ndarray:
     features = np.asarray(features)
     if features.ndim != 2 or features.shape[0] == 0:
-        raise ValueError(f"{name} must be a non-empty (num_examples, num_features) array, got shape {features.shape}")
+        raise EvaluationError(f"{name} must be a non-empty (num_examples, num_features) array, got shape {features.shape}")
     if not np.issubdtype(features.dtype, np.number) or not np.isfinite(features).all():
-        raise ValueError(f"{name} must hold finite numbers")
+        raise EvaluationError(f"{name} must hold finite numbers")
     return features.astype(np.float32)
 
 
@@ -85,26 +85,26 @@ def _check_labels(name: str, labels, num_examples: int, task: str, num_classes: 
     """Multi-hot `(N, C)` float32 labels (multilabel) or `(N,)` int64 class indices (multiclass)."""
     labels = np.asarray(labels)
     if labels.shape[:1] != (num_examples,):
-        raise ValueError(f"{name} has {labels.shape[0] if labels.ndim else 0} rows, its features have {num_examples}")
+        raise EvaluationError(f"{name} has {labels.shape[0] if labels.ndim else 0} rows, its features have {num_examples}")
     if task == "auto":
         task = "multiclass" if labels.ndim == 1 else "multilabel"
     if labels.ndim == 2 and not np.isin(labels, (0, 1)).all():
-        raise ValueError(f"{name}: a 2-D label array must be multi-hot (0/1 values)")
+        raise EvaluationError(f"{name}: a 2-D label array must be multi-hot (0/1 values)")
     if task == "multiclass":
         if labels.ndim == 2:
             if not (labels.sum(axis=1) == 1).all():
-                raise ValueError(f"{name}: multiclass labels given as a 2-D array must be one-hot (one 1 per row)")
+                raise EvaluationError(f"{name}: multiclass labels given as a 2-D array must be one-hot (one 1 per row)")
             labels = labels.argmax(axis=1)
         if labels.ndim != 1 or not np.all(np.mod(labels, 1) == 0) or labels.min() < 0:
-            raise ValueError(f"{name}: multiclass labels must be non-negative class indices of shape (num_examples,)")
+            raise EvaluationError(f"{name}: multiclass labels must be non-negative class indices of shape (num_examples,)")
         labels = labels.astype(np.int64)
         if num_classes is not None and labels.max() >= num_classes:
-            raise ValueError(f"{name} has class index {labels.max()}, but there are only {num_classes} classes")
+            raise EvaluationError(f"{name} has class index {labels.max()}, but there are only {num_classes} classes")
         return labels, task
     if labels.ndim != 2:
-        raise ValueError(f"{name}: multilabel labels must be multi-hot of shape (num_examples, num_labels)")
+        raise EvaluationError(f"{name}: multilabel labels must be multi-hot of shape (num_examples, num_labels)")
     if num_classes is not None and labels.shape[1] != num_classes:
-        raise ValueError(f"{name} has {labels.shape[1]} labels, the training labels have {num_classes}")
+        raise EvaluationError(f"{name} has {labels.shape[1]} labels, the training labels have {num_classes}")
     return labels.astype(np.float32), task
 
 
@@ -183,117 +183,37 @@ def train_probe(
         `validation_roc_auc`) and the sizes and settings.
     """
     if kind not in PROBE_KINDS:
-        raise ValueError(f"probe kind must be one of {PROBE_KINDS}, got {kind!r}")
-    if task not in TASKS:
-        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        raise EvaluationError(f"probe kind must be one of {PROBE_KINDS}, got {kind!r}")
     if epochs < 1 or batch_size < 1:
-        raise ValueError(f"epochs and batch_size must be positive, got {epochs} and {batch_size}")
-    splits = {}
-    for split, features, labels in [
-        ("train", train_features, train_labels),
-        ("validation", validation_features, validation_labels),
-        ("test", test_features, test_labels),
-    ]:
-        splits[split] = [_check_features(f"{split}_features", features), labels]
-    num_features = splits["train"][0].shape[1]
-    for split, (features, _) in splits.items():
-        if features.shape[1] != num_features:
-            raise ValueError(f"{split}_features have {features.shape[1]} features, train_features have {num_features}")
-
-    train_labels, task = _check_labels("train_labels", splits["train"][1], len(splits["train"][0]), task, None)
-    if task == "multilabel":
-        num_labels = train_labels.shape[1]
-    else:  # every split's classes get an output, also a class the training split lacks (it is then never right)
-        num_labels = 1 + max(
-            int(np.max(_check_labels(split, labels, len(features), task, None)[0]))
-            for split, (features, labels) in splits.items()
-        )
-    splits["train"][1] = train_labels
-    for split in ("validation", "test"):
-        splits[split][1], _ = _check_labels(
-            f"{split}_labels", splits[split][1], len(splits[split][0]), task, num_labels
-        )
-    validation_multi_hot = (
-        splits["validation"][1] if task == "multilabel" else np.eye(num_labels)[splits["validation"][1]]
+        raise EvaluationError(f"epochs and batch_size must be positive, got {epochs} and {batch_size}")
+    splits, task, num_labels = checked_splits(
+        {"train": (train_features, train_labels), "validation": (validation_features, validation_labels),
+         "test": (test_features, test_labels)},
+        task,
     )
-    positives = validation_multi_hot.sum(axis=0)
-    if not ((positives > 0) & (positives < len(validation_multi_hot))).any():
-        raise ValueError(
-            "the validation split has no label with both positive and negative examples, so ROC-AUC model selection "
-            "is impossible; use a larger or more varied validation split"
-        )
-
-    # Standardize with the training split's statistics (constant features are left centered, not divided by 0).
-    mean = splits["train"][0].mean(axis=0, dtype=np.float64)
-    std = splits["train"][0].std(axis=0, dtype=np.float64)
-    std = np.where(std > 1e-8, std, 1.0)
     device = torch.device(device) if device is not None else torch.device("cpu")
-    tensors = {}
-    for split, (features, labels) in splits.items():
-        standardized = torch.from_numpy(((features - mean) / std).astype(np.float32)).to(device)
-        tensors[split] = (standardized, torch.from_numpy(labels).to(device))
-
-    train_inputs, train_targets = tensors["train"]
-    num_train = len(train_inputs)
-    loss_function = nn.BCEWithLogitsLoss() if task == "multilabel" else nn.CrossEntropyLoss()
+    tensors = standardized_tensors(splits, device)
     accelerators = [] if device.type == "cpu" else [device.index if device.index is not None else 0]
     with (
         torch.random.fork_rng(devices=accelerators, device_type=None if device.type == "cpu" else device.type),
         _torch_threads(num_threads),
     ):
         torch.manual_seed(seed)
+        num_features = splits["train"][0].shape[1]
         model = ProbeClassifier(num_features, num_labels, kind, hidden_size, dropout).to(device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
-        batch_order = torch.Generator(device="cpu").manual_seed(seed)
-
-        history = []
-        best = {"validation_roc_auc": -math.inf}
-        for epoch in range(1, epochs + 1):
-            model.train()
-            permutation = torch.randperm(num_train, generator=batch_order).to(device)
-            total_loss = 0.0
-            # Full-batch tensors indexed in place: no DataLoader, which would dominate the time of such small models.
-            for start in range(0, num_train, batch_size):
-                indices = permutation[start : start + batch_size]
-                loss = loss_function(model(train_inputs[indices]), train_targets[indices])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total_loss += loss.item() * len(indices)
-            validation_scores = _scores(model, tensors["validation"][0], task)
-            validation_roc_auc, validation_skipped = roc_auc(splits["validation"][1], validation_scores)
-            history.append(
-                {"epoch": epoch, "train_loss": total_loss / num_train, "validation_roc_auc": validation_roc_auc}
-            )
-            if validation_roc_auc > best["validation_roc_auc"]:
-                best = {
-                    "validation_roc_auc": validation_roc_auc,
-                    "epoch": epoch,
-                    "state": copy.deepcopy(model.state_dict()),
-                }
-                best["validation_average_precision"], _ = average_precision(splits["validation"][1], validation_scores)
-
+        best, history = fit_probe(model, optimizer, tensors, splits["validation"][1], task, epochs, batch_size, seed)
         model.load_state_dict(best["state"])
         test_scores = _scores(model, tensors["test"][0], task)
-    # The reported figures come from the project's `evaluate` modules (the same numbers as `roc_auc` and
-    # `average_precision`, which the per-epoch model selection calls directly to skip evaluate's Arrow round trip).
-    metric_inputs = {"references": splits["test"][1].astype(np.int64), "prediction_scores": test_scores}
-    test_roc_auc_result = _test_metric("macro_roc_auc").compute(**metric_inputs)
-    test_roc_auc, test_skipped = test_roc_auc_result["roc_auc"], test_roc_auc_result["num_labels_skipped"]
-    test_average_precision = _test_metric("macro_average_precision").compute(**metric_inputs)["average_precision"]
-    if test_skipped:
-        _warn_once(
-            f"{test_skipped} of {num_labels} labels have a single class in the test split; "
-            f"left out of the macro averages"
-        )
+    test = score_test_split(splits["test"][1], test_scores, num_labels)
     result = {
-        "roc_auc": test_roc_auc,
-        "average_precision": test_average_precision,
+        "roc_auc": test["roc_auc"],
+        "average_precision": test["average_precision"],
         "best_epoch": best["epoch"],
         "validation_roc_auc": best["validation_roc_auc"],
         "validation_average_precision": best["validation_average_precision"],
-        "num_labels_skipped": test_skipped,
-        "validation_num_labels_skipped": validation_skipped,
+        "num_labels_skipped": test["num_labels_skipped"],
+        "validation_num_labels_skipped": best["validation_num_labels_skipped"],
         "num_labels": num_labels,
         "num_features": num_features,
         "num_examples": {split: len(features) for split, (features, _) in splits.items()},
@@ -305,6 +225,132 @@ def train_probe(
     if return_scores:
         result["test_scores"] = test_scores
     return result
+
+
+def checked_splits(splits: dict, task: str) -> tuple[dict, str, int]:
+    """Validated `{split: [features (N, F) float32, labels]}`, the task and the number of labels (see
+    [`train_probe`]); refuses splits a probe cannot be selected or scored on."""
+    if task not in TASKS:
+        raise EvaluationError(f"task must be one of {TASKS}, got {task!r}")
+    checked = {split: [_check_features(f"{split}_features", features), labels] for split, (features, labels) in splits.items()}
+    num_features = checked["train"][0].shape[1]
+    for split, (features, _) in checked.items():
+        if features.shape[1] != num_features:
+            raise EvaluationError(f"{split}_features have {features.shape[1]} features, train_features have {num_features}")
+    train_labels, task = _check_labels("train_labels", checked["train"][1], len(checked["train"][0]), task, None)
+    if task == "multilabel":
+        num_labels = train_labels.shape[1]
+    else:  # every split's classes get an output, also a class the training split lacks (it is then never right)
+        num_labels = 1 + max(
+            int(np.max(_check_labels(split, labels, len(features), task, None)[0]))
+            for split, (features, labels) in checked.items()
+        )
+    checked["train"][1] = train_labels
+    for split in ("validation", "test"):
+        checked[split][1], _ = _check_labels(f"{split}_labels", checked[split][1], len(checked[split][0]), task, num_labels)
+    multi_hot = {
+        split: labels if task == "multilabel" else np.eye(num_labels)[labels] for split, (_, labels) in checked.items()
+    }
+    if not _scorable_labels(multi_hot["validation"]).any():
+        raise EvaluationError(
+            "the validation split has no label with both positive and negative examples, so ROC-AUC model selection "
+            "is impossible; use a larger or more varied validation split"
+        )
+    _check_test_labels_are_learnable(multi_hot["train"], multi_hot["test"])
+    return checked, task, num_labels
+
+
+def _scorable_labels(multi_hot: np.ndarray) -> np.ndarray:
+    """Which labels have both positive and negative examples (only those have a ROC-AUC)."""
+    positives = multi_hot.sum(axis=0)
+    return (positives > 0) & (positives < len(multi_hot))
+
+
+def _check_test_labels_are_learnable(train: np.ndarray, test: np.ndarray) -> None:
+    """Refuses a test split whose scorable labels never occur in training (the result would be chance, or NaN)."""
+    scorable = _scorable_labels(test)
+    if not scorable.any():
+        raise EvaluationError(
+            "the test split has no label with both positive and negative examples, so its ROC-AUC is undefined; use "
+            "a larger or more varied test split"
+        )
+    unseen = scorable & (train.sum(axis=0) == 0)
+    if not (scorable & ~unseen).any():
+        raise EvaluationError(
+            f"the test split's labels (indices {np.flatnonzero(unseen).tolist()[:10]}) never occur in the training "
+            f"split, so a probe cannot learn them; split the data so that training covers the test labels"
+        )
+    if unseen.any():
+        _warn_once(f"{int(unseen.sum())} test labels never occur in the training split; the probe cannot learn them")
+
+
+def standardized_tensors(splits: dict, device: torch.device) -> dict:
+    """`{split: (features, labels)}` tensors on `device`, features standardized with the training split's mean and
+    standard deviation (constant features are left centered, not divided by 0)."""
+    mean = splits["train"][0].mean(axis=0, dtype=np.float64)
+    std = splits["train"][0].std(axis=0, dtype=np.float64)
+    std = np.where(std > 1e-8, std, 1.0)
+    return {
+        split: (torch.from_numpy(((features - mean) / std).astype(np.float32)).to(device),
+                torch.from_numpy(labels).to(device))
+        for split, (features, labels) in splits.items()
+    }
+
+
+def fit_probe(model, optimizer, tensors: dict, validation_labels: np.ndarray, task: str, epochs: int, batch_size: int,
+              seed: int) -> tuple[dict, list[dict]]:
+    """Trains for `epochs` and keeps the first epoch with the highest validation ROC-AUC. Returns that epoch's
+    `{"epoch", "state", "validation_roc_auc", "validation_average_precision", "validation_num_labels_skipped"}` and
+    the per-epoch history."""
+    loss_function = nn.BCEWithLogitsLoss() if task == "multilabel" else nn.CrossEntropyLoss()
+    batch_order = torch.Generator(device="cpu").manual_seed(seed)
+    history, best = [], {"validation_roc_auc": -math.inf}
+    for epoch in range(1, epochs + 1):
+        train_loss = train_epoch(model, optimizer, loss_function, *tensors["train"], batch_size, batch_order)
+        validation_scores = _scores(model, tensors["validation"][0], task)
+        validation_roc_auc, skipped = roc_auc(validation_labels, validation_scores)
+        history.append({"epoch": epoch, "train_loss": train_loss, "validation_roc_auc": validation_roc_auc})
+        if validation_roc_auc > best["validation_roc_auc"]:
+            best = {
+                "epoch": epoch,
+                "state": copy.deepcopy(model.state_dict()),
+                "validation_roc_auc": validation_roc_auc,
+                "validation_average_precision": average_precision(validation_labels, validation_scores)[0],
+                "validation_num_labels_skipped": skipped,
+            }
+    return best, history
+
+
+def train_epoch(model, optimizer, loss_function, inputs, targets, batch_size: int, batch_order) -> float:
+    """One pass over the training split in a random order; returns the mean loss. Full-batch tensors indexed in
+    place: no DataLoader, which would dominate the time of such small models."""
+    model.train()
+    permutation = torch.randperm(len(inputs), generator=batch_order).to(inputs.device)
+    total_loss = 0.0
+    for start in range(0, len(inputs), batch_size):
+        indices = permutation[start : start + batch_size]
+        loss = loss_function(model(inputs[indices]), targets[indices])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total_loss += loss.item() * len(indices)
+    return total_loss / len(inputs)
+
+
+def score_test_split(test_labels: np.ndarray, test_scores: np.ndarray, num_labels: int) -> dict:
+    """Test macro ROC-AUC and average precision through the project's `evaluate` modules (the same numbers as
+    `roc_auc` and `average_precision`, which the per-epoch model selection calls directly to skip evaluate's Arrow
+    round trip)."""
+    metric_inputs = {"references": test_labels.astype(np.int64), "prediction_scores": test_scores}
+    result = _test_metric("macro_roc_auc").compute(**metric_inputs)
+    average = _test_metric("macro_average_precision").compute(**metric_inputs)["average_precision"]
+    if result["num_labels_skipped"]:
+        _warn_once(
+            f"{result['num_labels_skipped']} of {num_labels} labels have a single class in the test split; "
+            f"left out of the macro averages"
+        )
+    return {"roc_auc": result["roc_auc"], "average_precision": average,
+            "num_labels_skipped": result["num_labels_skipped"]}
 
 
 # ----------------------------------------------------------------------------------------------- sweeps
@@ -322,7 +368,7 @@ def _configurations(train_features, blocks, token_sets) -> list[tuple[int, str]]
         wanted = {token_set_name(tokens) for tokens in ([token_sets] if isinstance(token_sets, str) else token_sets)}
         available = [key for key in available if key[1] in wanted]
     if not available:
-        raise ValueError("no (block, token set) configuration to probe")
+        raise EvaluationError("no (block, token set) configuration to probe")
     order = {name: i for i, name in enumerate(POSTER_TOKEN_SETS)}
     return sorted(available, key=lambda key: (key[0], order.get(key[1], len(order)), key[1]))
 
@@ -367,7 +413,7 @@ def probe_sweep(
 
     missing = [split for split in ("train", "validation", "test") if split not in features or split not in labels]
     if missing:
-        raise ValueError(f"features and labels are needed for the splits {missing}")
+        raise EvaluationError(f"features and labels are needed for the splits {missing}")
     configurations = _configurations(features["train"], blocks, token_sets)
     settings = dict(settings or {}, probe=kind, **{k: v for k, v in probe_kwargs.items() if k != "device"})
     rows = []
@@ -396,7 +442,7 @@ def _default_label_column(columns) -> str:
     for name in ("tags", "labels", "label", "genre", "genres"):
         if name in (columns or ()):
             return name
-    raise ValueError(f"name the label column with --label-column; the dataset's columns are {columns}")
+    raise EvaluationError(f"name the label column with --label-column; the dataset's columns are {columns}")
 
 
 def probe_dataset(
@@ -439,14 +485,14 @@ def probe_dataset(
         `{"rows": [...], "settings": {...}, "paths": {...}}`; `settings` records the splits' sizes, any carved split,
         the tracks skipped (unreadable audio, missing labels) and the label vocabulary.
     """
-    from .probe_data import build_label_encoding, carve_split, load_labeled_splits
+    from .labeled_data import build_label_encoding, carve_split, load_labeled_splits
 
     encoder = load_encoder(model_or_path, device)
     num_blocks = encoder.config.num_hidden_layers
     blocks = parse_blocks(encoder.config.embedding_block % num_blocks + 1 if blocks is None else blocks, num_blocks)
     splits = dict(data) if isinstance(data, dict) else load_labeled_splits(str(data), config_name=config_name)
     if "train" not in splits:
-        raise ValueError(f"the data needs a 'train' split; it has {sorted(splits)}")
+        raise EvaluationError(f"the data needs a 'train' split; it has {sorted(splits)}")
     label_column = label_column or _default_label_column(splits["train"].column_names)
     train_features = getattr(splits["train"], "features", None) or {}
     label_feature = train_features.get(label_column) if hasattr(train_features, "get") else None
@@ -531,132 +577,6 @@ def probe_dataset(
     return {"rows": rows, "settings": settings, "paths": paths, "title": title}
 
 
-# ----------------------------------------------------------------------------------------------- command line
-def _run(args) -> int:
-    from .embeddings import AudioDecodingError
-
-    if args.sweep:
-        args.blocks = args.blocks or "all"
-        args.tokens = args.tokens or ",".join(POSTER_TOKEN_SETS)
-    token_sets = [name.strip() for name in (args.tokens or "cda").split(",") if name.strip()]
-    label_names = None
-    try:
-        if args.label_names:
-            from maest.modeling.conversion import read_labels
-
-            label_names = read_labels(args.label_names)
-        report = probe_dataset(
-            args.model,
-            args.data,
-            blocks=args.blocks,
-            token_sets=token_sets,
-            kind=args.probe,
-            label_column=args.label_column,
-            audio_column=args.audio_column,
-            task=args.task,
-            label_names=label_names,
-            output_dir=args.output_dir,
-            cache_dir=None if args.no_cache else args.cache_dir,
-            validation_fraction=args.validation_fraction,
-            test_fraction=args.test_fraction,
-            seed=args.seed,
-            extraction_batch_size=args.extraction_batch_size,
-            device=args.device,
-            config_name=args.config_name,
-            progress=not args.quiet,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            learning_rate=args.learning_rate,
-            weight_decay=args.weight_decay,
-        )
-    except (ValueError, KeyError, FileNotFoundError, AudioDecodingError) as error:
-        print(f"maest probe: error: {error}", file=sys.stderr)
-        return 2
-    settings = report["settings"]
-    for split, note in settings["carved_splits"].items():
-        print(f"note: no {split} split in the data; {note}")
-    for split, problems in settings["skipped_tracks"].items():
-        if problems["unreadable_audio"] or problems["missing_labels"]:
-            print(
-                f"note: {split}: skipped {len(problems['unreadable_audio'])} unreadable tracks and "
-                f"{problems['missing_labels']} without labels"
-            )
-    print(
-        "tracks: "
-        + ", ".join(f"{split} {count}" for split, count in settings["num_tracks"].items())
-        + f"; {len(settings['labels'])} labels ({settings['task']})"
-    )
-    print(markdown_tables(report["rows"], report["title"]))
-    best = max(report["rows"], key=lambda row: -math.inf if row["roc_auc"] is None else row["roc_auc"])
-    print(
-        f"best: block {best['block']} {best['tokens']}: ROC-AUC {100 * (best['roc_auc'] or math.nan):.2f}, "
-        f"mAP {100 * (best['average_precision'] or math.nan):.2f} (epoch {best['best_epoch']})"
-    )
-    if report["paths"]:
-        print("wrote " + ", ".join(str(path) for path in report["paths"].values()))
-    return 0
-
-
-def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "probe",
-        help="evaluate MAEST embeddings on a labeled dataset with the paper's probes (one config or a sweep)",
-        description="Embed a labeled dataset (train/validation/test splits; any `datasets` source) with a MAEST model "
-        "(mean over consecutive segments per track, cached on disk), train the paper's probe per (block, token set) "
-        "with model selection on validation ROC-AUC, and report test macro ROC-AUC and mAP. Writes results.json, "
-        "results.md and the poster's heatmap (heatmap.png). Blocks are 1-based as on the poster (block b = "
-        "hidden_states[b]); tokens: c = cls, d = dist, a = average of the patch tokens.",
-    )
-    parser.add_argument(
-        "--model", required=True, help="MAEST directory, Hub id, AST-format repo or original checkpoint"
-    )
-    parser.add_argument(
-        "--data",
-        required=True,
-        help="dataset: Hub id, audiofolder/Parquet folder, save_to_disk folder or Parquet file(s)",
-    )
-    parser.add_argument("--config-name", help="the Hub dataset's configuration")
-    parser.add_argument(
-        "--blocks",
-        help="blocks, 1-based: '1-12', '7', '1,4,7-9' or 'all' (default: the model's embedding block, 7 of 12)",
-    )
-    parser.add_argument(
-        "--tokens", help="comma-separated token sets of c, d, a: 'cda' (default) or 'c,d,a,cd,ca,da,cda'"
-    )
-    parser.add_argument("--sweep", action="store_true", help="the poster's sweep: every block x c,d,a,cd,ca,da,cda")
-    parser.add_argument(
-        "--probe", choices=PROBE_KINDS, default="mlp", help="probe: mlp (512 hidden, dropout 0.5) or linear"
-    )
-    parser.add_argument("--label-column", help="label column (default: tags, labels, label, genre or genres)")
-    parser.add_argument("--audio-column", default="audio")
-    parser.add_argument(
-        "--task", choices=TASKS, default="auto", help="multilabel (BCE) or multiclass (CE); auto from the labels"
-    )
-    parser.add_argument(
-        "--label-names", help="label names file (one per line, or JSON list), e.g. for multi-hot labels"
-    )
-    parser.add_argument("--output-dir", default="probe-results", help="where results.json, results.md, heatmap.png go")
-    parser.add_argument(
-        "--cache-dir", default=str(Path("~/.cache/maest/embeddings").expanduser()), help="embedding cache"
-    )
-    parser.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
-    parser.add_argument(
-        "--validation-fraction", type=float, default=0.15, help="carved from train when there is no validation split"
-    )
-    parser.add_argument(
-        "--test-fraction", type=float, default=0.15, help="carved from train when there is no test split"
-    )
-    parser.add_argument("--epochs", type=int, default=60)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--learning-rate", type=float, default=1e-4)
-    parser.add_argument("--weight-decay", type=float, default=1e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--extraction-batch-size", type=int, default=8, help="segments per forward pass")
-    parser.add_argument("--device", help="device for the model (default: cuda when available)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.set_defaults(func=_run)
-
-
 __all__ = [
     "POSTER_TOKEN_SETS",
     "PROBE_KINDS",
@@ -666,6 +586,11 @@ __all__ = [
     "extract_track_embeddings",
     "probe_dataset",
     "probe_sweep",
+    "checked_splits",
+    "fit_probe",
+    "standardized_tensors",
+    "score_test_split",
+    "train_epoch",
     "train_probe",
     "write_probe_report",
 ]

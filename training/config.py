@@ -1,0 +1,287 @@
+"""The settings of one pre-training run (`PretrainConfig`) and how they are read: a YAML or JSON file plus
+command-line overrides, parsed by transformers' `HfArgumentParser` into the dataclass.
+
+Every value is checked when the config is built, so a wrong setting fails before any data is read, with one line
+that names the setting and the value (`ConfigError`). Numbers may be written in any usual notation (`2e-5`,
+`2.0e-5`, `0.00002`, `200_000`): YAML 1.1 reads `1e-4` as a string, so numeric strings are converted here.
+"""
+
+import dataclasses
+import json
+import types
+import typing
+from pathlib import Path
+
+import yaml
+
+from maest.errors import MAESTError
+
+
+class ConfigError(MAESTError, ValueError):
+    """A pre-training setting that is missing, unknown, of the wrong type or out of range."""
+
+
+class SettingsMapping(dict):
+    """A mapping setting (`model`: `MAESTConfig` overrides); on the command line a YAML/JSON mapping such as
+    `--model '{hidden_size: 192, num_hidden_layers: 6}'`."""
+
+    def __init__(self, value=None):
+        if isinstance(value, str):
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError as error:
+                raise ValueError(f"not a YAML/JSON mapping: {value!r}") from error
+        try:
+            super().__init__(value or {})
+        except (TypeError, ValueError):
+            raise ValueError(f"expected a mapping such as '{{hidden_size: 192}}', got {value!r}") from None
+
+
+CHOICES = {
+    "data_format": ("auto", "hub", "audiofolder", "webdataset", "parquet"),
+    "label_format": ("auto", "names", "multi_hot"),
+    "unknown_tags": ("skip", "drop"),
+    "init_format": ("auto", "maest", "passt", "deit"),
+    "mixed_precision": ("no", "bf16", "fp16"),
+    "report_to": ("tensorboard", "none"),
+}
+# (setting, smallest allowed value, whether the smallest value itself is allowed)
+LOWER_BOUNDS = (
+    ("batch_size", 1, True),
+    ("gradient_accumulation_steps", 1, True),
+    ("samples_per_epoch", 1, True),
+    ("max_steps", 1, True),
+    ("learning_rate", 0, False),
+    ("epochs", 0, False),
+    ("weight_decay", 0, True),
+    ("max_grad_norm", 0, False),
+    ("warmup_epochs", 0, True),
+    ("decay_epochs", 0, True),
+    ("mixup_alpha", 0, True),
+    ("swa_update_every_epochs", 0, False),
+    ("eval_every_epochs", 0, False),
+    ("shuffle_buffer_size", 1, True),
+    ("num_workers", 0, True),
+    ("logging_steps", 1, True),
+    ("checkpoint_every_steps", 1, True),
+    ("keep_checkpoints", 1, True),
+    ("stop_after_steps", 1, True),
+    ("validation_max_examples", 1, True),
+    ("class_balance_power", 0, True),
+)
+
+
+@dataclasses.dataclass
+class PretrainConfig:
+    """Everything `maest pretrain` needs. A YAML/JSON file holds these keys; `--key value` overrides them."""
+
+    output_dir: str = "maest-pretrain"
+    overwrite: bool = dataclasses.field(
+        default=False, metadata={"help": "start afresh in an output_dir that holds an earlier run (deletes it)"}
+    )
+    # --- data: any `datasets` source, streamed
+    train_data: str | None = None  # Hub id, audiofolder directory, tar/parquet glob or directory
+    train_split: str = "train"
+    validation_data: str | None = None  # defaults to train_data with validation_split
+    validation_split: str | None = None
+    data_format: str = "auto"  # auto, hub, audiofolder, webdataset, parquet
+    data_config_name: str | None = None
+    audio_column: str = "audio"
+    label_column: str = "tags"
+    label_format: str = "auto"  # auto, names (list or comma-separated), multi_hot
+    labels_file: str | None = None  # one tag per line or JSON; built from the data when unset
+    unknown_tags: str = "skip"  # skip the example, or drop the unknown tag
+    teacher_logits_column: str | None = None
+    max_bad_fraction: float = 0.5
+    shuffle_buffer_size: int = 1000
+    class_balanced_sampling: bool = True
+    class_balance_power: float = 0.5  # weight of a class = count ** -power (1: fully balanced)
+    num_workers: int = 2
+    validation_max_examples: int | None = None
+    # --- model
+    model_preset: str = "maest-30s"
+    model: SettingsMapping = dataclasses.field(
+        default_factory=SettingsMapping, metadata={"help": "MAESTConfig overrides, e.g. '{hidden_size: 192}'"}
+    )
+    init_from: str | None = None  # None (random), a MAEST directory/checkpoint, PaSST or DeiT weight file
+    init_format: str = "auto"
+    train_patchout_time: int | None = None  # None: the paper's (30 per 10 s of input)
+    train_patchout_freq: int = 0
+    gradient_checkpointing: bool = False
+    # --- recipe (DESIGN.md section 5)
+    batch_size: int = 12  # per process
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 2e-5
+    weight_decay: float = 1e-4
+    max_grad_norm: float | None = None
+    samples_per_epoch: int = 200_000
+    epochs: float = 130
+    max_steps: int | None = None  # overrides epochs
+    warmup_epochs: float = 5
+    decay_start_epoch: float = 50
+    decay_epochs: float = 50
+    final_lr_factor: float = 0.01
+    mixup_alpha: float = 0.3  # 0 disables mixup
+    swa: bool = True
+    swa_start_epoch: float = 50
+    swa_update_every_epochs: float = 1
+    export_swa: bool = True
+    teacher_model: str | None = None
+    distillation_threshold: float = 0.45
+    mixed_precision: str = "no"  # no, bf16, fp16
+    seed: int = 0
+    # --- bookkeeping
+    logging_steps: int = 50
+    eval_every_epochs: float | None = 1
+    checkpoint_every_steps: int | None = 1000
+    keep_checkpoints: int = 3
+    report_to: str = "tensorboard"  # tensorboard or none
+    resume: str | None = dataclasses.field(
+        default=None,
+        metadata={"nargs": "?", "const": "latest", "help": "continue from the latest checkpoint (or the one given)"},
+    )
+    stop_after_steps: int | None = None  # stop (after checkpointing) at this step without finishing; for tests
+    progress_bar: bool = True
+    record_example_ids: bool = False  # write the examples each process trained on to example_ids_rank<r>.txt
+    model_card: bool = True
+
+    def __post_init__(self):
+        hints = typing.get_type_hints(type(self))
+        for field in dataclasses.fields(self):
+            setattr(self, field.name, _checked_value(field.name, getattr(self, field.name), hints[field.name]))
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
+        for name, bound, inclusive in LOWER_BOUNDS:
+            value = getattr(self, name)
+            if value is not None and (value < bound or (value == bound and not inclusive)):
+                relation = "at least" if inclusive else "greater than"
+                hint = " (leave it unset to train for `epochs`)" if name == "max_steps" else ""
+                raise ConfigError(f"{name} must be {relation} {bound}{hint}; got {value!r}")
+        if not 0 <= self.max_bad_fraction <= 1:
+            raise ConfigError(f"max_bad_fraction must be in [0, 1]; got {self.max_bad_fraction!r}")
+        if not 0 <= self.final_lr_factor <= 1:
+            raise ConfigError(f"final_lr_factor must be in [0, 1]; got {self.final_lr_factor!r}")
+
+    @classmethod
+    def from_dict(cls, data: dict, overrides: dict | None = None) -> "PretrainConfig":
+        """A config from a mapping of settings (and `overrides` on top); unknown keys are refused."""
+        merged = {**data, **(overrides or {})}
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(merged) - known)
+        if unknown:
+            raise ConfigError(f"unknown pretrain settings: {', '.join(unknown)} (see `maest pretrain --help`)")
+        return cls(**merged)
+
+    @classmethod
+    def from_file(cls, path, overrides: dict | None = None) -> "PretrainConfig":
+        """A config from a YAML or JSON file (`overrides` on top)."""
+        settings = read_settings_file(path)
+        try:
+            return cls.from_dict(settings, overrides)
+        except ConfigError as error:
+            raise ConfigError(f"{path}: {error}") from None
+
+
+def read_settings_file(path) -> dict:
+    """The mapping of settings in a YAML or JSON file (JSON is YAML)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ConfigError(f"cannot read the config file {path}: {error.strerror or error}") from None
+    except yaml.YAMLError as error:
+        where = getattr(error, "problem_mark", None)
+        line = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"{path} is not valid YAML{line}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings (key: value lines), got {type(data).__name__}")
+    return data
+
+
+def parse_pretrain_arguments(argv: list[str], prog: str = "maest pretrain") -> PretrainConfig:
+    """`[CONFIG_FILE] [--key value ...]` -> `PretrainConfig`: the file's settings, then the command line's on top.
+
+    The file may also be given as `--config FILE`. Parsed by `HfArgumentParser` (`--help` lists every setting);
+    usage errors exit through argparse (status 2), bad values raise `ConfigError`.
+    """
+    from transformers import HfArgumentParser
+
+    argv = list(argv)
+    config_file = None
+    if argv and not argv[0].startswith("-"):
+        config_file = argv.pop(0)
+    parser = HfArgumentParser(
+        PretrainConfig, prog=prog, usage=f"{prog} [CONFIG.yaml] [--key value ...]", description=PARSER_DESCRIPTION,
+        epilog=PARSER_EPILOG,
+    )
+    parser.add_argument("--config", help="the YAML/JSON file of settings (or give it first, without --config)")
+    known, _ = parser.parse_known_args(argv)
+    if known.config is not None:
+        if config_file is not None:
+            raise ConfigError(f"two config files given: {config_file} and --config {known.config}")
+        config_file = known.config
+    if config_file is not None:
+        parser.set_defaults(**dataclasses.asdict(PretrainConfig.from_file(config_file)))
+    try:
+        config, _ = parser.parse_args_into_dataclasses(argv, look_for_args_file=False)
+    except ConfigError as error:
+        raise ConfigError(f"command line: {error}") from None
+    return config
+
+
+PARSER_DESCRIPTION = (
+    "Pre-trains MAEST with the paper's recipe on streamed tagged audio (Accelerate; works under accelerate launch "
+    "and torchrun). Settings come from a YAML or JSON file of PretrainConfig keys, given first, and --key value "
+    "overrides on the command line, e.g.: maest pretrain CONFIG.yaml --learning_rate 1e-3 --batch_size 8 "
+    "--model '{hidden_size: 192}'. Numbers take any notation (2e-5, 0.00002). An example config ships in "
+    "maest/training/pretrain-maest-30s.yaml."
+)
+PARSER_EPILOG = (
+    "--resume (no value) continues from the latest checkpoint in output_dir; an output_dir that holds an earlier run "
+    "is refused unless --resume or --overwrite is given. Boolean settings take --swa false / --no_swa."
+)
+
+
+def _checked_value(name: str, value, annotation):
+    """`value` converted to the setting's type (`int`, `float`, `bool`, `str`, `SettingsMapping`, `X | None`)."""
+    allowed = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    if value is None:
+        if type(None) in allowed:
+            return None
+        raise ConfigError(f"{name} must be set (it cannot be null)")
+    kind = next(t for t in allowed if t is not type(None))
+    try:
+        return _converted(value, kind)
+    except (TypeError, ValueError):
+        expected = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(kind, "a mapping")
+        raise ConfigError(f"{name} must be {expected}; got {value!r}") from None
+
+
+def _converted(value, kind):
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ValueError(value)
+    if kind in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise TypeError(value)
+        number = float(value.replace("_", "")) if isinstance(value, str) else value
+        if kind is int:
+            if isinstance(number, float) and not number.is_integer():
+                raise ValueError(value)
+            return int(number)
+        return float(number)
+    if kind is str:
+        if isinstance(value, (dict, list)):
+            raise TypeError(value)
+        return str(value)
+    return kind(value)
+
+
+__all__ = ["ConfigError", "PretrainConfig", "SettingsMapping", "parse_pretrain_arguments", "read_settings_file"]
