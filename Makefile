@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup ffmpeg demo test test-fast bench clean
+.PHONY: setup ffmpeg browser demo test test-fast bench clean
 
 setup: ffmpeg $(INSTALLED)
 
@@ -25,7 +25,14 @@ $(INSTALLED): setup.cfg pyproject.toml
 demo: setup
 	$(VENV)/bin/maest demo --output-dir demo_output
 
-test: setup
+# A headless browser for the web app's test (tests/test_app_browser.py): Debian's Chromium, driven by Playwright.
+browser:
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
+	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
+	else echo "WARNING: Chromium is missing and cannot be installed without root: the browser test will be skipped (apt-get install chromium)"; fi
+
+test: setup browser
 	$(PYTHON) -m pytest -q -p no:cacheprovider --durations=15
 
 test-fast: setup
