@@ -115,9 +115,24 @@ def _decoder(path, sampling_rate: int | None):
     if os.path.getsize(path) == 0:
         raise AudioDecodingError(f"{path}: empty file (0 bytes)")
     try:
-        return AudioDecoder(path, sample_rate=sampling_rate)
+        if _is_utf8(path):
+            return AudioDecoder(path, sample_rate=sampling_rate)
+        # torchcodec takes names as UTF-8 strings: a file whose name is other bytes is read through its file object,
+        # kept open as long as the decoder lives.
+        file = open(path, "rb")
+        decoder = AudioDecoder(file, sample_rate=sampling_rate)
+        decoder.source_file = file
+        return decoder
     except Exception as error:  # torchcodec raises RuntimeError/ValueError with FFmpeg's message
         raise AudioDecodingError(f"{path}: not a decodable audio file ({_short(error)})") from error
+
+
+def _is_utf8(path: str) -> bool:
+    try:
+        path.encode("utf-8")
+        return True
+    except UnicodeEncodeError:  # surrogate escapes of a non-UTF-8 file name (os.fsdecode)
+        return False
 
 
 def _short(error: Exception) -> str:

@@ -112,7 +112,7 @@ def test_killed_two_process_run_resumes_with_one_process(collection, small_model
     assert killed.returncode != 0
     assert _rank_exit_codes(killed.stderr).get(1) == 75, killed.stderr[-3000:]
     assert not out.exists()
-    store = ProgressStore(out, settings={}, output_names=["embedding"])
+    store = ProgressStore(out, settings={}, output_dims={"embedding": 192})
     finished = store.finished_paths()
     assert 1 <= len(finished) < len(TRACKS)
     assert {os.path.basename(path) for path in finished} <= {os.path.basename(name) for name, _ in TRACKS}
@@ -138,7 +138,7 @@ def test_devices_cpu_cpu_equals_one_process(collection, small_model_dir, one_pro
     assert main(command) == 2
     assert "the worker process on cpu died" in capsys.readouterr().err
     assert not out.exists()
-    finished = ProgressStore(out, settings={}, output_names=["embedding"]).finished_paths()
+    finished = ProgressStore(out, settings={}, output_dims={"embedding": 192}).finished_paths()
     assert len(finished) >= 1
 
     # Rerun: the finished tracks are skipped, the rest is shared between the two processes, the output is complete.

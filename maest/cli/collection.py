@@ -23,6 +23,12 @@ def _display_path(path: str) -> str:
     return path if relative.startswith("..") else relative
 
 
+def _printable(text: str) -> str:
+    """A message for stderr: the undecodable bytes of a non-UTF-8 file name shown as `\\xNN` (the exact names are
+    in the output files)."""
+    return os.fsencode(text).decode("utf-8", "backslashreplace")
+
+
 def _duration(seconds: float) -> str:
     minutes, seconds = divmod(int(round(seconds)), 60)
     hours, minutes = divmod(minutes, 60)
@@ -73,7 +79,7 @@ def _settings(args, **task) -> dict:
 def _report_failure(failure) -> None:
     from tqdm.auto import tqdm  # imported here: maest --help must start fast
 
-    tqdm.write(f"failed: {failure.reason}", file=sys.stderr)
+    tqdm.write(f"failed: {_printable(failure.reason)}", file=sys.stderr)
 
 
 def _summary(results, out=None) -> int:
@@ -89,9 +95,8 @@ def _collection_command(function):
     once, and further Ctrl-C are ignored while the process ends (what the first one kept is saved by then)."""
 
     def command(args) -> int:
-        for stream in (sys.stdout, sys.stderr):
-            if hasattr(stream, "reconfigure"):
-                stream.reconfigure(errors="surrogateescape")
+        if hasattr(sys.stdout, "reconfigure"):  # (stderr already shows such bytes as \xNN)
+            sys.stdout.reconfigure(errors="surrogateescape")
         if args.quiet:
             from transformers.utils import logging as transformers_logging  # imported here: maest --help must start fast
 
@@ -214,7 +219,7 @@ def _embed_processes(args) -> int:
         status = EXIT_SOME_FAILED if job.failed else EXIT_OK
         if job.is_main_process:
             for item in job.failed:
-                print(f"failed: {item['reason']}", file=sys.stderr)
+                print(f"failed: {_printable(item['reason'])}", file=sys.stderr)
             plural = "es" * (job.num_processes != 1)
             _print_written(args.out, job.results, f"; {job.processed} tracks processed by {job.num_processes} process{plural}")
             status = _summary(job.results, args.out)
