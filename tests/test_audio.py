@@ -168,3 +168,46 @@ def test_find_audio_files_survives_symlink_loops(tmp_path):
     (tmp_path / "music" / "album" / "song.mp3").write_bytes(b"x")
     os.symlink(tmp_path / "music", tmp_path / "music" / "album" / "back-to-top")
     assert [os.path.basename(path) for path in find_audio_files(tmp_path / "music")] == ["song.mp3"]
+
+
+def test_a_wav_cut_off_mid_frame_decodes_up_to_the_cut(tmp_path):
+    """FFmpeg decodes a WAV whose last frame is incomplete up to that frame; so does `load_audio`."""
+    left, right = synth_music(3.0, seed=1), synth_music(3.0, seed=2)
+    whole = write_audio(tmp_path / "whole.wav", np.stack([left, right]))
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(data[: len(data) // 2 + 1])  # half the file and one byte: off a 4-byte stereo frame boundary
+    complete_frames = (len(data) // 2 + 1 - 44) // 4
+    decoded = load_audio(cut)
+    assert complete_frames - 160 <= decoded.shape[0] <= complete_frames  # within 10 ms of every complete frame
+    np.testing.assert_allclose(decoded.numpy(), load_audio(whole).numpy()[: decoded.shape[0]], atol=1e-6)
+
+
+def test_files_with_non_utf8_names_decode(tmp_path):
+    audio = synth_music(2.0, seed=4)
+    source = write_audio(tmp_path / "plain.wav", audio)
+    name = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"latin1_\xe9.wav"))
+    os.rename(source, name)
+    assert find_audio_files([tmp_path]) == [name]
+    np.testing.assert_allclose(load_audio(name).numpy(), audio, atol=1e-4)
+    assert audio_info(name).duration_seconds == pytest.approx(2.0, abs=1e-3)
+
+
+def test_unreadable_folders_are_reported_not_skipped_silently(tmp_path, monkeypatch):
+    (tmp_path / "open").mkdir()
+    write_audio(tmp_path / "open" / "a.wav", synth_music(1.0))
+    (tmp_path / "locked").mkdir()
+    locked = str(tmp_path / "locked")
+    scandir = os.scandir
+
+    def guarded_scandir(path="."):
+        if isinstance(path, str) and path == locked:  # root reads anything: simulate `chmod 000`
+            raise PermissionError(13, "Permission denied", locked)
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", guarded_scandir)
+    unreadable = []
+    assert find_audio_files([tmp_path], unreadable=unreadable) == [str(tmp_path / "open" / "a.wav")]
+    assert unreadable == [(locked, "folder not read (Permission denied)")]
+    with pytest.raises(PermissionError):
+        find_audio_files([tmp_path])
