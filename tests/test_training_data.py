@@ -12,6 +12,7 @@ from conftest import synth_music, write_audio
 from maest import MAESTConfig, MAESTFeatureExtractor, MAESTForAudioClassification
 from maest.training.data import (
     DataQualityError,
+    TrainingDataError,
     TaggedAudioStream,
     TagVocabulary,
     load_streaming_dataset,
@@ -190,7 +191,7 @@ def test_missing_source_and_columns_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
         resolve_data_format(str(tmp_path / "nowhere" / "*.tar"))
     folder = write_folder(tmp_path / "data", [("a.wav", ["rock"], "ok")])
-    with pytest.raises(KeyError, match="genre"):
+    with pytest.raises(TrainingDataError, match="no label column .genre."):
         prepare_columns(load_streaming_dataset(str(folder)), "audio", "genre")
 
 

@@ -11,6 +11,8 @@ import pickle
 import shutil
 from pathlib import Path
 
+from safetensors import SafetensorError
+
 from maest.errors import MAESTError
 
 
@@ -133,7 +135,7 @@ def load_checkpoint(accelerator, path: Path, swa, num_workers: int) -> dict:
             from safetensors.torch import load_file
 
             swa.load_state_dict(load_file(str(path / SWA_WEIGHTS), device=str(accelerator.device)))
-    except (pickle.UnpicklingError, OSError, RuntimeError, ValueError, KeyError, EOFError) as error:
+    except (SafetensorError, pickle.UnpicklingError, OSError, RuntimeError, ValueError, KeyError, EOFError) as error:
         # safetensors, torch.load (weights only: a pickle of other objects is refused) and accelerate raise these
         # for truncated or foreign files.
         reason = " ".join(str(error).split())[:300] or type(error).__name__

@@ -83,11 +83,32 @@ def load_streaming_dataset(source: str, split: str = "train", data_format: str =
     import datasets
 
     data_format, files = resolve_data_format(source, data_format)
-    if data_format == "hub":
-        return datasets.load_dataset(source, config_name, split=split, streaming=True)
-    if data_format == "audiofolder":
-        return datasets.load_dataset("audiofolder", data_dir=str(Path(source).expanduser()), split=split, streaming=True)
-    return datasets.load_dataset(data_format, data_files={split: files}, split=split, streaming=True)
+    try:
+        if data_format == "hub":
+            return datasets.load_dataset(source, config_name, split=split, streaming=True)
+        if data_format == "audiofolder":
+            folder = Path(source).expanduser()
+            check_audiofolder(folder)
+            return datasets.load_dataset("audiofolder", data_dir=str(folder), split=split, streaming=True)
+        return datasets.load_dataset(data_format, data_files={split: files}, split=split, streaming=True)
+    except (MAESTError, FileNotFoundError):
+        raise
+    except Exception as error:  # datasets raises many types (ConnectionError offline, IndexError, ValueError...)
+        what = "a reachable Hub dataset (nor a local folder or file)" if data_format == "hub" else f"{data_format} data"
+        reason = " ".join(str(error).split())[:200] or type(error).__name__
+        raise TrainingDataError(f"{source!r} cannot be read as {what}: {type(error).__name__}: {reason}") from None
+
+
+def check_audiofolder(folder: Path) -> None:
+    """Refuses an `audiofolder` without files or with an empty metadata file (with a message that says so)."""
+    if not any(path.is_file() for path in folder.rglob("*")):
+        raise TrainingDataError(f"the data folder {folder} is empty: it needs audio files and a metadata.jsonl")
+    for metadata in sorted(folder.rglob("metadata.*")):
+        if metadata.suffix in (".jsonl", ".csv") and not metadata.read_text(errors="replace").strip():
+            raise TrainingDataError(
+                f"{metadata} is empty: it needs one line per audio file, e.g. "
+                f'{{"file_name": "a.wav", "tags": ["rock", "guitar"]}}'
+            )
 
 
 def prepare_columns(dataset, audio_column: str, label_column: str, extra_columns=()):
@@ -502,6 +523,7 @@ def format_data_report(counts) -> str:
 __all__ = [
     "DataQualityError",
     "TrainingDataError",
+    "check_audiofolder",
     "TagVocabulary",
     "TaggedAudioStream",
     "decode_audio",

@@ -1,7 +1,7 @@
 """Initial weights for pre-training (DESIGN.md section 4, item 4).
 
 - `random`: the model's own initialization.
-- a MAEST checkpoint: a saved MAEST directory or any layout `MAESTForAudioClassification.from_pretrained` reads.
+- a MAEST checkpoint: a saved MAEST directory or any layout `maest.modeling.conversion.load_maest` reads.
 - PaSST weights (the original timm/PaSST key names, e.g. AudioSet PaSST with a 12 x 99 patch grid over 128 mel
   bands, or an original MAEST file of another length): the frequency and time position embeddings are resampled
   bicubically to the new grid (9 rows, `max_length // 10` columns).
@@ -129,12 +129,12 @@ def load_initial_weights(model, source: str, init_format: str = "auto") -> dict:
     from pathlib import Path
 
     if init_format not in INIT_FORMATS:
-        raise ValueError(f"init_format must be one of {INIT_FORMATS}, got {init_format!r}")
+        raise CheckpointError(f"init_format must be one of {INIT_FORMATS}, got {init_format!r}")
     path = Path(source).expanduser()
     if init_format == "maest" or (init_format == "auto" and not path.is_file()):
-        from maest import MAESTForAudioClassification
+        from maest.modeling.conversion import load_maest
 
-        loaded = MAESTForAudioClassification.from_pretrained(source)
+        loaded = load_maest(source)  # CheckpointError (one line) for anything unreadable
         converted = loaded.state_dict()
         fmt = "maest"
         if loaded.config.num_labels != model.config.num_labels:

@@ -152,16 +152,20 @@ class Pretrainer:
                 validation = split_dataset_by_node(validation, rank=rank, world_size=world)
         return train, validation, vocabulary
 
-    def _model(self, vocabulary):
+    def build_model(self, vocabulary):
+        """The model to train (labels from the data's vocabulary, whatever the preset's count) and its feature
+        extractor."""
         from maest import MAESTConfig, MAESTFeatureExtractor, MAESTForAudioClassification
+        from maest.modeling import label_maps
 
         from .initialization import load_initial_weights
 
         config = self.config
         model_kwargs = dict(config.model)
+        id2label, label2id = label_maps(vocabulary.names)
         model_kwargs.update(
-            id2label=dict(enumerate(vocabulary.names)),
-            label2id={name: i for i, name in enumerate(vocabulary.names)},
+            id2label=id2label,
+            label2id=label2id,
             num_labels=len(vocabulary),  # the data's vocabulary, whatever the preset's label count
             # The distillation head only takes part in teacher-student training; an unused head would also stall
             # DistributedDataParallel, which expects a gradient for every parameter.
@@ -223,10 +227,12 @@ class Pretrainer:
         config = self.config
         if not config.teacher_model:
             return None
-        from maest import MAESTForAudioClassification
+        from maest.modeling.conversion import load_maest
 
         try:
-            teacher = MAESTForAudioClassification.from_pretrained(config.teacher_model)
+            teacher = load_maest(config.teacher_model)
+        except MAESTError:
+            raise
         except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as error:
             raise MAESTError(f"teacher_model {config.teacher_model}: cannot be loaded ({one_line(error)})") from None
         names = [teacher.config.id2label[i] for i in range(teacher.config.num_labels)]
@@ -315,7 +321,7 @@ class Pretrainer:
 
         config, accelerator = self.config, self.accelerator
         train_dataset, validation_dataset, self.vocabulary = self._datasets()
-        model, self.feature_extractor = self._model(self.vocabulary)
+        model, self.feature_extractor = self.build_model(self.vocabulary)
         plan = TrainingPlan.from_config(config, accelerator.num_processes)
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
         schedule = PaperSchedule(plan.steps_per_epoch, config.warmup_epochs, config.decay_start_epoch,

@@ -88,7 +88,7 @@ def register_demo(subparsers) -> None:
 # ----------------------------------------------------------------------------------------------- probe
 def run_probe(args) -> int:
     # imported here: maest --help must start fast
-    from maest.modeling.conversion import read_labels
+    from maest.modeling import read_label_file
     from maest.training.evaluation.probe import probe_dataset
     from maest.training.evaluation.report import markdown_tables
 
@@ -105,7 +105,7 @@ def run_probe(args) -> int:
         label_column=args.label_column,
         audio_column=args.audio_column,
         task=args.task,
-        label_names=read_labels(args.label_names) if args.label_names else None,
+        label_names=read_label_file(args.label_names) if args.label_names else None,
         output_dir=args.output_dir,
         cache_dir=None if args.no_cache else args.cache_dir,
         validation_fraction=args.validation_fraction,

@@ -110,10 +110,11 @@ def load_encoder(model_or_path, device=None):
 
 def _from_pretrained_encoder(path: str):
     """Loads the encoder through the class the checkpoint was saved as, so that a tagging model's head weights are
-    not reported as unexpected (original checkpoint files and AST-format repos are converted without a report)."""
+    not reported as unexpected; original checkpoint files and AST-format repos are converted (`load_maest`)."""
     from transformers import PreTrainedConfig
 
     from maest import MAESTForAudioClassification, MAESTModel
+    from maest.modeling.conversion import load_maest
 
     if not Path(path).is_file():
         try:
@@ -124,8 +125,8 @@ def _from_pretrained_encoder(path: str):
         if config_dict.get("model_type") == "maest" and any(
             name.endswith("ForAudioClassification") for name in architectures
         ):
-            return MAESTForAudioClassification.from_pretrained(path).maest
-    return MAESTModel.from_pretrained(path)
+            return load_maest(path, MAESTForAudioClassification).maest
+    return load_maest(path, MAESTModel)
 
 
 def model_cache_key(encoder, feature_extractor, last_segment: str) -> str:
