@@ -76,9 +76,12 @@ def load_tensor_file(path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+        if refused is None:  # not a pickle of anything: a damaged file or another format
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (corrupt, truncated or another format)") from error
         raise CheckpointError(
-            f"{path}: refused to load; the file holds objects other than tensors, and MAEST only unpickles tensors "
-            f"(weights_only=True). Re-save its state dict with torch.save(model.state_dict(), ...). Detail: {error}"
+            f"{path}: refused to load; the file holds objects other than tensors ({refused.group(1)}), and MAEST only "
+            f"unpickles tensors (weights_only=True). Re-save its state dict with torch.save(model.state_dict(), ...)"
         ) from error
     except Exception as error:  # a damaged file can fail anywhere inside the unpickler
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (corrupt or truncated?): {error}") from error
@@ -430,7 +433,9 @@ def load_maest(
         model = _load_maest_format(model_class, source, kwargs)
         apply_discogs_names(model.config, source=source)
     else:
-        raise CheckpointError(f"{source}: config.json has model_type {model_type!r}, not a MAEST or AST-format MAEST model")
+        raise CheckpointError(
+            f"{source}: config.json has model_type {model_type!r}; expected a MAEST or AST-format MAEST model"
+        )
     if labels is not None:
         set_label_names(model.config, labels)
     return model
@@ -456,11 +461,17 @@ def _check_repo_id(source: str) -> None:
 def _read_model_type(source: str, hub_kwargs: dict) -> str | None:
     from transformers import PreTrainedConfig
 
+    local_config = Path(source, hub_kwargs.get("subfolder") or "", "config.json")
+    if Path(source).is_dir() and not local_config.is_file():
+        raise CheckpointError(f"{source}: not a model directory (it has no {local_config.relative_to(source)})")
+
     try:
         config_dict, _ = PreTrainedConfig.get_config_dict(source, **hub_kwargs)
     except OSError as error:
-        where = "directory" if Path(source).is_dir() else "Hub repo (or it cannot be reached)"
-        raise CheckpointError(f"{source}: not a model {where}: {' '.join(str(error).split())}") from error
+        detail = " ".join(str(error).split())
+        if local_config.is_file():
+            raise CheckpointError(f"{local_config}: not a readable config ({detail})") from error
+        raise CheckpointError(f"{source}: not a model Hub repo (or the Hub cannot be reached): {detail}") from error
     except (ValueError, UnicodeDecodeError) as error:  # a config.json that is not JSON
         raise CheckpointError(f"{source}: config.json does not parse ({' '.join(str(error).split())})") from error
     return config_dict.get("model_type")

@@ -12,8 +12,12 @@ from ..errors import MAESTError
 
 def run_convert(args) -> int:
     # imported here: maest --help must start fast
+    from transformers.utils import logging as transformers_logging
+
     from maest.hub import convert_checkpoint
     from maest.modeling import read_label_file
+
+    transformers_logging.disable_progress_bar()  # a bar for writing one weights file is noise
 
     labels = read_label_file(args.labels) if args.labels else None
     model = convert_checkpoint(
