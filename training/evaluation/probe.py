@@ -32,6 +32,7 @@ from .embeddings import (
     parse_blocks,
     token_set_name,
 )
+from .labeled_data import LabelEncoding, build_label_encoding, carve_split, load_labeled_splits
 from .metrics import average_precision, load_metric, roc_auc
 from .report import result_row, write_probe_report, write_results_json
 
@@ -485,8 +486,6 @@ def probe_dataset(
         `{"rows": [...], "settings": {...}, "paths": {...}}`; `settings` records the splits' sizes, any carved split,
         the tracks skipped (unreadable audio, missing labels) and the label vocabulary.
     """
-    from .labeled_data import build_label_encoding, carve_split, load_labeled_splits
-
     encoder = load_encoder(model_or_path, device)
     num_blocks = encoder.config.num_hidden_layers
     blocks = parse_blocks(encoder.config.embedding_block % num_blocks + 1 if blocks is None else blocks, num_blocks)
@@ -497,52 +496,23 @@ def probe_dataset(
     train_features = getattr(splits["train"], "features", None) or {}
     label_feature = train_features.get(label_column) if hasattr(train_features, "get") else None
 
-    embeddings, skipped, cache_counts = {}, {}, {}
-    for split, dataset in splits.items():
-        embeddings[split] = extract_track_embeddings(
-            encoder,
-            dataset,
-            cache_dir=cache_dir,
-            cache_name=split,
-            audio_column=audio_column,
-            keep_columns=(label_column,),
-            batch_size=extraction_batch_size,
-            skip_bad_audio=True,
-            progress=progress,
+    embeddings = {
+        split: extract_track_embeddings(
+            encoder, dataset, cache_dir=cache_dir, cache_name=split, audio_column=audio_column,
+            keep_columns=(label_column,), batch_size=extraction_batch_size, skip_bad_audio=True, progress=progress,
         )
-        skipped[split] = {"unreadable_audio": embeddings[split].problems}
-        cache_counts[split] = {"cached": embeddings[split].num_cached, "computed": embeddings[split].num_computed}
+        for split, dataset in splits.items()
+    }
+    skipped = {split: {"unreadable_audio": tracks.problems} for split, tracks in embeddings.items()}
+    cache_counts = {split: {"cached": t.num_cached, "computed": t.num_computed} for split, t in embeddings.items()}
     encoding = build_label_encoding(
-        {split: track_embeddings.columns[label_column] for split, track_embeddings in embeddings.items()},
-        feature=label_feature,
-        task=task,
-        label_names=label_names,
+        {split: tracks.columns[label_column] for split, tracks in embeddings.items()},
+        feature=label_feature, task=task, label_names=label_names,
     )
-    labels = {}
-    for split in list(embeddings):
-        targets, kept = encoding.encode(embeddings[split].columns[label_column])
-        skipped[split]["missing_labels"] = len(embeddings[split]) - len(kept)
-        if len(kept) < len(embeddings[split]):
-            logger.warning(f"{split}: {len(embeddings[split]) - len(kept)} tracks have no label value; left out")
-            embeddings[split] = embeddings[split].subset(kept)
-        labels[split] = targets
+    labels = encode_split_labels(embeddings, encoding, label_column, skipped)
+    carved = carve_missing_splits(embeddings, labels, {"validation": validation_fraction, "test": test_fraction}, seed)
 
-    carved = {}
-    for missing_split, fraction in (("validation", validation_fraction), ("test", test_fraction)):
-        if missing_split in embeddings:
-            continue
-        kept, taken = carve_split(len(embeddings["train"]), fraction, seed)
-        embeddings[missing_split] = embeddings["train"].subset(taken)
-        labels[missing_split] = labels["train"][taken]
-        embeddings["train"] = embeddings["train"].subset(kept)
-        labels["train"] = labels["train"][kept]
-        carved[missing_split] = f"{len(taken)} tracks carved from the training split ({fraction:.0%}, seed {seed})"
-        logger.warning(f"no {missing_split} split: {carved[missing_split]}")
-
-    name = getattr(encoder.config, "_name_or_path", None) or getattr(encoder.config, "name_or_path", None)
-    model_name = (
-        str(model_or_path) if isinstance(model_or_path, (str, os.PathLike)) else (name or type(model_or_path).__name__)
-    )
+    model_name = _model_name(model_or_path, encoder)
     settings = {
         "model": model_name,
         "data": str(data) if not isinstance(data, dict) else "in-memory splits",
@@ -557,24 +527,53 @@ def probe_dataset(
     }
     title = f"{Path(model_name).name}: {kind} probe on {Path(str(settings['data'])).name}"
     rows = probe_sweep(
-        {split: embeddings[split] for split in ("train", "validation", "test")},
-        labels,
-        blocks=blocks,
-        token_sets=token_sets,
-        kind=kind,
-        output_dir=output_dir,
-        settings=settings,
-        title=title,
-        progress=progress,
-        seed=seed,
-        task=encoding.task,
-        **probe_kwargs,
+        {split: embeddings[split] for split in ("train", "validation", "test")}, labels, blocks=blocks,
+        token_sets=token_sets, kind=kind, output_dir=output_dir, settings=settings, title=title, progress=progress,
+        seed=seed, task=encoding.task, **probe_kwargs,
     )
     paths = {}
     if output_dir is not None:
         names = {"json": "results.json", "markdown": "results.md", "heatmap": "heatmap.png"}
         paths = {what: Path(output_dir) / name for what, name in names.items()}
     return {"rows": rows, "settings": settings, "paths": paths, "title": title}
+
+
+def encode_split_labels(embeddings: dict, encoding: LabelEncoding, label_column: str, skipped: dict) -> dict:
+    """Each split's probe targets; tracks without a label value are left out of `embeddings` (in place) and
+    counted in `skipped[split]["missing_labels"]`."""
+    labels = {}
+    for split in list(embeddings):
+        targets, kept = encoding.encode(embeddings[split].columns[label_column])
+        skipped[split]["missing_labels"] = len(embeddings[split]) - len(kept)
+        if len(kept) < len(embeddings[split]):
+            logger.warning(f"{split}: {len(embeddings[split]) - len(kept)} tracks have no label value; left out")
+            embeddings[split] = embeddings[split].subset(kept)
+        labels[split] = targets
+    return labels
+
+
+def carve_missing_splits(embeddings: dict, labels: dict, fractions: dict, seed: int) -> dict:
+    """Carves each missing split (`{"validation": fraction, "test": fraction}`) from the training split, in place,
+    deterministically for `seed`; returns a note per carved split."""
+    carved = {}
+    for missing_split, fraction in fractions.items():
+        if missing_split in embeddings:
+            continue
+        kept, taken = carve_split(len(embeddings["train"]), fraction, seed)
+        embeddings[missing_split] = embeddings["train"].subset(taken)
+        labels[missing_split] = labels["train"][taken]
+        embeddings["train"] = embeddings["train"].subset(kept)
+        labels["train"] = labels["train"][kept]
+        carved[missing_split] = f"{len(taken)} tracks carved from the training split ({fraction:.0%}, seed {seed})"
+        logger.warning(f"no {missing_split} split: {carved[missing_split]}")
+    return carved
+
+
+def _model_name(model_or_path, encoder) -> str:
+    if isinstance(model_or_path, (str, os.PathLike)):
+        return str(model_or_path)
+    name = getattr(encoder.config, "_name_or_path", None) or getattr(encoder.config, "name_or_path", None)
+    return name or type(model_or_path).__name__
 
 
 __all__ = [
@@ -586,7 +585,9 @@ __all__ = [
     "extract_track_embeddings",
     "probe_dataset",
     "probe_sweep",
+    "carve_missing_splits",
     "checked_splits",
+    "encode_split_labels",
     "fit_probe",
     "standardized_tensors",
     "score_test_split",
