@@ -1,6 +1,13 @@
 """MAEST front-end: Essentia-exact log-mel features, and audio file decoding."""
 
-from .feature_extraction_maest import MAESTFeatureExtractor, slaney_mel_filter_bank
+from .feature_extraction_maest import (
+    AudioInputError,
+    AudioTypeError,
+    FeatureExtractorConfigError,
+    MAESTFeatureExtractor,
+    resample_audio,
+    sinc_resample,
+)
 from .audio import (
     AUDIO_EXTENSIONS,
     AudioDecodingError,

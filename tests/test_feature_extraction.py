@@ -1,5 +1,6 @@
 """The front-end against Essentia's TensorflowInputMusiCNN (MAEST's training features)."""
 
+import json
 import math
 
 import numpy as np
@@ -99,13 +100,88 @@ def test_resampling_matches_the_same_signal_sampled_at_16k(extractor):
     assert (direct[:, 5:-5] - resampled[:, 5:-5]).abs().mean() < 5e-3
 
 
-def test_multichannel_audio_is_downmixed(extractor):
+def _tones(rate: float, seconds: float) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return 0.3 * np.sin(2 * np.pi * 440 * t) + 0.2 * np.sin(2 * np.pi * 2500 * t + 1.0)
+
+
+def test_per_sample_resampler_is_torchaudios_formula():
+    """sinc_resample evaluates torchaudio's windowed-sinc interpolation directly (for rates where its kernel is huge)."""
+    import torchaudio
+
+    from maest.feature_extraction import sinc_resample
+
+    for rate in (44100, 8000, 48000):
+        audio = torch.from_numpy(_tones(rate, 0.5)).float()
+        expected = torchaudio.functional.resample(audio, rate, 16000)
+        actual = sinc_resample(audio, rate, 16000)
+        assert actual.shape == expected.shape
+        assert (actual - expected).abs().max() < 2e-5, rate
+
+
+@pytest.mark.parametrize("rate", [44101, 7919, 22050.5, 1_000_000, 999_983, 44100])
+def test_any_sampling_rate_resamples_a_sine_exactly(rate):
+    """Against the same tones sampled at 16 kHz directly. Coprime rates (44101 / 16000) took torchaudio 53 s and
+    12 GB for 10 s; the per-sample path costs time and memory proportional to the audio."""
+    from maest.feature_extraction import resample_audio
+
+    audio = torch.from_numpy(_tones(rate, 0.3)).float()
+    resampled = resample_audio(audio, rate, 16000).numpy()
+    assert resampled.shape == (math.ceil(audio.numel() * 16000 / rate),)
+    expected = _tones(16000, 0.3)[: resampled.size]
+    # Away from the edges (zeros beyond them); the filter's passband ripple at 2.5 kHz bounds the error.
+    error = np.abs(resampled - expected)[100:-100]
+    assert error.max() < 3e-3, (rate, error.max())
+
+
+def test_multichannel_audio_is_downmixed_when_asked(extractor):
     left, right = synth_music(2.0, seed=1), synth_music(2.0, seed=2)
     mono = ours(extractor, (left + right) / 2)
-    channels_first = ours(extractor, np.stack([left, right]))
-    channels_last = ours(extractor, torch.from_numpy(np.stack([left, right], axis=1)))
+    channels_first = ours(extractor, np.stack([left, right]), channel_axis=0)
+    channels_last = ours(extractor, torch.from_numpy(np.stack([left, right], axis=1)), channel_axis=-1)
     np.testing.assert_allclose(channels_first, mono, atol=1e-6)
     np.testing.assert_allclose(channels_last, mono, atol=1e-6)
+    # A batch of multi-channel clips: a list of (channels, samples) arrays (mono 1-D clips may be mixed in), or 3-D.
+    listed = extractor([np.stack([left, right]), left], sampling_rate=16000, channel_axis=0, padding="longest")
+    np.testing.assert_allclose(listed["input_values"][0].numpy(), mono, atol=1e-6)
+    np.testing.assert_allclose(listed["input_values"][1].numpy(), ours(extractor, left), atol=1e-6)
+    stacked = extractor(np.stack([np.stack([left, right])] * 2), sampling_rate=16000, channel_axis=0, padding="longest")
+    assert stacked["input_values"].shape == (2, mono.shape[0], 96)
+
+
+def test_a_2d_array_is_a_batch_as_in_transformers(extractor):
+    """transformers' convention (AST, Whisper, Wav2Vec2 extractors): a 2-D array is (batch, samples)."""
+    clips = np.stack([synth_music(0.05, seed=i) for i in range(3)])  # (3, 800)
+    for batch in (clips, torch.from_numpy(clips)):
+        output = extractor(batch, sampling_rate=16000, padding="longest")
+        assert output["input_values"].shape == (3, extractor.num_frames(800), 96)
+        for clip, features in zip(clips, output["input_values"]):
+            np.testing.assert_allclose(features.numpy(), ours(extractor, clip), atol=1e-6)
+    with pytest.raises(ValueError, match="channel_axis"):
+        extractor(np.zeros((2, 2, 800), dtype=np.float32), sampling_rate=16000)
+    with pytest.raises(ValueError, match="channel_axis"):
+        extractor([np.zeros((2, 800), dtype=np.float32)], sampling_rate=16000)
+
+
+def test_attention_mask_marks_audio_frames():
+    """Constructor and call agree with pad(..., return_attention_mask=True): 1 for frames of audio, 0 for padding."""
+    clips = [synth_music(0.5, seed=1), synth_music(1.0, seed=2)]
+    plain = MAESTFeatureExtractor(max_length=100)
+    assert "attention_mask" not in plain(clips, sampling_rate=16000)
+    masked = MAESTFeatureExtractor(max_length=100, return_attention_mask=True)
+    assert masked.to_dict()["return_attention_mask"] is True
+    output = masked(clips, sampling_rate=16000)
+    counts = output["num_frames"].tolist()
+    expected = masked.pad(
+        {"input_values": [f[:n].numpy() for f, n in zip(output["input_values"], counts)]},
+        padding="max_length", max_length=100, return_attention_mask=True,
+    )["attention_mask"]
+    np.testing.assert_array_equal(output["attention_mask"].numpy(), expected)
+    assert output["attention_mask"].sum(1).tolist() == counts
+    segments = plain(synth_music(5.0), sampling_rate=16000, return_segments=True, last_segment="pad", return_attention_mask=True)
+    assert segments["attention_mask"].sum(1).tolist() == [100, 100, 100, plain.num_frames(80000) - 300]
+    with pytest.raises(ValueError, match="return_attention_mask"):
+        MAESTFeatureExtractor(return_attention_mask="yes")
 
 
 def test_a_batch_equals_single_clips(extractor):
@@ -157,20 +233,83 @@ def test_segment_times_locate_the_audio():
 
 
 def test_bad_inputs(extractor):
-    with pytest.raises(ValueError, match="empty"):
+    from maest.errors import MAESTError
+
+    with pytest.raises(MAESTError, match="empty"):
         extractor(np.zeros(0, dtype=np.float32), sampling_rate=16000)
     with pytest.raises(ValueError, match="NaN or infinite"):
         extractor(np.array([0.1, np.nan, 0.2], dtype=np.float32), sampling_rate=16000)
     with pytest.raises(ValueError, match="clip 1 contains NaN"):
         extractor([np.zeros(100, np.float32), np.full(100, np.inf, np.float32)], sampling_rate=16000)
+    with pytest.raises(ValueError, match="beyond float32"):
+        extractor(np.full(100, 1e300), sampling_rate=16000)
     with pytest.raises(TypeError, match="int16"):
         extractor(np.zeros(1000, dtype=np.int16), sampling_rate=16000)
     with pytest.raises(ValueError, match="implausible"):
-        extractor(np.zeros((40, 1000), dtype=np.float32), sampling_rate=16000)
-    with pytest.raises(ValueError, match="sampling_rate must be positive"):
-        extractor(np.zeros(1000, dtype=np.float32), sampling_rate=0)
+        extractor(np.zeros((1000, 2), dtype=np.float32), sampling_rate=16000, channel_axis=0)
+    with pytest.raises(ValueError, match="channel_axis must be"):
+        extractor(np.zeros(1000, dtype=np.float32), sampling_rate=16000, channel_axis=2)
+    for rate in (0, -16000, float("nan"), "16000"):
+        with pytest.raises(ValueError, match="sampling_rate must be positive"):
+            extractor(np.zeros(1000, dtype=np.float32), sampling_rate=rate)
     with pytest.raises(ValueError, match="last_segment"):
         extractor(np.zeros(1000, dtype=np.float32), sampling_rate=16000, return_segments=True, last_segment="x")
+    with pytest.raises(ValueError, match="no audio"):
+        extractor([], sampling_rate=16000)
+
+
+def test_huge_finite_amplitudes_give_finite_features(extractor):
+    """float32 power spectra overflow from amplitude ~1e15; such clips are analysed in float64 (the exact formula)."""
+    audio = synth_music(1.0, seed=6)
+    base = ours(extractor, audio)
+    for gain in (1e16, 1e20, 1e30):
+        features = ours(extractor, (audio.astype(np.float64) * gain).astype(np.float32))
+        assert np.isfinite(features).all(), gain
+        # log10(1 + m g^2 x) = 2 log10(g) + log10(x m) where m g^2 x >> 1: a shift of 2 log10(g) / (2 std).
+        loud = base > 0.5
+        shift = features[loud] - base[loud]
+        np.testing.assert_allclose(shift, np.log10(gain) / STD, rtol=2e-3)
+    quiet_and_loud = extractor([audio, audio * 1e20, audio], sampling_rate=16000)["input_values"]
+    assert torch.isfinite(quiet_and_loud).all()
+    np.testing.assert_allclose(quiet_and_loud[2].numpy(), quiet_and_loud[0].numpy())
+
+
+@pytest.mark.parametrize(
+    "setting, value",
+    [
+        ("frame_size", 1e9), ("frame_size", 1), ("hop_size", 0), ("hop_size", 600), ("sampling_rate", 0),
+        ("sampling_rate", 16000.5), ("fmax", -1), ("fmax", 9000), ("fmin", 9000), ("feature_size", 0),
+        ("feature_size", 1000), ("feature_size", 200), ("max_length", 0), ("std", 0), ("mean", float("nan")),
+        ("log_multiplier", -1), ("hop_size", True), ("frame_size", "512"),
+    ],
+)
+def test_bad_settings_are_refused_on_load(tmp_path, setting, value):
+    from maest.feature_extraction import FeatureExtractorConfigError
+
+    MAESTFeatureExtractor().save_pretrained(tmp_path)
+    config_path = tmp_path / "preprocessor_config.json"
+    config = json.loads(config_path.read_text())
+    config[setting] = value
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(FeatureExtractorConfigError, match=setting) as raised:
+        MAESTFeatureExtractor.from_pretrained(tmp_path)
+    assert "\n" not in str(raised.value)
+    assert isinstance(raised.value, ValueError)
+
+
+def test_slaney_filters_are_essentia_melbands():
+    """transformers' Slaney filter bank against Essentia's MelBands (unit_tri) on single-bin spectra."""
+    extractor = MAESTFeatureExtractor()
+    melbands = essentia_standard.MelBands(
+        inputSize=257, numberBands=96, sampleRate=16000, lowFrequencyBound=0, highFrequencyBound=8000,
+        warpingFormula="slaneyMel", weighting="linear", normalize="unit_tri", type="power",
+    )
+    filters = extractor.mel_filters()
+    for bin_index in range(0, 257, 7):
+        spectrum = np.zeros(257, dtype=np.float32)
+        spectrum[bin_index] = 1.0
+        # Essentia computes the band edges in float32: weights agree to 1e-5 of the largest.
+        np.testing.assert_allclose(melbands(spectrum), filters[bin_index], rtol=0, atol=1e-5 * filters.max())
 
 
 def test_missing_sampling_rate_is_reported(monkeypatch):
