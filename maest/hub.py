@@ -322,8 +322,8 @@ def push_model_to_hub(
     given) to a temporary directory with its model card and pushes it with [`push_to_hub`] in one commit.
 
     Takes the arguments of transformers' `PreTrainedModel.push_to_hub` (`private`, `token`, `commit_message`,
-    `commit_description`, `revision`, `create_pr`, `max_shard_size`, `tags`), so that a model class can delegate its
-    `push_to_hub` here; `card_kwargs` go to `maest.model_cards.build_model_card`.
+    `commit_description`, `revision`, `create_pr`, `max_shard_size`, `tags`); unlike it, the commit also holds the
+    feature extractor and the model card. `card_kwargs` go to `maest.model_cards.build_model_card`.
     """
     from maest import MAESTFeatureExtractor
 

@@ -5,6 +5,8 @@ fast). Errors are raised as `maest.errors.MAESTError`s, which `maest.cli.main` p
 """
 
 import json
+import logging
+import sys
 from pathlib import Path
 
 from ..errors import MAESTError
@@ -18,6 +20,7 @@ def run_convert(args) -> int:
     from maest.modeling import read_label_file
 
     transformers_logging.disable_progress_bar()  # a bar for writing one weights file is noise
+    _print_log_messages("maest.modeling.label_names")  # e.g. that the Discogs style names were given
 
     labels = read_label_file(args.labels) if args.labels else None
     model = convert_checkpoint(
@@ -80,6 +83,15 @@ def run_card(args) -> int:
     )
     print(f"wrote {path}")
     return 0
+
+
+def _print_log_messages(logger_name: str) -> None:
+    """Shows a library logger's INFO messages on stdout for this command."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger(logger_name)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
 
 
 def _read_json_file(path: str | None, option: str):
