@@ -17,7 +17,7 @@ from safetensors.torch import load_file as load_safetensors
 
 from ..errors import MAESTError
 from .configuration_maest import MAEST_PRESETS, MAESTConfig, MAESTConfigError
-from .label_names import apply_discogs_names, read_label_file, set_label_names
+from .label_names import apply_discogs_names, set_label_names
 from .modeling_maest import MAESTForAudioClassification
 from .published import match_published
 
@@ -510,9 +510,6 @@ def _to_dtype(model, dtype):
         return model
     return model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
 
-
-# The old name, until training/probe.py reads label files with `read_label_file`.
-read_labels = read_label_file
 
 __all__ = [
     "CheckpointError",
