@@ -1,5 +1,8 @@
 """Loading MAEST weights from every published layout (DESIGN.md section 4).
 
+`load_maest(path_or_repo)` is the one entry point: it reads MAEST directories and Hub repos through transformers'
+`from_pretrained` (which the model classes leave as transformers has it), and converts the other layouts:
+
 - original released checkpoints (`*-swa.ckpt`): a plain state dict with timm/PaSST key names;
 - original training checkpoints: `{"state_dict": {"net.<key>": ..., "net_swa.<key>": ...}}` (SWA by default);
 - the Hub's AST-format repos (`mtg-upf/discogs-maest-*`): stock `ASTForAudioClassification` weights whose position
