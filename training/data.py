@@ -2,8 +2,9 @@
 
 Tracks come from any `datasets` source with `streaming=True` (a Hub dataset id, a local `audiofolder`, WebDataset tar
 shards or Parquet files): an audio column and a multi-label tag column (a list of tag names, or a multi-hot vector).
-Audio is read with `Audio(decode=False)` and decoded by torchcodec inside the DataLoader workers, so that a corrupt
-file is counted and skipped instead of ending the stream, and so that only the random crop of a long track is decoded.
+Audio is read with `Audio(decode=False)` and decoded inside the DataLoader workers by the project's one decoder
+(`maest.feature_extraction.audio`, as `maest tag` and `maest embed`), so that a corrupt file is counted and skipped
+instead of ending the stream.
 The front-end (`MAESTFeatureExtractor`) also runs in the workers; short tracks are padded in the log-mel domain.
 
 Exact resumption: each worker reads its shards of the stream in a fixed order (`datasets`' seeded shuffle buffer, one
@@ -16,6 +17,7 @@ the batches it consumed and a resumed run skips the examples before them without
 import glob
 import json
 import logging
+import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -23,7 +25,7 @@ import numpy as np
 import torch
 
 from maest.errors import MAESTError
-from maest.feature_extraction.audio import AudioDecodingError
+from maest.feature_extraction.audio import AudioDecodingError, load_audio
 
 logger = logging.getLogger(__name__)
 
@@ -112,8 +114,8 @@ def check_audiofolder(folder: Path) -> None:
 
 
 def prepare_columns(dataset, audio_column: str, label_column: str, extra_columns=()):
-    """Keeps only the needed columns and switches audio decoding off (the workers decode with torchcodec, which lets
-    them skip corrupt files and decode only a crop)."""
+    """Keeps only the needed columns and switches audio decoding off (the workers decode with
+    `maest.feature_extraction.audio`, which lets them count and skip corrupt files)."""
     import datasets
 
     columns = dataset.column_names
@@ -258,19 +260,21 @@ class TagVocabulary:
 
 # ----------------------------------------------------------------------------------------------- audio
 def decode_audio(value, sampling_rate: int, crop_seconds: float | None, crop: str, rng: np.random.Generator):
-    """Decodes (a crop of) one track to 16 kHz mono float32 with torchcodec.
+    """Decodes one track to mono float32 at `sampling_rate` with the project's decoder
+    (`maest.feature_extraction.audio.load_audio`, as `maest tag`/`maest embed`) and crops it.
 
     Args:
         value: a `datasets` audio value with decoding off (`{"path", "bytes"}`), raw bytes, a path, or an already
             decoded `{"array", "sampling_rate"}`.
-        crop_seconds: crop length; `None` decodes everything.
-        crop: `"random"` (uniform offset) or `"center"`.
+        crop_seconds: crop length; `None` keeps everything.
+        crop: `"random"` (uniform offset drawn from `rng`) or `"center"`.
 
     Returns:
         `torch.Tensor` of shape `(samples,)`, at most `crop_seconds` long.
-    """
-    from torchcodec.decoders import AudioDecoder
 
+    Raises:
+        AudioDecodingError: unreadable, empty or corrupt audio (the message names the file when known).
+    """
     if isinstance(value, dict) and value.get("array") is not None:
         audio = torch.as_tensor(np.asarray(value["array"], dtype=np.float32))
         if audio.ndim == 2:
@@ -281,28 +285,33 @@ def decode_audio(value, sampling_rate: int, crop_seconds: float | None, crop: st
 
             audio = torchaudio.functional.resample(audio, source_rate, sampling_rate)
         return _crop_samples(audio, sampling_rate, crop_seconds, crop, rng)
-    if hasattr(value, "get_samples_played_in_range"):
+    if hasattr(value, "get_all_samples"):
         # Already a decoder: a `datasets` Audio column whose decoding was left on (e.g. after a `map`, when the
-        # features are unknown and cannot be switched off); it decodes at the file's own rate.
-        decoder = value
+        # features are unknown and cannot be switched off); its samples are at the file's own rate.
+        decoded = value.get_all_samples()
+        return decode_audio({"array": decoded.data.numpy(), "sampling_rate": decoded.sample_rate}, sampling_rate,
+                            crop_seconds, crop, rng)
+    path, data = (value.get("path"), value.get("bytes")) if isinstance(value, dict) else (None, value)
+    if isinstance(data, (str, Path)):
+        path, data = data, None
+    if data is not None:
+        audio = _load_encoded(bytes(data), sampling_rate, description=str(path or "embedded audio"))
+    elif path is not None:
+        audio = load_audio(path, sampling_rate)
     else:
-        source = value.get("bytes") or value.get("path") if isinstance(value, dict) else value
-        if source is None:
-            raise AudioDecodingError("the audio value has neither bytes nor a path")
-        decoder = AudioDecoder(str(source) if isinstance(source, Path) else source, sample_rate=sampling_rate, num_channels=1)
-    duration = decoder.metadata.duration_seconds
-    if crop_seconds is not None and duration and duration > crop_seconds:
-        span = duration - crop_seconds
-        start = rng.uniform(0.0, span) if crop == "random" else span / 2
-        decoded = decoder.get_samples_played_in_range(start, start + crop_seconds)
-    else:
-        decoded = decoder.get_all_samples()
-    samples = decoded.data.mean(dim=0)
-    if decoded.sample_rate != sampling_rate:
-        import torchaudio
+        raise AudioDecodingError("the audio value has neither bytes nor a path")
+    return _crop_samples(audio, sampling_rate, crop_seconds, crop, rng)
 
-        samples = torchaudio.functional.resample(samples, decoded.sample_rate, sampling_rate)
-    return _crop_samples(samples, sampling_rate, crop_seconds, crop, rng)
+
+def _load_encoded(data: bytes, sampling_rate: int, description: str) -> torch.Tensor:
+    """Encoded audio (a WebDataset or Parquet example's bytes) through the same file decoder."""
+    with tempfile.NamedTemporaryFile(suffix=".audio") as handle:
+        handle.write(data)
+        handle.flush()
+        try:
+            return load_audio(handle.name, sampling_rate)
+        except AudioDecodingError as error:
+            raise AudioDecodingError(str(error).replace(handle.name, description)) from None
 
 
 def _crop_samples(audio, sampling_rate, crop_seconds, crop, rng):
@@ -420,7 +429,7 @@ class TaggedAudioStream(torch.utils.data.IterableDataset):
         try:
             audio = decode_audio(example.get(self.audio_column), self.feature_extractor.sampling_rate,
                                  self.crop_seconds, self.crop, rng)
-        except Exception as error:  # AudioDecodingError; torchcodec/FFmpeg raise several types for damaged files
+        except Exception as error:  # AudioDecodingError, and whatever a damaged file makes FFmpeg raise
             return skip("undecodable_audio", f" ({type(error).__name__}: {str(error).splitlines()[0][:120]})")
         if audio.numel() == 0 or not torch.isfinite(audio).all() or audio.abs().max() == 0:
             return skip("empty_audio", " (no samples, silence or non-finite samples)")
