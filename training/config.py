@@ -7,7 +7,6 @@ that names the setting and the value (`ConfigError`). Numbers may be written in 
 """
 
 import dataclasses
-import json
 import types
 import typing
 from pathlib import Path

@@ -26,7 +26,6 @@ from . import EvaluationError
 from .embeddings import (
     POSTER_TOKEN_SETS,
     TrackEmbeddings,
-    extract_embeddings,
     extract_track_embeddings,
     load_encoder,
     parse_blocks,
@@ -577,21 +576,17 @@ def _model_name(model_or_path, encoder) -> str:
 
 
 __all__ = [
-    "POSTER_TOKEN_SETS",
     "PROBE_KINDS",
+    "TASKS",
     "ProbeClassifier",
-    "TrackEmbeddings",
-    "extract_embeddings",
-    "extract_track_embeddings",
-    "probe_dataset",
-    "probe_sweep",
     "carve_missing_splits",
     "checked_splits",
     "encode_split_labels",
     "fit_probe",
-    "standardized_tensors",
+    "probe_dataset",
+    "probe_sweep",
     "score_test_split",
+    "standardized_tensors",
     "train_epoch",
     "train_probe",
-    "write_probe_report",
 ]
