@@ -82,6 +82,27 @@ def test_changed_and_removed_rows_are_updated(tmp_path):
     assert "/music/track45.wav" not in index.paths()
 
 
+def test_killed_update_leaves_the_previous_index(tmp_path, monkeypatch):
+    import maest.similarity as similarity
+
+    vectors = clustered_vectors(30)
+    write_embeddings(tmp_path / "e.parquet", vectors[:20])
+    build_index(tmp_path / "e.parquet", tmp_path / "index")
+    write_embeddings(tmp_path / "e.parquet", vectors)
+
+    def killed(*args, **kwargs):  # dies after the new vectors file, before the rows and the manifest
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(similarity.pq, "write_table", killed)
+    with pytest.raises(KeyboardInterrupt):
+        build_index(tmp_path / "e.parquet", tmp_path / "index")
+    monkeypatch.undo()
+    assert len(SimilarityIndex.open(tmp_path / "index")) == 20
+    update = build_index(tmp_path / "e.parquet", tmp_path / "index")
+    assert (update.size, update.added) == (30, 10)
+    assert len(list((tmp_path / "index").iterdir())) == 3  # the killed run's file is gone
+
+
 def test_approximate_index_agrees_with_exact_search(tmp_path):
     vectors = clustered_vectors(4000, dim=64, clusters=40)
     write_embeddings(tmp_path / "e.parquet", vectors)
