@@ -141,3 +141,12 @@ def test_an_all_corrupt_dataset_is_one_line(tmp_path):
     with pytest.raises(DataQualityError, match="a whole pass over the data gave no usable example") as caught:
         Pretrainer(PretrainConfig(**settings)).run()
     assert "Original Traceback" not in one_line(caught) and "DataLoader worker" not in str(caught.value)
+
+
+def test_no_train_data_is_refused_before_anything_is_written(tmp_path):
+    from maest.training.config import ConfigError
+
+    with pytest.raises(ConfigError, match="set train_data") as caught:
+        Pretrainer(PretrainConfig(output_dir=str(tmp_path / "run")))
+    one_line(caught)
+    assert not (tmp_path / "run").exists()

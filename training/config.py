@@ -6,6 +6,7 @@ that names the setting and the value (`ConfigError`). Numbers may be written in 
 `2.0e-5`, `0.00002`, `200_000`): YAML 1.1 reads `1e-4` as a string, so numeric strings are converted here.
 """
 
+import argparse
 import dataclasses
 import types
 import typing
@@ -215,7 +216,7 @@ def parse_pretrain_arguments(argv: list[str], prog: str = "maest pretrain") -> P
         config_file = argv.pop(0)
     parser = HfArgumentParser(
         PretrainConfig, prog=prog, usage=f"{prog} [CONFIG.yaml] [--key value ...]", description=PARSER_DESCRIPTION,
-        epilog=PARSER_EPILOG,
+        epilog=PARSER_EPILOG, formatter_class=HelpFormatter,
     )
     parser.add_argument("--config", help="the YAML/JSON file of settings (or give it first, without --config)")
     known, _ = parser.parse_known_args(argv)
@@ -232,17 +233,24 @@ def parse_pretrain_arguments(argv: list[str], prog: str = "maest pretrain") -> P
     return config
 
 
-PARSER_DESCRIPTION = (
-    "Pre-trains MAEST with the paper's recipe on streamed tagged audio (Accelerate; works under accelerate launch "
-    "and torchrun). Settings come from a YAML or JSON file of PretrainConfig keys, given first, and --key value "
-    "overrides on the command line, e.g.: maest pretrain CONFIG.yaml --learning_rate 1e-3 --batch_size 8 "
-    "--model '{hidden_size: 192}'. Numbers take any notation (2e-5, 0.00002). An example config ships in "
-    "maest/training/pretrain-maest-30s.yaml."
-)
-PARSER_EPILOG = (
-    "--resume (no value) continues from the latest checkpoint in output_dir; an output_dir that holds an earlier run "
-    "is refused unless --resume or --overwrite is given. Boolean settings take --swa false / --no_swa."
-)
+PARSER_DESCRIPTION = """\
+Pre-trains MAEST with the paper's recipe on streamed tagged audio (Accelerate; works under
+accelerate launch and torchrun). Settings: a YAML or JSON file of PretrainConfig keys, given
+first, then --key value overrides:
+
+  maest pretrain CONFIG.yaml --learning_rate 1e-3 --batch_size 8 --model '{hidden_size: 192}'
+  maest pretrain --config CONFIG.yaml --output_dir runs/a --overwrite
+  maest pretrain runs/a/pretrain_config.yaml --resume
+
+Numbers take any notation (2e-5, 2.0e-5, 0.00002, 200_000). An example config ships in
+maest/training/pretrain-maest-30s.yaml."""
+PARSER_EPILOG = """\
+--resume (no value) continues from the latest checkpoint in output_dir; an output_dir that holds
+an earlier run is refused unless --resume or --overwrite is given. Booleans: --swa false, --no_swa."""
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults in the option list; the description and epilog keep their lines (the examples)."""
 
 
 def _checked_value(name: str, value, annotation):
