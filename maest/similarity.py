@@ -11,7 +11,7 @@ index.search_audio(["new_song.wav"], k=10)                      # embedded with 
 ```
 
 The vector search is FAISS (`faiss-cpu`): cosine similarity is the inner product of L2-normalized vectors. Small
-collections (up to `EXACT_MAX_VECTORS`) are searched exactly (`IndexFlatIP`); larger ones with an inverted-file
+collections (up to `EXACT_MAX_VECTORS`, 10k) are searched exactly (`IndexFlatIP`); larger ones with an inverted-file
 index (spherical k-means lists, vectors stored as 8-bit scalar-quantized codes), whose `nprobe` is chosen at build
 time as the smallest that reaches `RECALL_TARGET` recall@10 against exact search on sampled queries (reported in
 the manifest).
@@ -41,9 +41,9 @@ from maest.files import atomic_write, write_text_atomically
 
 INDEX_FORMAT = "maest-similarity-index"
 INDEX_VERSION = 1
-# Up to this many vectors the index is exact; past it, approximate (an exact scan of 50k 2304-dim vectors takes
-# a few milliseconds; of a million, hundreds).
-EXACT_MAX_VECTORS = 50_000
+# Up to this many vectors the index is exact; past it, approximate. An exact scan of 10k 2304-dim vectors is
+# 23M multiply-adds (a few ms); benchmarks/similarity_benchmark.py measured 100-350 ms for 20k-50k on 2 busy cores.
+EXACT_MAX_VECTORS = 10_000
 RECALL_TARGET = 0.97  # recall@10 the build tunes nprobe for (the promise is 0.95; a margin for later additions)
 RECALL_AT = 10
 RECALL_QUERIES = 200

@@ -15,7 +15,7 @@ def register(subparsers) -> None:
     index.add_argument("--out", required=True, help="the index directory (updated in place when it exists)")
     index.add_argument("--per-segment", action="store_true", help="index every segment (needs `maest embed --per-segment`)")
     index.add_argument("--overwrite", action="store_true", help="build from scratch even if OUT holds an index")
-    index.add_argument("--exact-max", type=int, default=None, help="largest collection searched exactly (default 50000)")
+    index.add_argument("--exact-max", type=int, default=None, help="largest collection searched exactly (default 10000)")
     index.set_defaults(func=run_index)
 
     similar = subparsers.add_parser("similar", help="nearest neighbours of audio files or indexed tracks")
