@@ -1,4 +1,4 @@
-"""`maest bench` (maest.inference.benchmark): the analytic FLOP count, and a quick run's JSON report."""
+"""`maest bench` (maest.benchmarks): the analytic FLOP count, and a quick run's JSON report."""
 
 import json
 
@@ -7,11 +7,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from maest import MAESTConfig, MAESTForAudioClassification
+from maest.benchmarks.report import render
 from maest.cli import main
-from maest.inference.benchmark import (
+from maest.benchmarks.measure import (
     TARGETS,
     count_flops,
-    format_report,
     interleaved_rounds,
     music_features,
     patchout_time_stride,
@@ -92,7 +92,7 @@ def test_quick_benchmark_writes_a_complete_report(tmp_path, capsys):
     status = main(
         [
             "bench", "--quick", "--preset", "maest-tiny", "--rounds", "1", "--training-rounds", "1",
-            "--skip-e2e", "--extra-variants", "int8-keep-fc2", "--peak-size", "256", "--output", str(output),
+            "--skip-e2e", "--backends", "--extra-variants", "int8-keep-fc2", "--peak-size", "256", "--output", str(output),
         ]
     )  # fmt: skip
     assert status == 0
@@ -130,13 +130,13 @@ def test_quick_benchmark_writes_a_complete_report(tmp_path, capsys):
     assert {"maest_over_ast", "fraction_of_flop_bound", "training_patchout_speedup"} <= set(results["targets"])
 
     printed = capsys.readouterr().out
-    assert printed.strip() == format_report(results).strip()
+    assert printed.strip() == render(results).strip()
     assert "fraction_of_flop_bound" in printed and "int8-keep-fc2" in printed
 
 
 @pytest.mark.slow
 def test_end_to_end_section_runs_files_through_the_embed_api(tiny_config):
-    from maest.inference.benchmark import benchmark_end_to_end
+    from maest.benchmarks.measure import benchmark_end_to_end
 
     torch.manual_seed(0)
     model = MAESTForAudioClassification(tiny_config).eval()

@@ -16,7 +16,7 @@ from .common import run_command
 COMMAND_MODULES = (
     "maest.cli.checkpoints",
     "maest.cli.collection",
-    "maest.inference.benchmark",
+    "maest.cli.bench",
     "maest.cli.training",
     "maest.cli.similarity",
 )

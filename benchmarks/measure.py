@@ -17,10 +17,8 @@ Machines shared with other work are noisy, so every measurement is interleaved: 
 (rotating the order), ratios are computed within a round, and the report gives medians over rounds.
 """
 
-import argparse
 import contextlib
 import copy
-import json
 import math
 import os
 import platform
@@ -30,15 +28,17 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
-from maest.files import write_text_atomically
-
-from .precision import cpu_precision_summary, prepare_model
+from maest import MAESTFeatureExtractor
+from maest.errors import MAESTError
+from maest.inference.model import InferenceModel
+from maest.inference.precision import cpu_precision_summary, prepare_model
 
 
 # The paper's structured patchout for the 30 s model: 90 of the 186 time columns of an 1875-frame crop are dropped.
@@ -196,18 +196,67 @@ def interleaved_rounds(variants: dict, rounds: int, device: torch.device, progre
     return times
 
 
-def matmul_peak_flops(device: torch.device, size: Optional[int] = None, dtype=torch.float32) -> Callable[[], None]:
-    """A call that multiplies two large square matrices; its FLOPs are `2 * size**3`. Returns (call, flops)."""
+def matmul_peak_calls(device: torch.device, size: int | None = None) -> dict:
+    """The GEMM peak candidates: name -> (call, FLOPs) for a large float32 square matmul in torch and, on CPU, in each
+    installed exported-graph runtime (their own kernels: one torch matmul understates the peak on some CPUs).
+    Each call runs 4 matmuls of `size` x `size` (2048 on CPU, 8192 on CUDA): `2 * size**3 * 4` FLOPs."""
     size = size or (8192 if device.type == "cuda" else 2048)
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
     repeats = 4
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
 
-    def call():
+    def torch_call():
         for _ in range(repeats):
             torch.matmul(a, b)
 
-    return call, 2 * size**3 * repeats
+    flops = 2 * size**3 * repeats
+    calls = {"torch": (torch_call, flops)}
+    if device.type == "cpu":
+        calls.update({name: (call, flops) for name, call in runtime_matmul_calls(a.numpy(), b.numpy(), repeats).items()})
+    return calls
+
+
+def runtime_matmul_calls(a: np.ndarray, b: np.ndarray, repeats: int) -> dict:
+    """name -> call of `repeats` float32 matmuls `a @ b` in ONNX Runtime and OpenVINO (the installed ones)."""
+    import onnx  # optional extra maest[onnx]
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "b"], ["c"])],
+        "matmul",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, list(a.shape)) for n in ("a", "b")],
+        [helper.make_tensor_value_info("c", TensorProto.FLOAT, list(a.shape))],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    calls = {}
+    with tempfile.TemporaryDirectory(prefix="maest-peak-") as directory:
+        path = str(Path(directory) / "matmul.onnx")
+        onnx.save(model, path)
+        from maest.inference import backends
+
+        for runtime in ("onnxruntime", "openvino"):
+            if backends.runtime_version(runtime) is None:
+                continue
+            if runtime == "onnxruntime":
+                session = backends.OnnxRuntimeSession(Path(path), torch.get_num_threads())
+                run = lambda s=session: s.session.run(None, {"a": a, "b": b})  # noqa: E731
+            else:
+                session = backends.OpenVINOSession(Path(path), torch.get_num_threads(), "float32")
+                run = lambda s=session: s.request.infer({"a": a, "b": b}, share_inputs=True)  # noqa: E731
+            calls[runtime] = (lambda run=run: [run() for _ in range(repeats)])
+    return calls
+
+
+def peak_section(peak_times: dict, peak_flops: dict) -> dict:
+    """The GEMM peak: per round, the best GFLOP/s of the runtimes' matmuls; per runtime, its median."""
+    per_runtime = {name: [peak_flops[name] / t / 1e9 for t in seconds] for name, seconds in peak_times.items()}
+    best_rounds = [max(values) for values in zip(*per_runtime.values())]
+    return {
+        "matmul_peak_gflops": _median(best_rounds),
+        "matmul_peak_gflops_rounds": best_rounds,
+        "matmul_peak_gflops_by_runtime": {name: _median(values) for name, values in per_runtime.items()},
+    }
 
 
 def _median(values):
@@ -288,120 +337,211 @@ def _accuracy(reference_embeddings, reference_logits, embeddings, logits) -> dic
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Sections of the benchmark
+# Variants: each is a zero-argument call timed on the same inputs, with its FLOPs and a way to get its outputs
 
 
-def benchmark_inference(model, inputs, device, rounds: int, variants: list, log, peak_size: Optional[int] = None) -> dict:
-    """Model-only throughput of each variant, the matmul peak, and their accuracy against float32 without patchout."""
-    config = model.config
-    num_frames = inputs.shape[1]
-    calls, flops, models, compile_seconds = {}, {}, {"float32": model}, {}
-    inputs_bf16 = inputs.to(torch.bfloat16)
-    skipped = {}
-    for name in variants:
-        if name == "float32":
-            calls[name] = lambda: model(inputs)
-            flops[name] = count_flops(config, num_frames)
-        elif name.startswith("stride"):
-            stride = int(name[len("stride") :])
-            calls[name] = _strided(model, stride, lambda: model(inputs))
-            flops[name] = count_flops(config, num_frames, time_stride=stride)
-        elif name == "bfloat16":
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                models[name] = prepare_model(copy.deepcopy(model), "bfloat16", device)
-            for warning in caught:
-                log(f"note: {warning.message}")
-            calls[name] = lambda: models["bfloat16"](inputs_bf16)
-            flops[name] = count_flops(config, num_frames)
-        elif name.startswith("int8"):
-            if device.type != "cpu":
-                skipped[name] = "dynamic int8 quantization runs on CPU only"
-                continue
-            skip = [] if name == "int8" else _int8_skip_modules(model, name[len("int8-keep-") :])
-            models[name] = prepare_model(copy.deepcopy(model), "int8", device, int8_skip_modules=skip)
-            calls[name] = (lambda m: lambda: m(inputs))(models[name])
-            flops[name] = count_flops(config, num_frames)
-        elif name == "ast":
-            models[name] = _ast_peer(model, device)
-            calls[name] = lambda: models["ast"](inputs)
-            flops[name] = count_flops(config, num_frames)
-        elif name == "float32-compiled":
-            # torch.compile (inductor) with freezing: weights become constants, linears get prepacked oneDNN
-            # kernels with fused bias/GELU epilogues. Not the default path; shows what compilation adds here.
-            compiled = torch.compile(model, options={"freezing": True})
-            try:
-                with torch.inference_mode():
-                    seconds = time_call(lambda: compiled(inputs), device)
-            except Exception as error:  # no C++ compiler, unsupported platform...
-                skipped[name] = f"torch.compile failed: {type(error).__name__}: {str(error).splitlines()[0][:200]}"
-                continue
-            log(f"compiled float32 model in {seconds:.1f} s")
-            compile_seconds[name] = seconds
-            models[name] = compiled
-            calls[name] = lambda: models["float32-compiled"](inputs)
-            flops[name] = count_flops(config, num_frames)
-        else:
-            raise ValueError(f"unknown variant {name!r}")
-    peak_call, peak_flops = matmul_peak_flops(device, size=peak_size)
-    calls["matmul_peak"] = peak_call
+@dataclass
+class Variant:
+    """One way of running the model: `call()` is timed; `outputs()` returns `(block embedding, logits or scores)`
+    for the accuracy report (None for variants that only reproduce float32, such as the AST peer)."""
 
-    log(f"timing {len(calls)} variants x {rounds} rounds, batch {inputs.shape[0]} ...")
+    call: Callable[[], object]
+    flops: int
+    outputs: Callable[[], tuple] | None = None
+
+
+def torch_variant(model, inputs, name: str, device, log) -> Variant:
+    """float32, strideK, bfloat16, int8[-keep-...] and float32-compiled under torch."""
+    config, frames = model.config, inputs.shape[1]
+    flops = count_flops(config, frames)
+    if name == "float32":
+        return Variant(lambda: model(inputs), flops, lambda: (model.maest.embed(inputs), model(inputs).logits))
+    if name.startswith("stride"):
+        stride = int(name[len("stride") :])
+        outputs = _strided(model, stride, lambda: (model.maest.embed(inputs), model(inputs).logits))
+        return Variant(_strided(model, stride, lambda: model(inputs)), count_flops(config, frames, time_stride=stride), outputs)
+    if name == "bfloat16":
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            variant = prepare_model(copy.deepcopy(model), "bfloat16", device)
+        for warning in caught:
+            log(f"note: {warning.message}")
+        half = inputs.to(torch.bfloat16)
+        return Variant(lambda: variant(half), flops, lambda: (variant.maest.embed(half), variant(half).logits))
+    if name.startswith("int8"):
+        if device.type != "cpu":
+            raise VariantSkipped("dynamic int8 quantization runs on CPU only")
+        skip = [] if name == "int8" else _int8_skip_modules(model, name[len("int8-keep-") :])
+        variant = prepare_model(copy.deepcopy(model), "int8", device, int8_skip_modules=skip)
+        return Variant(lambda: variant(inputs), flops, lambda: (variant.maest.embed(inputs), variant(inputs).logits))
+    if name == "ast":
+        peer = _ast_peer(model, device)
+        return Variant(lambda: peer(inputs), flops, lambda: (None, peer(inputs).logits))
+    if name == "float32-compiled":
+        return compiled_variant(model, inputs, device, log)
+    raise ValueError(f"unknown variant {name!r}")
+
+
+def compiled_variant(model, inputs, device, log) -> Variant:
+    """torch.compile (inductor) with freezing: weights become constants, linears get prepacked oneDNN kernels with
+    fused bias/GELU epilogues. Not the default path; shows what compilation adds here."""
+    compiled = torch.compile(model, options={"freezing": True})
+    try:
+        with torch.inference_mode():
+            seconds = time_call(lambda: compiled(inputs), device)
+    except Exception as error:  # no C++ compiler, unsupported platform...
+        raise VariantSkipped(f"torch.compile failed: {type(error).__name__}: {str(error).splitlines()[0][:200]}")
+    log(f"compiled float32 model in {seconds:.1f} s")
+    return Variant(lambda: compiled(inputs), count_flops(model.config, inputs.shape[1]), lambda: (None, compiled(inputs).logits))
+
+
+class VariantSkipped(Exception):
+    """A variant that cannot run here (the message says why); the benchmark reports it and goes on."""
+
+
+def backend_variant(model, inputs, name: str, device, log, cache_dir=None) -> Variant:
+    """`<backend>-<dtype>[-strideK]`, e.g. `onnxruntime-float32`, `openvino-int8-stride2`: the exported graph of
+    `maest.inference.backends` (built on first use, outside the timing)."""
+    from maest.inference import backends
+
+    parts = name.split("-")
+    backend, dtype = parts[0], parts[1]
+    stride = int(parts[2][len("stride") :]) if len(parts) > 2 else 1
+    if backends.runtime_version(backend) is None:
+        raise VariantSkipped(f"{backend} is not installed")
+    if device.type != "cpu":
+        raise VariantSkipped(f"{backend} runs on CPU only")
+    strided = copy.deepcopy(model)
+    strided.config.inference_patchout_time_stride = stride
+    inference_model = InferenceModel(strided, MAESTFeatureExtractor(max_length=inputs.shape[1]), name, device, "float32")
+    runner = backends.load_backend(inference_model, backend, dtype, cache_dir=cache_dir)
+    started = time.perf_counter()
+    runner.run(inputs, scores=True, embedding=True)  # exports (or reads the cache) and compiles both graphs
+    runner.run(inputs, scores=True)
+    log(f"{name}: graphs ready in {time.perf_counter() - started:.1f} s")
+
+    def outputs():
+        result = runner.run(inputs, scores=True, embedding=True)
+        return result["embedding"], torch.logit(result["scores"].double(), eps=1e-12)
+
+    flops = count_flops(model.config, inputs.shape[1], time_stride=stride)
+    return Variant(lambda: runner.run(inputs, scores=True), flops, outputs)
+
+
+def build_variants(model, inputs, device, names: list, log, cache_dir=None) -> tuple[dict, dict]:
+    """name -> `Variant` for every variant that runs here, and name -> reason for those that do not."""
+    variants, skipped = {}, {}
+    for name in names:
+        try:
+            if name.split("-")[0] in ("onnxruntime", "openvino"):
+                variants[name] = backend_variant(model, inputs, name, device, log, cache_dir)
+            else:
+                variants[name] = torch_variant(model, inputs, name, device, log)
+        except VariantSkipped as reason:
+            skipped[name] = str(reason)
+            log(f"{name}: skipped ({reason})")
+    return variants, skipped
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The model-only section
+
+
+def benchmark_inference(
+    model, inputs, device, rounds: int, names: list, log, peak_size: int | None = None, cache_dir=None
+) -> dict:
+    """Model-only throughput of each variant, the GEMM peak, and their accuracy against torch float32 without
+    patchout (the reference). Returns the `inference` section of the results."""
+    variants, skipped = build_variants(model, inputs, device, names, log, cache_dir)
+    peaks = matmul_peak_calls(device, peak_size)
+    calls = {name: variant.call for name, variant in variants.items()} | {f"peak:{n}": c for n, (c, _) in peaks.items()}
+    log(f"timing {len(calls)} calls x {rounds} rounds, batch {inputs.shape[0]} ...")
     with torch.inference_mode():
         times = interleaved_rounds(calls, rounds, device, progress=lambda r, n: log(f"  round {r}/{n}"))
+    peak_times = {name: times.pop(f"peak:{name}") for name in peaks}
+    results = peak_section(peak_times, {name: flops for name, (_, flops) in peaks.items()})
+    results["model_only"] = throughput_table(times, variants, inputs.shape)
+    results["skipped_variants"] = skipped
+    if "float32" in times:
+        results["flop_bound"] = flop_bound(model.config, inputs.shape, times["float32"], results["matmul_peak_gflops_rounds"])
+    results["ratios"] = speed_ratios(times, results)
+    log("accuracy against torch float32 without patchout ...")
+    with torch.inference_mode():
+        results["accuracy"] = accuracy_report(variants)
+    return results
 
-    batch_size = inputs.shape[0]
+
+def throughput_table(times: dict, variants: dict, shape) -> dict:
+    """Per variant: seconds per batch, minutes of audio per second and achieved GFLOP/s (medians over rounds)."""
+    batch_size, num_frames = shape[0], shape[1]
     seconds_of_audio = batch_size * _segment_seconds(num_frames)
-    peak_per_round = [peak_flops / t for t in times.pop("matmul_peak")]
-    results = {"matmul_peak_gflops": _median(peak_per_round) / 1e9, "matmul_peak_gflops_rounds": [p / 1e9 for p in peak_per_round]}
-    throughput = {}
-    for name, seconds in times.items():
-        throughput[name] = {
+    return {
+        name: {
             "seconds_per_batch_median": _median(seconds),
             "seconds_per_batch_rounds": seconds,
             "minutes_audio_per_second": seconds_of_audio / 60 / _median(seconds),
-            "gflops_per_input": flops[name] / 1e9,
-            "achieved_gflops_per_second": flops[name] * batch_size / _median(seconds) / 1e9,
+            "gflops_per_input": variants[name].flops / 1e9,
+            "achieved_gflops_per_second": variants[name].flops * batch_size / _median(seconds) / 1e9,
         }
-    results["model_only"] = throughput
-    results["skipped_variants"] = skipped
-    results["compile_seconds"] = compile_seconds
-    if "float32" in times:
-        per_round_fraction = [
-            flops["float32"] * batch_size / seconds / peak for seconds, peak in zip(times["float32"], peak_per_round)
-        ]
-        results["flop_bound"] = {
-            "float32_gflops_per_input": flops["float32"] / 1e9,
-            "minutes_audio_per_second": results["matmul_peak_gflops"] * 1e9 / flops["float32"] * _segment_seconds(num_frames) / 60,
-            "float32_fraction_rounds": per_round_fraction,
-        }
-
-    def ratio(numerator, denominator):
-        # Speed ratio within each round (noise hits both alike), then the median over rounds.
-        if numerator not in times or denominator not in times:
-            return None
-        return _median([d / n for n, d in zip(times[numerator], times[denominator])])
-
-    results["ratios"] = {
-        "maest_over_ast": ratio("float32", "ast"),
-        "stride2_over_none": ratio("stride2", "float32"),
-        "stride3_over_none": ratio("stride3", "float32"),
-        "bfloat16_over_float32": ratio("bfloat16", "float32"),
-        "int8_over_float32": ratio("int8", "float32"),
-        "fraction_of_flop_bound": _median(results["flop_bound"]["float32_fraction_rounds"]) if "float32" in times else None,
+        for name, seconds in times.items()
     }
-    if "float32-compiled" in times:
-        results["ratios"]["compiled_over_float32"] = ratio("float32-compiled", "float32")
-        results["ratios"]["compiled_fraction_of_flop_bound"] = _median(
-            [flops["float32"] * batch_size / seconds / peak for seconds, peak in zip(times["float32-compiled"], peak_per_round)]
-        )
-    for name in times:
-        if name.startswith("int8-keep-"):
-            results["ratios"][f"{name}_over_float32"] = ratio(name, "float32")
 
-    log("accuracy against float32 without patchout ...")
-    results["accuracy"] = _accuracy_report(model, models, inputs, inputs_bf16, list(times))
-    return results
+
+def flop_bound(config, shape, float32_seconds: list, peak_gflops_rounds: list) -> dict:
+    """The FLOP-bound limit the GEMM peak implies for MAEST, and torch float32's fraction of it per round."""
+    batch_size, num_frames = shape[0], shape[1]
+    flops = count_flops(config, num_frames)
+    peak = _median(peak_gflops_rounds) * 1e9
+    return {
+        "float32_gflops_per_input": flops / 1e9,
+        "minutes_audio_per_second": peak / flops * _segment_seconds(num_frames) / 60,
+        "float32_fraction_rounds": [flops * batch_size / s / (p * 1e9) for s, p in zip(float32_seconds, peak_gflops_rounds)],
+    }
+
+
+def round_ratio(times: dict, numerator: str, denominator: str) -> float | None:
+    """How many times faster `numerator` ran than `denominator`: the ratio within each round (noise hits both alike),
+    then the median over rounds. None when either did not run."""
+    if numerator not in times or denominator not in times:
+        return None
+    return _median([d / n for n, d in zip(times[numerator], times[denominator])])
+
+
+def speed_ratios(times: dict, results: dict) -> dict:
+    """The target ratios (see `TARGETS`) and every other variant's speed over torch float32."""
+    ratios = {
+        "maest_over_ast": round_ratio(times, "float32", "ast"),
+        "stride2_over_none": round_ratio(times, "stride2", "float32"),
+        "stride3_over_none": round_ratio(times, "stride3", "float32"),
+        "bfloat16_over_float32": round_ratio(times, "bfloat16", "float32"),
+        "int8_over_float32": round_ratio(times, "int8", "float32"),
+        "fraction_of_flop_bound": _median(results["flop_bound"]["float32_fraction_rounds"]) if "flop_bound" in results else None,
+    }
+    for name in times:
+        if name not in ("float32", "ast", "stride2", "stride3", "bfloat16", "int8"):
+            ratios[f"{name}_over_float32"] = round_ratio(times, name, "float32")
+    return ratios
+
+
+def accuracy_report(variants: dict) -> dict:
+    """Per variant against torch float32 without patchout: block-embedding cosine and top-5 agreement, or for the
+    variants that only reproduce float32 in another implementation (AST peer, compiled) the logits' difference."""
+    reference_embeddings, reference_logits = variants["float32"].outputs()
+    report = {}
+    for name, variant in variants.items():
+        if name == "float32" or variant.outputs is None:
+            continue
+        embeddings, logits = variant.outputs()
+        if embeddings is None:
+            report[name] = {
+                "logits_max_abs_difference": float((logits.float() - reference_logits).abs().max()),
+                "top5_agreement": _top_k_agreement(reference_logits, logits),
+            }
+        else:
+            report[name] = _accuracy(reference_embeddings, reference_logits, embeddings, logits)
+            if name.endswith("-float32"):
+                report[name]["logits_max_abs_difference"] = float((logits.float() - reference_logits).abs().max())
+    return report
 
 
 def _int8_skip_modules(model, which: str) -> list:
@@ -416,38 +556,6 @@ def _int8_skip_modules(model, which: str) -> list:
     if which == "heads":
         return [name for name in names if ".layers." not in name]
     raise ValueError(f"unknown int8 variant int8-keep-{which}: use fc2, first-last or heads")
-
-
-def _accuracy_report(model, models: dict, inputs, inputs_bf16, names: list) -> dict:
-    with torch.inference_mode():
-        reference_embeddings = model.maest.embed(inputs)
-        reference_logits = model(inputs).logits
-        report = {}
-        for name in names:
-            if name == "float32":
-                continue
-            if name.startswith("stride"):
-                with patchout_time_stride(model, int(name[len("stride") :])):
-                    embeddings, logits = model.maest.embed(inputs), model(inputs).logits
-            elif name == "bfloat16":
-                variant = models[name]
-                embeddings, logits = variant.maest.embed(inputs_bf16), variant(inputs_bf16).logits
-            elif name.startswith("int8"):
-                variant = models[name]
-                embeddings, logits = variant.maest.embed(inputs), variant(inputs).logits
-            elif name in ("ast", "float32-compiled"):
-                # Same weights, same float32 math in another implementation: tags must match MAEST's (for the AST
-                # peer, a check that it is the same model). Only logits: neither has `maest.embed`.
-                logits = models[name](inputs).logits
-                report[name] = {
-                    "logits_max_abs_difference": float((logits - reference_logits).abs().max()),
-                    "top5_agreement": _top_k_agreement(reference_logits, logits),
-                }
-                continue
-            else:
-                continue
-            report[name] = _accuracy(reference_embeddings, reference_logits, embeddings, logits)
-    return report
 
 
 def _segment_seconds(num_frames: int) -> float:
@@ -582,7 +690,7 @@ def _write_audio(path: Path, audio: np.ndarray, sampling_rate: int) -> None:
 # Report
 
 
-def _targets(results: dict, bf16_hardware: bool) -> dict:
+def check_targets(results: dict, bf16_hardware: bool) -> dict:
     ratios = results.get("inference", {}).get("ratios", {})
     accuracy = results.get("inference", {}).get("accuracy", {})
     values = dict(ratios)
@@ -602,104 +710,6 @@ def _targets(results: dict, bf16_hardware: bool) -> dict:
             entry["met"] = None
         report[name] = entry
     return report
-
-
-def format_report(results: dict) -> str:
-    """The human-readable table of a results dict."""
-    lines = []
-    machine = results["machine"]
-    lines.append(f"maest bench on {machine['device']} ({machine['cpu']}, {machine['threads']} threads), torch {machine['torch']}")
-    inference = results.get("inference")
-    if inference:
-        settings = results["settings"]
-        lines.append(
-            f"model-only: {results['model']}, batch {settings['batch_size']} x {settings['num_frames']} frames, "
-            f"{settings['rounds']} rounds (medians)"
-        )
-        lines.append(f"{'variant':<22}{'s/batch':>9}{'min audio/s':>13}{'GFLOP/s':>10}{'emb cos':>10}{'top-5':>8}")
-        for name, entry in inference["model_only"].items():
-            accuracy = inference["accuracy"].get(name, {})
-            cosine = accuracy.get("embedding_cosine_min")
-            top5 = accuracy.get("top5_agreement")
-            lines.append(
-                f"{name:<22}{entry['seconds_per_batch_median']:>9.3f}{entry['minutes_audio_per_second']:>13.3f}"
-                f"{entry['achieved_gflops_per_second']:>10.1f}"
-                f"{'' if cosine is None else f'{cosine:.5f}':>10}{'' if top5 is None else f'{top5:.2f}':>8}"
-            )
-        for name, reason in inference.get("skipped_variants", {}).items():
-            lines.append(f"{name:<22}skipped: {reason}")
-        if "flop_bound" in inference:
-            bound = inference["flop_bound"]
-            lines.append(
-                f"float32 matmul peak {inference['matmul_peak_gflops']:.1f} GFLOP/s; MAEST {bound['float32_gflops_per_input']:.1f} "
-                f"GFLOP per input -> FLOP bound {bound['minutes_audio_per_second']:.3f} min audio/s"
-            )
-    lines.append("")
-    lines.append(f"{'ratio':<34}{'value':>8}{'target':>8}  met")
-    for name, entry in results["targets"].items():
-        met = {True: "yes", False: "NO", None: "n/a"}[entry["met"]]
-        lines.append(f"{name:<34}{entry['value']:>8.3f}{entry['target']:>8.3f}  {met}" + (f"  ({entry['note']})" if "note" in entry else ""))
-    training = results.get("training")
-    if training and "skipped" not in training:
-        lines.append(
-            f"training (batch {training['batch_size']}, {training['crop_frames']} frames): "
-            f"{training['steps_per_second_no_patchout']:.3f} steps/s without patchout, "
-            f"{training['steps_per_second_patchout']:.3f} with {training['train_patchout_time']} of "
-            f"{training['time_columns']} columns dropped"
-        )
-    end_to_end = results.get("end_to_end")
-    if end_to_end and "skipped" not in end_to_end:
-        lines.append(
-            f"end-to-end ({end_to_end['num_files']} files, {end_to_end['audio_minutes']:.1f} min, batch "
-            f"{end_to_end['batch_size']}): {end_to_end['end_to_end_minutes_audio_per_second']:.3f} min audio/s vs "
-            f"model-only embed {end_to_end['model_only_minutes_audio_per_second']:.3f}"
-        )
-    for section in ("training", "end_to_end"):
-        if results.get(section, {}).get("skipped"):
-            lines.append(f"{section}: skipped ({results[section]['skipped']})")
-    return "\n".join(lines)
-
-
-def markdown_report(results: dict) -> str:
-    """The results as Markdown tables (for benchmarks/README.md)."""
-    lines = []
-    inference = results.get("inference")
-    settings = results["settings"]
-    machine = results["machine"]
-    lines.append(
-        f"Machine: {machine['cpu']}, {machine['threads']} threads, torch {machine['torch']}; model: {results['model']}; "
-        f"batch {settings['batch_size']} x {settings['num_frames']} frames; medians of {settings['rounds']} interleaved rounds."
-    )
-    lines.append("")
-    if inference:
-        lines.append("| variant | s / batch | min of audio / s | GFLOP/s | block embedding cosine (min) | top-5 agreement |")
-        lines.append("|---|---:|---:|---:|---:|---:|")
-        for name, entry in inference["model_only"].items():
-            accuracy = inference["accuracy"].get(name, {})
-            cosine = accuracy.get("embedding_cosine_min")
-            top5 = accuracy.get("top5_agreement")
-            lines.append(
-                f"| {name} | {entry['seconds_per_batch_median']:.3f} | {entry['minutes_audio_per_second']:.3f} | "
-                f"{entry['achieved_gflops_per_second']:.0f} | {'' if cosine is None else f'{cosine:.5f}'} | "
-                f"{'' if top5 is None else f'{top5:.2f}'} |"
-            )
-        if "flop_bound" in inference:
-            bound = inference["flop_bound"]
-            lines.append(
-                f"| FLOP bound (float32 matmul peak {inference['matmul_peak_gflops']:.0f} GFLOP/s, "
-                f"{bound['float32_gflops_per_input']:.1f} GFLOP per input) | | {bound['minutes_audio_per_second']:.3f} | "
-                f"{inference['matmul_peak_gflops']:.0f} | | |"
-            )
-        lines.append("")
-    lines.append("| ratio | value | target | met |")
-    lines.append("|---|---:|---:|---|")
-    for name, entry in results["targets"].items():
-        met = {True: "yes", False: "**no**", None: "n/a"}[entry["met"]]
-        lines.append(f"| {name} | {entry['value']:.3f} | {entry['target']:.3f} | {met} |")
-    for name, value in (inference or {}).get("ratios", {}).items():
-        if name not in results["targets"] and value is not None:
-            lines.append(f"| {name} | {value:.3f} | | |")
-    return "\n".join(lines) + "\n"
 
 
 def _machine(device: torch.device) -> dict:
@@ -727,12 +737,25 @@ def _machine(device: torch.device) -> dict:
     return machine
 
 
+def backend_variant_names(names=None, dtypes=None, strides=None) -> list[str]:
+    """`<backend>-<dtype>[-strideK]` for every installed exported-graph back-end (or `names`) x dtype x stride."""
+    from maest.inference.backends import EXPORTED_DTYPES, available_backends
+
+    names = [name for name in available_backends() if name != "torch"] if names is None else names
+    variants = []
+    for backend in names:
+        for dtype in dtypes or ("float32", "int8"):
+            if dtype in EXPORTED_DTYPES.get(backend, ()):
+                variants += [f"{backend}-{dtype}" + (f"-stride{k}" if k > 1 else "") for k in strides or (1, 2, 3)]
+    return variants
+
+
 def run_benchmark(args, log=None) -> dict:
     """Runs the benchmark described by parsed `maest bench` arguments and returns the results dict."""
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but no CUDA GPU is available")
+        raise MAESTError("--device cuda was asked for, but no CUDA GPU is available")
     if args.threads:
         torch.set_num_threads(args.threads)
     model, source = _load_or_build(args, device)
@@ -755,7 +778,10 @@ def run_benchmark(args, log=None) -> dict:
     }
     inputs = music_features(model.config, batch_size, seed=args.seed).to(device)
     variants = ["float32", "bfloat16", "int8", "stride2", "stride3", "ast"] + list(args.extra_variants or [])
-    results["inference"] = benchmark_inference(model, inputs, device, rounds, variants, log, args.peak_size)
+    variants += backend_variant_names(getattr(args, "backends", None), getattr(args, "dtypes", None), getattr(args, "strides", None))
+    results["inference"] = benchmark_inference(
+        model, inputs, device, rounds, variants, log, args.peak_size, getattr(args, "graph_cache", None)
+    )
     if args.skip_training:
         results["training"] = {"skipped": "--skip-training"}
     else:
@@ -770,49 +796,5 @@ def run_benchmark(args, log=None) -> dict:
             model, device, batch_size, 2 if args.quick else 3, args.e2e_files or (2 if args.quick else 6), "float32", log
         )
     bf16_hardware = device.type == "cuda" or cpu_precision_summary()["amx_bf16"] or cpu_precision_summary()["avx512_bf16"]
-    results["targets"] = _targets(results, bool(bf16_hardware))
+    results["targets"] = check_targets(results, bool(bf16_hardware))
     return results
-
-
-def bench_command(args) -> int:
-    results = run_benchmark(args)
-    print(format_report(results))
-    if args.output:
-        output = write_text_atomically(args.output, json.dumps(results, indent=2) + "\n")
-        print(f"wrote {output}", file=sys.stderr)
-    if args.markdown:
-        Path(args.markdown).write_text(markdown_report(results))
-        print(f"wrote {args.markdown}", file=sys.stderr)
-    return 0
-
-
-def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "bench",
-        help="measure MAEST's speed (precisions, patchout, AST peer, FLOP bound, end-to-end, training)",
-        description=__doc__.split("\n\n")[0],
-    )
-    parser.add_argument("--quick", action="store_true", help="batch 1 and fewer rounds (a few minutes on 2 CPU cores)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    parser.add_argument("--output", "-o", help="write the results as JSON to this file")
-    parser.add_argument("--markdown", help="also write the tables as Markdown to this file")
-    parser.add_argument("--skip-e2e", action="store_true", help="skip the end-to-end (audio files) measurement")
-    parser.add_argument("--skip-training", action="store_true", help="skip the training-speed measurement")
-    parser.add_argument("--model", help="a MAEST directory or checkpoint (default: random weights of --preset)")
-    parser.add_argument("--batch-size", type=int, help="inputs per batch (default 2, 1 with --quick)")
-    parser.add_argument("--rounds", type=int, help="interleaved timing rounds (default 7, 3 with --quick)")
-    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
-    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
-    parser.add_argument("--preset", default="maest-30s", help=argparse.SUPPRESS)
-    parser.add_argument("--config", help=argparse.SUPPRESS)
-    parser.add_argument("--peak-size", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--training-batch-size", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--training-rounds", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--e2e-files", type=int, help=argparse.SUPPRESS)
-    parser.add_argument(
-        "--extra-variants",
-        nargs="*",
-        help="more variants: float32-compiled (torch.compile, inductor with freezing), and int8 keeping some Linears "
-        "in float32: int8-keep-fc2, int8-keep-first-last, int8-keep-heads",
-    )
-    parser.set_defaults(func=bench_command)

@@ -1,0 +1,59 @@
+"""`maest bench`: measures every back-end x dtype x patchout stride side by side in one run, with the accuracy cost
+(see `maest.benchmarks.measure`)."""
+
+import argparse
+import json
+import sys
+
+
+def bench_command(args) -> int:
+    # imported here: maest --help must start fast
+    from maest.benchmarks.measure import run_benchmark
+    from maest.benchmarks.report import render
+    from maest.files import write_text_atomically
+
+    results = run_benchmark(args)
+    print(render(results), end="")
+    if args.output:
+        print(f"wrote {write_text_atomically(args.output, json.dumps(results, indent=2) + chr(10))}", file=sys.stderr)
+    if args.markdown:
+        print(f"wrote {write_text_atomically(args.markdown, render(results, markdown=True))}", file=sys.stderr)
+    return 0
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "bench",
+        help="measure MAEST's speed (back-ends, precisions, patchout, AST peer, GEMM peak, end-to-end, training)",
+        description="How fast MAEST runs on this machine, and what each speed-up costs in accuracy.",
+    )
+    parser.add_argument("--quick", action="store_true", help="batch 1 and fewer rounds (a few minutes on 2 CPU cores)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--output", "-o", help="write the results as JSON to this file")
+    parser.add_argument("--markdown", help="also write the tables as Markdown to this file")
+    parser.add_argument("--skip-e2e", action="store_true", help="skip the end-to-end (audio files) measurement")
+    parser.add_argument("--skip-training", action="store_true", help="skip the training-speed measurement")
+    parser.add_argument("--model", help="a MAEST directory or checkpoint (default: random weights of --preset)")
+    parser.add_argument("--batch-size", type=int, help="inputs per batch (default 2, 1 with --quick)")
+    parser.add_argument("--rounds", type=int, help="interleaved timing rounds (default 7, 3 with --quick)")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument(
+        "--backends", nargs="*", default=None,
+        help="exported-graph back-ends to measure (default: the installed ones of onnxruntime, openvino; none: torch only)",
+    )  # fmt: skip
+    parser.add_argument("--dtypes", nargs="*", default=["float32", "int8"], help="dtypes of the back-ends (default float32 int8)")
+    parser.add_argument("--strides", nargs="*", type=int, default=[1, 2, 3], help="patchout time strides of the back-ends")
+    parser.add_argument("--graph-cache", help="folder of the exported graphs (default: the back-ends' cache)")
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--preset", default="maest-30s", help=argparse.SUPPRESS)
+    parser.add_argument("--config", help=argparse.SUPPRESS)
+    parser.add_argument("--peak-size", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--training-batch-size", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--training-rounds", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--e2e-files", type=int, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--extra-variants", nargs="*",
+        help="more variants: float32-compiled (torch.compile, inductor with freezing), and int8 keeping some Linears "
+        "in float32: int8-keep-fc2, int8-keep-first-last, int8-keep-heads",
+    )  # fmt: skip
+    parser.set_defaults(func=bench_command)
