@@ -25,7 +25,7 @@ def torch_model(tiny_config):
 
 @pytest.fixture(scope="module")
 def segments(tiny_config):
-    from maest.benchmarks.measure import music_features
+    from maest.benchmarks.measure import music_features  # the benchmark's music-like inputs
 
     return music_features(tiny_config, batch_size=3, seed=5)
 

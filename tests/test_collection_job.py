@@ -5,6 +5,7 @@ unreadable folders, a full disk. Each test states the user-visible promise (rows
 import errno
 import json
 import os
+import re
 import shutil
 import signal
 import struct
@@ -221,17 +222,23 @@ def test_a_lost_manifest_cannot_mix_rows_of_other_settings(good_wav, small_model
 def test_a_double_ctrl_c_keeps_the_buffered_finished_tracks(small_model_dir, tmp_path):
     directory = tmp_path / "many"
     directory.mkdir()
-    for index in range(10):
+    for index in range(24):
         write_audio(directory / f"track{index:02d}.wav", synth_music(6.0, seed=200 + index))
     out = tmp_path / "emb.parquet"
     command = [sys.executable, "-m", "maest", "embed", str(directory), "--model", str(small_model_dir), "--out", str(out),
                "--num-workers", "0", "--flush-every", "1000"]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, env=dict(os.environ, OMP_NUM_THREADS="1"))
     err = bytearray()
-    reader = threading.Thread(target=lambda: err.extend(iter(lambda: process.stderr.read(1), b"")), daemon=True)
+
+    def read_stderr():
+        for chunk in iter(lambda: process.stderr.read1(256), b""):
+            err.extend(chunk)
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
     reader.start()
     deadline = time.monotonic() + 120
-    while b" 3/10 " not in err and process.poll() is None and time.monotonic() < deadline:
+    # The progress bar (stderr) says when at least 3 tracks are finished (and held in the store's buffer).
+    while not re.search(rb" ([3-9]|1[0-9])/24 ", bytes(err)) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     assert process.poll() is None, err.decode()
     process.send_signal(signal.SIGINT)
