@@ -5,6 +5,9 @@ neighbours list with audio players, and the downloads."""
 import os
 import shutil
 import socket
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -27,11 +30,22 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def wait_for_server(process: subprocess.Popen, port: int, log_path, timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"maest app exited with status {process.returncode}: {log_path.read_text()[-2000:]}")
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"maest app did not listen on port {port} within {timeout:.0f} s")
+
+
 @pytest.fixture(scope="module")
 def served_app(tmp_path_factory, small_model_dir):
-    """The app on 127.0.0.1 with the small model and an index of four generated tracks."""
-    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
-    from maest.app import launch_app
+    """`maest app` (the command itself, in its own process) on 127.0.0.1 with an index of four generated tracks; the
+    app takes its model from the index."""
     from maest.inference import embed
     from maest.similarity import build_index
 
@@ -41,9 +55,22 @@ def served_app(tmp_path_factory, small_model_dir):
     embed([str(folder)], out=folder.parent / "songs.parquet", model=str(small_model_dir), num_workers=0)
     build_index(folder.parent / "songs.parquet", folder.parent / "songs.index")
     port = free_port()
-    app = launch_app(model=None, index=folder.parent / "songs.index", port=port, top_k=3, prevent_thread_lock=True, quiet=True)
-    yield f"http://127.0.0.1:{port}/", folder.parent / "songs.index"
-    app.close()
+    command = [sys.executable, "-m", "maest", "app", "--index", str(folder.parent / "songs.index"), "--port", str(port),
+               "--top-k", "3"]
+    environment = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1")
+    log_path = folder.parent / "app.log"  # a file, not a pipe: nobody reads the server's output while it runs
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment)
+    try:
+        wait_for_server(process, port, log_path)
+        yield f"http://127.0.0.1:{port}/", folder.parent / "songs.index"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def test_upload_shows_styles_timeline_and_neighbours(served_app, small_model_dir, tmp_path):

@@ -30,7 +30,7 @@ def eager_model(tiny_config):
     # torch's FlopCounterMode does not count the CPU flash-attention kernel; the eager path's bmm's it does.
     torch.manual_seed(0)
     model = MAESTForAudioClassification(tiny_config).eval()
-    model.config._attn_implementation = "eager"
+    model.set_attn_implementation("eager")
     return model
 
 
@@ -53,8 +53,8 @@ def test_flop_count_of_embeddings_runs_only_the_needed_blocks(eager_model):
 
 def test_flop_count_with_training_patchout(tiny_config):
     config = MAESTConfig(**{**tiny_config.to_dict(), "train_patchout_time": 14})
-    config._attn_implementation = "eager"
     model = MAESTForAudioClassification(config).train()
+    model.set_attn_implementation("eager")
     inputs = torch.randn(1, config.max_length, config.num_mel_bins)
     counted = _counted_flops(lambda: model(inputs))
     kept = config.num_time_patches(config.max_length) - 14
