@@ -350,7 +350,40 @@ def build_model_card(
     tags: list[str] | None = None,
     description: str | None = None,
 ) -> ModelCard:
-    """The model card of a MAEST directory, without writing it; see [`write_model_card`] for the arguments."""
+    """The model card of a MAEST directory, without writing it ([`write_model_card`] writes it).
+
+    Args:
+        save_directory: the `save_pretrained` directory.
+        config (`MAESTConfig` or `dict`, *optional*): the model's config; read from `save_directory/config.json`
+            when not given.
+        model_name (`str`, *optional*): the card's title and `model-index` name; by default the last part of
+            `repo_id`, else the released checkpoint's repo name (`maest-30s`), else the directory name.
+        repo_id (`str`, *optional*): the Hub repo the usage examples load from (e.g. `"my-org/maest-30s"`).
+        published (`str`, *optional*): for conversions of the released checkpoints, the original checkpoint name
+            (`"discogs-maest-30s-pw-129e"`, a `*-swa.ckpt` file name) or repo name (`"maest-30s"`). The card then
+            describes that checkpoint (training data, initialization, input length) and, for the 30 s model, carries
+            the paper's downstream results as its `model-index`. The config must have that checkpoint's shape.
+        base_model (`str`, *optional*): Hub id (or path) of the model this one was fine-tuned or initialized from;
+            a Hub id also goes into the metadata (`base_model`), a local path only into the text.
+        training_summary (`dict`, *optional*): how the model was trained, e.g. `{"dataset": ..., "epochs": ...,
+            "steps": ..., "recipe": {"learning_rate": ..., "mixup_alpha": ...}}`; shown as a table (nested dicts are
+            flattened to `recipe.learning_rate`).
+        probe_results (`dict`, list of `dict`, or JSON file path, *optional*): a `maest probe` report
+            (`results.json`; its best configuration is reported), or results, each
+            `{"task": "genre", "roc_auc": 0.88, "average_precision": 0.21, ...}` (optional `dataset`,
+            `dataset_name`, `dataset_config`, `split`; other keys such as `block` or `tokens` are shown as
+            details). Metrics are fractions in [0, 1]; they become `model-index` entries.
+        evaluation_results (same forms as `probe_results`, *optional*): the model's own scores on a labelled set,
+            e.g. after fine-tuning (`{"task": ..., "accuracy": ...}`; `eval_`-prefixed Trainer keys are accepted).
+        license (`str`): the Hub license id; `cc-by-nc-sa-4.0`, the license of the released MAEST weights, by
+            default (models derived from them inherit it: share-alike).
+        datasets (`str` or list of `str`, *optional*): Hub dataset ids the model was trained on.
+        tags (list of `str`, *optional*): extra Hub tags.
+        description (`str`, *optional*): a paragraph of your own, placed under the title.
+
+    Returns:
+        `huggingface_hub.ModelCard`, checked to parse back.
+    """
     save_directory = Path(save_directory)
     config = _load_config(save_directory, config)
     if published is not None and not isinstance(published, PublishedCheckpoint):
@@ -416,73 +449,10 @@ def build_model_card(
     return _render(template, card_data, context)
 
 
-def write_model_card(
-    save_directory,
-    config=None,
-    *,
-    model_name: str | None = None,
-    repo_id: str | None = None,
-    published: str | PublishedCheckpoint | None = None,
-    base_model: str | None = None,
-    training_summary: Mapping | None = None,
-    probe_results=None,
-    evaluation_results=None,
-    license: str = DEFAULT_LICENSE,
-    datasets: str | list[str] | None = None,
-    tags: list[str] | None = None,
-    description: str | None = None,
-    filename: str = CARD_NAME,
-) -> Path:
-    """Writes the model card (`README.md`) of a saved MAEST directory and returns its path.
-
-    Args:
-        save_directory: the `save_pretrained` directory; the card goes to `save_directory / filename`.
-        config (`MAESTConfig` or `dict`, *optional*): the model's config; read from `save_directory/config.json`
-            when not given.
-        model_name (`str`, *optional*): the card's title and `model-index` name; by default the last part of
-            `repo_id`, else the released checkpoint's repo name (`maest-30s`), else the directory name.
-        repo_id (`str`, *optional*): the Hub repo the usage examples load from (e.g. `"my-org/maest-30s"`).
-        published (`str`, *optional*): for conversions of the released checkpoints, the original checkpoint name
-            (`"discogs-maest-30s-pw-129e"`, a `*-swa.ckpt` file name) or repo name (`"maest-30s"`). The card then
-            describes that checkpoint (training data, initialization, input length) and, for the 30 s model, carries
-            the paper's downstream results as its `model-index`. The config must have that checkpoint's shape.
-        base_model (`str`, *optional*): Hub id (or path) of the model this one was fine-tuned or initialized from;
-            a Hub id also goes into the metadata (`base_model`), a local path only into the text.
-        training_summary (`dict`, *optional*): how the model was trained, e.g. `{"dataset": ..., "epochs": ...,
-            "steps": ..., "recipe": {"learning_rate": ..., "mixup_alpha": ...}}`; shown as a table (nested dicts are
-            flattened to `recipe.learning_rate`).
-        probe_results (`dict`, list of `dict`, or JSON file path, *optional*): a `maest probe` report
-            (`results.json`; its best configuration is reported), or results, each
-            `{"task": "genre", "roc_auc": 0.88, "average_precision": 0.21, ...}` (optional `dataset`,
-            `dataset_name`, `dataset_config`, `split`; other keys such as `block` or `tokens` are shown as
-            details). Metrics are fractions in [0, 1]; they become `model-index` entries.
-        evaluation_results (same forms as `probe_results`, *optional*): the model's own scores on a labelled set,
-            e.g. after fine-tuning (`{"task": ..., "accuracy": ...}`; `eval_`-prefixed Trainer keys are accepted).
-        license (`str`): the Hub license id; `cc-by-nc-sa-4.0`, the license of the released MAEST weights, by
-            default (models derived from them inherit it: share-alike).
-        datasets (`str` or list of `str`, *optional*): Hub dataset ids the model was trained on.
-        tags (list of `str`, *optional*): extra Hub tags.
-        description (`str`, *optional*): a paragraph of your own, placed under the title.
-        filename (`str`): the card's file name (`README.md`).
-
-    Returns:
-        `Path` of the written card.
-    """
-    card = build_model_card(
-        save_directory,
-        config,
-        model_name=model_name,
-        repo_id=repo_id,
-        published=published,
-        base_model=base_model,
-        training_summary=training_summary,
-        probe_results=probe_results,
-        evaluation_results=evaluation_results,
-        license=license,
-        datasets=datasets,
-        tags=tags,
-        description=description,
-    )
+def write_model_card(save_directory, config=None, *, filename: str = CARD_NAME, **card_options) -> Path:
+    """Writes the model card of a saved MAEST directory to `save_directory / filename` (`README.md`) and returns its
+    path; `card_options` are those of [`build_model_card`]."""
+    card = build_model_card(save_directory, config, **card_options)
     path = Path(save_directory) / filename
     path.parent.mkdir(parents=True, exist_ok=True)
     card.save(path)
