@@ -14,6 +14,7 @@ The corpus is written as an `audiofolder` (FLAC files plus `metadata.jsonl`), wh
 """
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -91,104 +92,155 @@ def _noise_hit(length: int, rng: np.random.Generator, high_pass: int) -> np.ndar
     return np.diff(noise, n=high_pass)[:length] / (2.0**high_pass) ** 0.5
 
 
+@dataclass(frozen=True)
+class Arrangement:
+    """The musical plan of one track: style, tempo grid, key, scale and chord progression."""
+
+    style: str
+    seconds: float
+    bpm: float
+    key: int
+    scale: tuple
+    progression: tuple
+
+    @property
+    def spec(self) -> dict:
+        return STYLES[self.style]
+
+    @property
+    def length(self) -> int:
+        return int(self.seconds * SAMPLING_RATE)
+
+    @property
+    def step(self) -> float:
+        return 60.0 / self.bpm / 4  # a 16th note
+
+    @property
+    def num_steps(self) -> int:
+        return int(np.ceil(self.seconds / self.step))
+
+    @property
+    def chord_seconds(self) -> float:
+        bar = 16 * self.step
+        return bar if self.bpm < 120 else 2 * bar
+
+    def chord_at(self, time: float) -> list[int]:
+        """MIDI notes of the triad sounding at `time` (seconds)."""
+        degree = self.progression[int(time / self.chord_seconds) % len(self.progression)]
+        return [48 + self.key + self.scale[(degree + i) % 7] + 12 * ((degree + i) // 7) for i in (0, 2, 4)]
+
+
+def _render_drums(plan: Arrangement, rng: np.random.Generator) -> np.ndarray:
+    drums = np.zeros(plan.length)
+    kick_length, snare_length, hat_length = int(0.25 * SAMPLING_RATE), int(0.18 * SAMPLING_RATE), int(0.05 * SAMPLING_RATE)
+    t = np.arange(kick_length) / SAMPLING_RATE
+    # A sine gliding from 120 Hz down to 50 Hz: phase of f(t) = 50 + 70 exp(-t / 0.03).
+    kick = np.sin(2 * np.pi * (50 * t + 70 * 0.03 * (1 - np.exp(-t / 0.03)))) * np.exp(-t / 0.09)
+    for i in range(plan.num_steps):
+        start = int(i * plan.step * SAMPLING_RATE)
+        if i % 16 in plan.spec["kick"]:
+            _add(drums, start, 0.9 * kick)
+        if i % 16 in plan.spec["snare"]:
+            snare = 0.5 * _noise_hit(snare_length, rng, 1) * _envelope(snare_length, 0.001, 0.05)
+            snare += 0.3 * _additive(185.0, snare_length, [(1, 1.0)]) * _envelope(snare_length, 0.001, 0.04)
+            _add(drums, start, snare)
+        if i % 16 in plan.spec["hats"]:
+            _add(drums, start, 0.25 * _noise_hit(hat_length, rng, 3) * _envelope(hat_length, 0.0005, 0.012))
+    return drums
+
+
+def _render_bass(plan: Arrangement, rng: np.random.Generator) -> np.ndarray:
+    bass = np.zeros(plan.length)
+    note_steps = 2 if plan.style in ("funk", "house") else 4
+    for i in range(0, plan.num_steps, note_steps):
+        if plan.style == "house" and i % 4 == 0:
+            continue  # off-beat bass
+        time = i * plan.step
+        root = plan.chord_at(time)[0] - 12 + (12 if rng.random() < 0.15 else 0)
+        note_length = int(note_steps * plan.step * SAMPLING_RATE)
+        sound = _additive(_midi_to_hz(root), note_length, [(1, 1.0), (2, 0.5), (3, 0.25), (4, 0.12)])
+        _add(bass, int(time * SAMPLING_RATE), 0.5 * sound * _envelope(note_length, 0.005, 0.25))
+    return bass
+
+
+def _render_plucked(plan: Arrangement, rng: np.random.Generator) -> np.ndarray:
+    plucked = np.zeros(plan.length)
+    for i in range(0, plan.num_steps, 2):
+        time = i * plan.step
+        note = plan.chord_at(time)[(i // 2) % 3] + 12
+        note_length = int(min(0.6, 4 * plan.step) * SAMPLING_RATE)
+        _add(plucked, int(time * SAMPLING_RATE), 0.45 * karplus_strong(_midi_to_hz(note), note_length, rng))
+    return plucked
+
+
+def _render_chords(plan: Arrangement, voice_name: str) -> np.ndarray:
+    """Held chords: an organ (bright harmonics, slow decay) or a pad (two detuned voices, slow attack)."""
+    voice = np.zeros(plan.length)
+    chord_length = int(plan.chord_seconds * SAMPLING_RATE)
+    time = 0.0
+    while time < plan.seconds:
+        for note in plan.chord_at(time):
+            frequency = _midi_to_hz(note + 12)
+            if voice_name == "organ":
+                harmonics = [(1, 1.0), (2, 0.6), (3, 0.4), (4, 0.3), (6, 0.2), (8, 0.15)]
+                sound = _additive(frequency, chord_length, harmonics) * _envelope(chord_length, 0.01, 10.0)
+            else:
+                harmonics = [(h, 1.0 / h) for h in range(1, 6)]
+                sound = sum(_additive(frequency, chord_length, harmonics, detune=d) for d in (-0.004, 0.004))
+                sound *= np.minimum(1.0, np.arange(chord_length) / (0.3 * SAMPLING_RATE))
+            _add(voice, int(time * SAMPLING_RATE), 0.12 * sound)
+        time += plan.chord_seconds
+    return voice
+
+
+def _render_lead(plan: Arrangement, rng: np.random.Generator) -> np.ndarray:
+    lead = np.zeros(plan.length)
+    for i in range(0, plan.num_steps, 4):
+        time = i * plan.step
+        if rng.random() < 0.3:
+            continue
+        note = 72 + plan.key + plan.scale[int(rng.integers(0, 7))]
+        note_length = int(4 * plan.step * SAMPLING_RATE)
+        sound = _additive(_midi_to_hz(note), note_length, [(h, 1.0 / h) for h in (1, 3, 5, 7, 9)])
+        _add(lead, int(time * SAMPLING_RATE), 0.15 * sound * _envelope(note_length, 0.01, 0.4))
+    return lead
+
+
+def _mix(parts: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
+    """Each part peak-normalized at a random level, a little noise, the whole at 0.9 of full scale."""
+    mix = np.zeros_like(parts[0])
+    for part in parts:
+        peak = np.abs(part).max()
+        if peak > 0:
+            mix += part / peak * rng.uniform(0.5, 1.0)
+    mix += 0.003 * rng.standard_normal(len(mix))
+    return 0.9 * mix / np.abs(mix).max()
+
+
 def synthesize_track(style: str, seconds: float, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
-    """One track of `style`; returns (float32 audio in [-1, 1], its tags and facts)."""
+    """One track of `style`; returns (float32 audio in [-1, 1], its tags and facts).
+
+    The random draws happen in a fixed order (plan, then each instrument in the order below, then the mix), so a
+    seed gives the same corpus on every machine."""
     spec = STYLES[style]
     bpm = float(rng.uniform(*spec["tempo"]))
     mode = "major" if rng.random() < spec["major"] else "minor"
     instruments = [name for name in INSTRUMENTS if rng.random() < spec["instruments"][name]] or ["plucked"]
     key = int(rng.integers(0, 12))
-    scale = MAJOR_SCALE if mode == "major" else MINOR_SCALE
     progression = PROGRESSIONS[mode][int(rng.integers(len(PROGRESSIONS[mode])))]
-    length = int(seconds * SAMPLING_RATE)
-    step = 60.0 / bpm / 4  # a 16th note
-    bar = 16 * step
-    chord_seconds = bar if bpm < 120 else 2 * bar
-    parts = {}
-
-    def chord_at(time):
-        degree = progression[int(time / chord_seconds) % len(progression)]
-        return [48 + key + scale[(degree + i) % 7] + 12 * ((degree + i) // 7) for i in (0, 2, 4)]
-
-    num_steps = int(np.ceil(seconds / step))
-    if "drums" in instruments:
-        drums = np.zeros(length)
-        kick_length, snare_length, hat_length = int(0.25 * SAMPLING_RATE), int(0.18 * SAMPLING_RATE), int(0.05 * SAMPLING_RATE)
-        t = np.arange(kick_length) / SAMPLING_RATE
-        # A sine gliding from 120 Hz down to 50 Hz: phase of f(t) = 50 + 70 exp(-t / 0.03).
-        kick = np.sin(2 * np.pi * (50 * t + 70 * 0.03 * (1 - np.exp(-t / 0.03)))) * np.exp(-t / 0.09)
-        for i in range(num_steps):
-            start = int(i * step * SAMPLING_RATE)
-            if i % 16 in spec["kick"]:
-                _add(drums, start, 0.9 * kick)
-            if i % 16 in spec["snare"]:
-                snare = 0.5 * _noise_hit(snare_length, rng, 1) * _envelope(snare_length, 0.001, 0.05)
-                snare += 0.3 * _additive(185.0, snare_length, [(1, 1.0)]) * _envelope(snare_length, 0.001, 0.04)
-                _add(drums, start, snare)
-            if i % 16 in spec["hats"]:
-                _add(drums, start, 0.25 * _noise_hit(hat_length, rng, 3) * _envelope(hat_length, 0.0005, 0.012))
-        parts["drums"] = drums
-    if "bass" in instruments:
-        bass = np.zeros(length)
-        note_steps = 2 if style in ("funk", "house") else 4
-        for i in range(0, num_steps, note_steps):
-            if style == "house" and i % 4 == 0:
-                continue  # off-beat bass
-            time = i * step
-            root = chord_at(time)[0] - 12 + (12 if rng.random() < 0.15 else 0)
-            note_length = int(note_steps * step * SAMPLING_RATE)
-            sound = _additive(_midi_to_hz(root), note_length, [(1, 1.0), (2, 0.5), (3, 0.25), (4, 0.12)])
-            _add(bass, int(time * SAMPLING_RATE), 0.5 * sound * _envelope(note_length, 0.005, 0.25))
-        parts["bass"] = bass
-    if "plucked" in instruments:
-        plucked = np.zeros(length)
-        for i in range(0, num_steps, 2):
-            time = i * step
-            chord = chord_at(time)
-            note = chord[(i // 2) % 3] + 12
-            note_length = int(min(0.6, 4 * step) * SAMPLING_RATE)
-            _add(plucked, int(time * SAMPLING_RATE), 0.45 * karplus_strong(_midi_to_hz(note), note_length, rng))
-        parts["plucked"] = plucked
-    if "organ" in instruments or "pad" in instruments:
-        for name in ("organ", "pad"):
-            if name not in instruments:
-                continue
-            voice = np.zeros(length)
-            time = 0.0
-            while time < seconds:
-                chord_length = int(chord_seconds * SAMPLING_RATE)
-                for note in chord_at(time):
-                    frequency = _midi_to_hz(note + 12)
-                    if name == "organ":
-                        sound = _additive(frequency, chord_length, [(1, 1.0), (2, 0.6), (3, 0.4), (4, 0.3), (6, 0.2), (8, 0.15)])
-                        sound *= _envelope(chord_length, 0.01, 10.0)
-                    else:
-                        sound = sum(_additive(frequency, chord_length, [(h, 1.0 / h) for h in range(1, 6)], detune=d) for d in (-0.004, 0.004))
-                        sound *= np.minimum(1.0, np.arange(chord_length) / (0.3 * SAMPLING_RATE))
-                    _add(voice, int(time * SAMPLING_RATE), 0.12 * sound)
-                time += chord_seconds
-            parts[name] = voice
-    if "lead" in instruments:
-        lead = np.zeros(length)
-        for i in range(0, num_steps, 4):
-            time = i * step
-            if rng.random() < 0.3:
-                continue
-            note = 72 + key + scale[int(rng.integers(0, 7))]
-            note_length = int(4 * step * SAMPLING_RATE)
-            sound = _additive(_midi_to_hz(note), note_length, [(h, 1.0 / h) for h in (1, 3, 5, 7, 9)])
-            _add(lead, int(time * SAMPLING_RATE), 0.15 * sound * _envelope(note_length, 0.01, 0.4))
-        parts["lead"] = lead
-    mix = np.zeros(length)
-    for part in parts.values():
-        peak = np.abs(part).max()
-        if peak > 0:
-            mix += part / peak * rng.uniform(0.5, 1.0)
-    mix += 0.003 * rng.standard_normal(length)
-    mix = 0.9 * mix / np.abs(mix).max()
+    plan = Arrangement(style, seconds, bpm, key, MAJOR_SCALE if mode == "major" else MINOR_SCALE, progression)
+    renderers = {
+        "drums": lambda: _render_drums(plan, rng),
+        "bass": lambda: _render_bass(plan, rng),
+        "plucked": lambda: _render_plucked(plan, rng),
+        "organ": lambda: _render_chords(plan, "organ"),
+        "pad": lambda: _render_chords(plan, "pad"),
+        "lead": lambda: _render_lead(plan, rng),
+    }
+    parts = [render() for name, render in renderers.items() if name in instruments]
     facts = {"styles": [style], "instruments": instruments, "tempo": [tempo_class(bpm)], "mode": [mode],
              "bpm": round(bpm, 1), "key": key}
-    return mix.astype(np.float32), facts
+    return _mix(parts, rng).astype(np.float32), facts
 
 
 def write_corpus(output_dir, num_tracks: int = 240, seconds: float = 8.0, seed: int = 0, audio_format: str = "flac",
