@@ -26,6 +26,8 @@ _EXPORTS = {
     "load_original_checkpoint": "maest.modeling",
     "pool_embedding_tokens": "maest.modeling",
     "MAESTFeatureExtractor": "maest.feature_extraction",
+    # The original research code's entry point (palonso/MAEST), on this package's classes.
+    "get_maest": "maest.original",
 }
 
 __all__ = sorted(_EXPORTS)
