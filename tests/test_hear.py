@@ -108,6 +108,7 @@ def test_bad_audio_raises_one_line_errors(hear_model, audio, message):
     assert message in str(error.value) and "\n" not in str(error.value)
 
 
+@pytest.mark.slow  # two 87M-parameter models and one 30 s segment: 17 s on 2 busy cores
 def test_without_a_model_file_random_weights_of_the_30s_shape_with_a_warning():
     with pytest.warns(UserWarning, match="RANDOM weights of the discogs-maest-30s-pw-129e shape"):
         model = load_model("")
