@@ -169,3 +169,21 @@ def test_similar_finds_the_mp3_copy_and_indexed_paths(collection, tmp_path, caps
     assert lines[0] == "query,rank,path,score" and len(lines) == 3
     assert all(indexed not in line.split(",")[2] for line in lines[1:])  # the query is not its own neighbour
     assert main(["similar", str(tmp_path / "nothing.wav"), "--index", str(tmp_path / "index")]) == 2
+
+
+def test_per_segment_index_finds_the_segment_and_its_start(tmp_path):
+    # Each track has two segments: v and -v (write_embeddings), 5 s apart.
+    vectors = clustered_vectors(40, seed=3)
+    write_embeddings(tmp_path / "e.parquet", vectors)
+    update = build_index(tmp_path / "e.parquet", tmp_path / "index", per_segment=True)
+    assert (update.size, update.added) == (80, 80)
+    index = SimilarityIndex.open(tmp_path / "index")
+    assert index.per_segment and len(index) == 80
+    top = index.search(-vectors[7], k=3, settings=SETTINGS)
+    assert (top[0].path, top[0].segment, top[0].start_seconds) == ("/music/track7.wav", 1, 5.0)
+    truth = exact_neighbours(normalize(np.concatenate([vectors, -vectors])), normalize(-vectors[7:8]), 3)[0]
+    expected = [(f"/music/track{i % 40}.wav", i // 40) for i in truth]
+    assert [(n.path, n.segment) for n in top] == expected
+    # A per-track index of the same file has one row per track and no segment fields.
+    build_index(tmp_path / "e.parquet", tmp_path / "tracks")
+    assert SimilarityIndex.open(tmp_path / "tracks").search(vectors[7], k=1)[0].segment is None
