@@ -23,6 +23,7 @@ _EXPORTS = {
     "MAESTConfig": "maest.modeling",
     "MAESTForAudioClassification": "maest.modeling",
     "MAESTModel": "maest.modeling",
+    "load_maest": "maest.modeling",
     "load_original_checkpoint": "maest.modeling",
     "pool_embedding_tokens": "maest.modeling",
     "MAESTFeatureExtractor": "maest.feature_extraction",
