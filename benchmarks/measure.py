@@ -9,8 +9,11 @@ One run measures, on the same machine and in the same process:
   analytically by `count_flops`);
 - the accuracy cost of each variant against float32 without patchout: cosine similarity of the block embedding
   (`model.maest.embed`) and top-5 tag agreement, on log-mels of synthetic music;
-- end-to-end throughput from audio files to embeddings through `maest.inference` (decode, resample, front-end and
-  model), against model-only embedding throughput at the same batch size;
+- every exported-graph back-end (ONNX Runtime, OpenVINO) x dtype x patchout stride (`backend_variant_names`), and
+  the fastest float32 path and the fastest path at embedding cosine >= `ACCURATE_COSINE` (`fastest_paths`);
+- end-to-end throughput from audio files (20 tracks of 1-2 min by default) to embeddings through `maest.inference`
+  (decode, resample, front-end in loader processes, model on the fastest float32 back-end), against model-only
+  embedding throughput of the same segments at the same batch size through the same back-end;
 - training steps per second (forward, backward, AdamW step) with and without the paper's structured patchout.
 
 Machines shared with other work are noisy, so every measurement is interleaved: each round times every variant once
@@ -56,7 +59,15 @@ TARGETS = {
     "int8_embedding_cosine": 0.998,
     "end_to_end_over_model_only": 0.95,
     "training_patchout_speedup": 1.7,
+    # Issue 14 (back-ends): the fastest float32 path, and the fastest path that keeps the block embedding at cosine
+    # >= ACCURATE_COSINE to torch float32 (any back-end, dtype, patchout stride), over torch float32.
+    "fastest_float32_over_torch": 1.3,
+    "fastest_accurate_over_torch": 4.0,
 }
+ACCURATE_COSINE = 0.998
+# The float32 variants that compute torch float32's function without patchout (candidates for the first target and
+# for the end-to-end back-end).
+FLOAT32_PATHS = ("float32", "float32-compiled", "onnxruntime-float32", "openvino-float32")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -174,17 +185,18 @@ def time_call(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def interleaved_rounds(variants: dict, rounds: int, device: torch.device, progress=None) -> dict:
+def interleaved_rounds(variants: dict, rounds: int, device: torch.device, progress=None, warm_up: bool = True) -> dict:
     """Times every variant once per round, rotating which goes first, after one untimed warm-up call each.
 
     Args:
         variants: name -> zero-argument callable.
+        warm_up: False when the caller already ran each variant once (long end-to-end passes).
 
     Returns:
         name -> list of seconds, one per round (so that index r of every list belongs to round r).
     """
     names = list(variants)
-    for name in names:
+    for name in names if warm_up else ():
         variants[name]()
     times = {name: [] for name in names}
     for round_index in range(rounds):
@@ -416,16 +428,17 @@ def backend_variant(model, inputs, name: str, device, log, cache_dir=None) -> Va
     inference_model = InferenceModel(strided, MAESTFeatureExtractor(max_length=inputs.shape[1]), name, device, "float32")
     runner = backends.load_backend(inference_model, backend, dtype, cache_dir=cache_dir)
     started = time.perf_counter()
-    runner.run(inputs, scores=True, embedding=True)  # exports (or reads the cache) and compiles both graphs
-    runner.run(inputs, scores=True)
-    log(f"{name}: graphs ready in {time.perf_counter() - started:.1f} s")
+    runner.run(inputs, scores=True, embedding=True)  # exports (or reads the cache) and compiles the graph
+    log(f"{name}: graph ready in {time.perf_counter() - started:.1f} s")
 
     def outputs():
         result = runner.run(inputs, scores=True, embedding=True)
         return result["embedding"], torch.logit(result["scores"].double(), eps=1e-12)
 
+    # Timed on the graph with both outputs (one export per variant, not two): the embedding is a pooling of a block's
+    # hidden state that the scores need anyway, a negligible cost next to the blocks.
     flops = count_flops(model.config, inputs.shape[1], time_stride=stride)
-    return Variant(lambda: runner.run(inputs, scores=True), flops, outputs)
+    return Variant(lambda: runner.run(inputs, scores=True, embedding=True), flops, outputs)
 
 
 def build_variants(model, inputs, device, names: list, log, cache_dir=None) -> tuple[dict, dict]:
@@ -468,7 +481,27 @@ def benchmark_inference(
     log("accuracy against torch float32 without patchout ...")
     with torch.inference_mode():
         results["accuracy"] = accuracy_report(variants)
+    results["fastest"] = fastest_paths(results["ratios"], results["accuracy"])
     return results
+
+
+def fastest_paths(ratios: dict, accuracy: dict) -> dict:
+    """The fastest float32 path (`FLOAT32_PATHS`) and the fastest path whose block embedding keeps cosine >=
+    `ACCURATE_COSINE` to torch float32 (any variant but the AST peer), each as `{"variant", "over_torch"}`."""
+    # Each variant's speed over torch float32 (torch's patchout strides are named `strideK_over_none`).
+    speeds = {name: ratios.get(f"{name}_over_float32", ratios.get(f"{name}_over_none")) for name in accuracy}
+    speeds = {name: value for name, value in speeds.items() if value is not None} | {"float32": 1.0}
+    float32 = {name: value for name, value in speeds.items() if name in FLOAT32_PATHS}
+    accurate = {
+        name: value
+        for name, value in speeds.items()
+        if name == "float32" or (accuracy.get(name, {}).get("embedding_cosine_min") or 0.0) >= ACCURATE_COSINE
+    }
+    fastest = {}
+    for kind, candidates in (("float32", float32), ("accurate", accurate)):
+        name = max(candidates, key=candidates.get)
+        fastest[kind] = {"variant": name, "over_torch": candidates[name]}
+    return fastest
 
 
 def throughput_table(times: dict, variants: dict, shape) -> dict:
@@ -616,33 +649,64 @@ def benchmark_training(model, device, batch_size: int, rounds: int, patchout_tim
     }
 
 
+def synthetic_track(seconds: float, sampling_rate: int, seed: int, clip_seconds: float = 10.0) -> np.ndarray:
+    """A track of any length from `synthetic_music` clips of `clip_seconds` with their own seeds, one after another
+    (`synthetic_music` costs time proportional to beats x samples: minutes-long tracks are made of short clips)."""
+    num_samples = int(round(seconds * sampling_rate))
+    clips, made = [], 0
+    while made < num_samples:
+        clip_length = min(clip_seconds, (num_samples - made) / sampling_rate)
+        clip = synthetic_music(clip_length, sampling_rate, seed * 1000 + len(clips))
+        clips.append(clip)
+        made += len(clip)
+    return np.concatenate(clips)[:num_samples]
+
+
 def benchmark_end_to_end(
-    model, device, batch_size: int, rounds: int, num_files: int, dtype: str, log, num_workers: Optional[int] = None
+    model,
+    device,
+    batch_size: int,
+    rounds: int,
+    num_files: int,
+    dtype: str,
+    log,
+    num_workers: Optional[int] = None,
+    backend: str = "torch",
+    minutes: tuple = (None, None),
+    cache_dir=None,
 ) -> dict:
     """Audio files -> track embeddings through `maest.inference.embed` (decode, resample, front-end in loader
-    processes, model), against the model-only time of the same segments in the same batches."""
+    processes, model on `backend`), against the model-only time of the same segments in the same batches through
+    the same back-end.
+
+    Args:
+        minutes: `(shortest, longest)` track length in minutes (uniform); None: one to two segment lengths.
+    """
     try:
         from maest.inference import embed, load_model
+        from maest.inference.backends import load_backend
     except ImportError as error:
         return {"skipped": f"maest.inference has no embed API ({error})"}
     from maest import MAESTFeatureExtractor
 
     extractor = MAESTFeatureExtractor(max_length=model.config.max_length)
     segment_seconds = extractor_seconds(extractor, model.config.max_length)
+    shortest = segment_seconds if minutes[0] is None else 60.0 * minutes[0]
+    longest = 2 * segment_seconds if minutes[1] is None else 60.0 * minutes[1]
     with tempfile.TemporaryDirectory(prefix="maest-bench-") as directory:
         directory = Path(directory)
         model.save_pretrained(directory / "model")
         extractor.save_pretrained(directory / "model")
-        inference_model = load_model(str(directory / "model"), device=str(device), dtype=dtype)
+        inference_model = load_model(str(directory / "model"), device=str(device))
         inference_model.inference_patchout_time_stride = 1
+        inference_model = load_backend(inference_model, backend, dtype, cache_dir=cache_dir)
         files, total_seconds = [], 0.0
         rng = np.random.default_rng(0)
         for index in range(num_files):
-            # One to two segments long (30-60 s for the 30 s model), 44.1 kHz, in several formats: resampling and
-            # decoding are part of the work.
-            seconds = float(rng.uniform(1.0, 2.0) * segment_seconds)
+            # 44.1 kHz, in several formats: resampling and decoding are part of the work.
+            seconds = float(rng.uniform(shortest, longest))
             path = directory / f"track{index:02d}.{('flac', 'mp3', 'wav', 'ogg')[index % 4]}"
-            _write_audio(path, synthetic_music(seconds, 44100, seed=100 + index), 44100)
+            _write_audio(path, synthetic_track(seconds, 44100, seed=100 + index), 44100)
             files.append(str(path))
             total_seconds += seconds
 
@@ -652,7 +716,7 @@ def benchmark_end_to_end(
                 raise RuntimeError(f"end-to-end benchmark: tracks failed: {results.failed}")
             return results
 
-        warm_up = end_to_end()
+        warm_up = end_to_end()  # also builds the back-end's graph
         num_segments = int(np.sum(warm_up.num_segments))
         # The model-only twin: the same segments in the same batch sizes, through the same prepared model.
         sizes = [batch_size] * (num_segments // batch_size) + ([num_segments % batch_size] if num_segments % batch_size else [])
@@ -663,14 +727,23 @@ def benchmark_end_to_end(
             for batch in batches:
                 inference_model.run(batch, scores=False, embedding=True)
 
-        log(f"end-to-end: {num_files} files, {total_seconds / 60:.1f} min of audio, {num_segments} segments, batch {batch_size} ...")
-        times = interleaved_rounds({"end_to_end": end_to_end, "model_only": model_only}, rounds, device)
+        model_only()  # the warm-up of the twin (end_to_end's was the pass above)
+        log(
+            f"end-to-end ({backend} {dtype}): {num_files} files, {total_seconds / 60:.1f} min of audio, "
+            f"{num_segments} segments, batch {batch_size}, {rounds} rounds ..."
+        )
+        times = interleaved_rounds(
+            {"end_to_end": end_to_end, "model_only": model_only}, rounds, device,
+            progress=lambda r, n: log(f"  round {r}/{n}"), warm_up=False,
+        )  # fmt: skip
     ratios = [m / e for m, e in zip(times["model_only"], times["end_to_end"])]
     return {
         "num_files": num_files,
         "audio_minutes": total_seconds / 60,
+        "track_minutes_range": [shortest / 60, longest / 60],
         "segments": num_segments,
         "batch_size": batch_size,
+        "backend": backend,
         "dtype": dtype,
         "num_workers": num_workers,
         "end_to_end_minutes_audio_per_second": total_seconds / 60 / _median(times["end_to_end"]),
@@ -699,12 +772,20 @@ def check_targets(results: dict, bf16_hardware: bool) -> dict:
     end_to_end = results.get("end_to_end", {})
     values["end_to_end_over_model_only"] = end_to_end.get("end_to_end_over_model_only")
     values["training_patchout_speedup"] = results.get("training", {}).get("patchout_speedup")
+    notes = {}
+    if end_to_end.get("backend"):
+        notes["end_to_end_over_model_only"] = f"{end_to_end['backend']} {end_to_end['dtype']}"
+    for kind, entry in results.get("inference", {}).get("fastest", {}).items():
+        values[f"fastest_{kind}_over_torch"] = entry["over_torch"]
+        notes[f"fastest_{kind}_over_torch"] = entry["variant"]
     report = {}
     for name, target in TARGETS.items():
         value = values.get(name)
         if value is None:
             continue
         entry = {"value": value, "target": target, "met": bool(value >= target)}
+        if name in notes:
+            entry["note"] = notes[name]
         if name == "bfloat16_over_float32" and not bf16_hardware:
             entry["note"] = "no bf16 units on this hardware: bf16 is expected to be slower (target does not apply)"
             entry["met"] = None
@@ -750,6 +831,13 @@ def backend_variant_names(names=None, dtypes=None, strides=None) -> list[str]:
     return variants
 
 
+def end_to_end_backend(inference: dict) -> str:
+    """The back-end of the fastest float32 path measured (torch when the fastest is torch itself or compiled)."""
+    variant = inference.get("fastest", {}).get("float32", {}).get("variant", "float32")
+    backend = variant.split("-")[0]
+    return backend if backend in ("onnxruntime", "openvino") else "torch"
+
+
 def run_benchmark(args, log=None) -> dict:
     """Runs the benchmark described by parsed `maest bench` arguments and returns the results dict."""
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
@@ -792,9 +880,13 @@ def run_benchmark(args, log=None) -> dict:
     if args.skip_e2e:
         results["end_to_end"] = {"skipped": "--skip-e2e"}
     else:
+        backend = getattr(args, "e2e_backend", None) or end_to_end_backend(results["inference"])
+        minutes = getattr(args, "e2e_minutes", None) or ((None, None) if args.quick else (1.0, 2.0))
         results["end_to_end"] = benchmark_end_to_end(
-            model, device, batch_size, 2 if args.quick else 3, args.e2e_files or (2 if args.quick else 6), "float32", log
-        )
+            model, device, batch_size, getattr(args, "e2e_rounds", None) or (2 if args.quick else 3),
+            args.e2e_files or (2 if args.quick else 20), "float32", log, backend=backend, minutes=tuple(minutes),
+            cache_dir=getattr(args, "graph_cache", None),
+        )  # fmt: skip
     bf16_hardware = device.type == "cuda" or cpu_precision_summary()["amx_bf16"] or cpu_precision_summary()["avx512_bf16"]
     results["targets"] = check_targets(results, bool(bf16_hardware))
     return results

@@ -63,7 +63,8 @@ def summary_lines(results: dict) -> list[str]:
     end_to_end = results.get("end_to_end") or {}
     if end_to_end and "skipped" not in end_to_end:
         lines.append(
-            f"end-to-end ({end_to_end['num_files']} files, {end_to_end['audio_minutes']:.1f} min, batch "
+            f"end-to-end ({end_to_end.get('backend', 'torch')} {end_to_end['dtype']}, {end_to_end['num_files']} files, "
+            f"{end_to_end['audio_minutes']:.1f} min of audio, {end_to_end['segments']} segments, batch "
             f"{end_to_end['batch_size']}): {end_to_end['end_to_end_minutes_audio_per_second']:.3f} min audio/s vs "
             f"model-only embed {end_to_end['model_only_minutes_audio_per_second']:.3f}"
         )

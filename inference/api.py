@@ -7,6 +7,7 @@ model = load_model("path/to/maest-dir")                # or the default Hub mode
 results = tag(["song.mp3", "album/"], model=model)     # files and directories (recursive)
 results.top(5)                                         # per track: [(label, score), ...]
 results = embed(["album/"], model=model, block=6)      # in memory: results.embeddings (tracks, dim)
+tag(["album/"], model="path/to/maest-dir", backend="onnxruntime")  # an exported graph on CPU (maest[onnx])
 embed(["album/"], out="album.parquet", model=model)    # to a file; resumable, skips finished tracks
 tag([waveform], sampling_rate=44100, model=model)      # arrays too
 ```
@@ -77,7 +78,8 @@ def tag(
             padded), `"pad"` (always keep it) or `"drop"`; a track shorter than one segment is always one padded
             segment.
         **options: `batch_size` (segments per model call, 8), `num_workers` (decoding/feature processes; by
-            default 1-2 on CPU, up to 8 with CUDA, 0 for arrays), `device`, `dtype`, `inference_patchout_time_stride`,
+            default 1-2 on CPU, up to 8 with CUDA, 0 for arrays), `device`, `dtype`, `backend` (`"torch"` by default,
+            `"onnxruntime"`, `"openvino"` or `"auto"`: see `load_model`), `inference_patchout_time_stride`,
             `min_duration` (seconds, 1.0: shorter tracks fail), `progress`, `overwrite`, `on_failure`
             (see `CollectionSettings`).
 

@@ -3,18 +3,21 @@ or OpenVINO (`--backend torch|onnxruntime|openvino|auto`).
 
 `load_backend(inference_model, backend, dtype)` returns an `InferenceModel` whose `run(segments, scores, embedding,
 block, tokens)` takes the same `(batch, frames, 96)` features and returns the same dict of float32 CPU tensors. For
-ONNX Runtime and OpenVINO the model is exported once per model, settings and runtime version (`export_graph`: the
-weights' digest, inference patchout strides, block, tokens, outputs, dtype), into a cache folder
-(`$MAEST_CACHE` or `~/.cache/maest`, subfolder `graphs`), built in a temporary folder and renamed into place, so
-concurrent jobs never read half a graph. Batch and frames are dynamic.
+ONNX Runtime and OpenVINO the model is exported once per model, settings and the versions that build the graph
+(`export_graph`: the weights' digest, inference patchout strides, block, tokens, outputs, dtype; torch's version, the
+exporter, and for int8 ONNX Runtime's, the quantizer), into a cache folder (`$MAEST_CACHE` or `~/.cache/maest`,
+subfolder `graphs`), built in a temporary folder and renamed into place, so concurrent jobs never read half a graph.
+Both runtimes read the same `.onnx` file (an ONNX graph does not depend on the runtime that runs it). Batch and frames
+are dynamic.
 
 dtypes: ``float32`` everywhere; ``int8`` on ONNX Runtime and OpenVINO is ONNX Runtime's dynamic quantization of the
 MatMul weights (int8, one scale per output channel; activations quantized per call), the same scheme as torch's
 `--dtype int8`; ``bfloat16`` on OpenVINO sets its bf16 inference-precision hint (pays only with AMX / AVX512-BF16).
 
-`auto` picks by this rule (backed by `maest bench` on a 2-core AVX2 EPYC, DESIGN.md section 7 and
-benchmarks/results.md): on CPU, float32 and int8 run fastest under ONNX Runtime, then OpenVINO, then torch; bfloat16
-and CUDA devices run under torch. A runtime that is not installed falls back to the next one, saying so once.
+`auto` picks by this rule (backed by `maest bench` on a 2-core AVX2 EPYC, benchmarks/results.md and README "Speed"):
+on CPU, float32 and int8 run fastest under ONNX Runtime, then OpenVINO, then torch; bfloat16 and CUDA devices run
+under torch. A runtime that is not installed is passed over for the next one, saying so once. A named back-end that
+cannot run (not installed, another dtype, CUDA) is an error, never replaced.
 """
 
 import copy
@@ -24,7 +27,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -41,9 +44,10 @@ BACKENDS = ("torch", "onnxruntime", "openvino")
 BACKEND_CHOICES = ("auto",) + BACKENDS
 # The dtypes each exported-graph runtime runs (torch runs every dtype of `maest.inference.precision`).
 EXPORTED_DTYPES = {"onnxruntime": ("float32", "int8"), "openvino": ("float32", "int8", "bfloat16")}
-# `auto`'s order of preference on CPU, fastest first (see the module docstring).
+# `auto`'s order of preference on CPU, fastest first, and the dtypes it sends there (see the module docstring).
 AUTO_ORDER = ("onnxruntime", "openvino", "torch")
-GRAPH_FORMAT = 1  # bump when the exported graph changes, so that cached graphs are rebuilt
+AUTO_DTYPES = ("float32", "int8")
+GRAPH_FORMAT = 2  # bump when the exported graph changes, so that cached graphs are rebuilt
 
 
 class BackendError(MAESTError, ValueError):
@@ -76,35 +80,52 @@ def available_backends() -> list[str]:
 _fallbacks_reported: set = set()
 
 
+def _extra(backend: str) -> str:
+    return "onnx" if backend == "onnxruntime" else backend
+
+
 def resolve_backend(backend: str = "auto", dtype: str = "float32", device="cpu") -> str:
-    """The back-end that runs `dtype` on `device`: `backend` itself, or for ``"auto"`` the first installed one of
-    `AUTO_ORDER` that runs `dtype` (torch on CUDA). A missing runtime falls back to torch with a warning, once."""
+    """The back-end that runs `dtype` on `device`.
+
+    A named back-end is itself, or an error (`BackendError`) when it is not installed, does not run `dtype`, or is an
+    exported one asked for on CUDA: an explicit choice is never replaced silently. ``"auto"`` follows the module's
+    rule: on CPU, float32 and int8 run on the first installed one of `AUTO_ORDER`; bfloat16 and CUDA devices run on
+    torch. When `auto` passes over a runtime that is not installed it says so, once per process.
+    """
     if backend not in BACKEND_CHOICES:
-        raise BackendError(f"Unknown backend {backend!r}: choose one of {', '.join(BACKEND_CHOICES)}")
-    if torch.device(device).type != "cpu":
-        if backend not in ("auto", "torch"):
-            raise BackendError(f"backend {backend!r} runs on CPU only, not on {device!r}: use --backend torch")
+        raise BackendError(f"unknown backend {backend!r}: choose one of {', '.join(BACKEND_CHOICES)}")
+    cpu = torch.device(device).type == "cpu"
+    if backend == "torch":
         return "torch"
-    candidates = AUTO_ORDER if backend == "auto" else (backend,)
-    for candidate in candidates:
-        if candidate != "torch" and dtype not in EXPORTED_DTYPES[candidate]:
-            if backend != "auto":
-                raise BackendError(
-                    f"backend {backend!r} does not run dtype {dtype!r}: choose {', '.join(EXPORTED_DTYPES[backend])}"
-                )
-            continue
-        if runtime_version(candidate) is not None:
-            return candidate
-        if (candidate, backend) not in _fallbacks_reported:
-            _fallbacks_reported.add((candidate, backend))
-            extra = "onnx" if candidate == "onnxruntime" else candidate
-            warnings.warn(
-                f"{candidate} is not installed (pip install 'maest[{extra}]'): running on "
-                f"{'the next back-end' if backend == 'auto' else 'torch'} instead",
-                UserWarning,
-                stacklevel=2,
+    if backend != "auto":
+        if not cpu:
+            raise BackendError(
+                f"backend {backend!r} runs on CPU only, not on {device!r}: use --backend torch (or auto)"
             )
-    return "torch"
+        if dtype not in EXPORTED_DTYPES[backend]:
+            raise BackendError(
+                f"backend {backend!r} does not run dtype {dtype!r}: choose {', '.join(EXPORTED_DTYPES[backend])}"
+            )
+        if runtime_version(backend) is None:
+            raise BackendError(
+                f"backend {backend!r} is not installed: pip install 'maest[{_extra(backend)}]', or use --backend torch"
+            )
+        return backend
+    if not cpu or dtype not in AUTO_DTYPES:
+        return "torch"
+    missing = [name for name in AUTO_ORDER if name != "torch" and runtime_version(name) is None]
+    chosen = next(name for name in AUTO_ORDER if name not in missing)
+    passed_over = missing[: AUTO_ORDER.index(chosen)]
+    if passed_over and (tuple(passed_over), chosen) not in _fallbacks_reported:
+        _fallbacks_reported.add((tuple(passed_over), chosen))
+        install = " or ".join(f"pip install 'maest[{_extra(name)}]'" for name in passed_over)
+        warnings.warn(
+            f"backend auto: {' and '.join(passed_over)} not installed ({install} for a faster CPU path); running on "
+            f"{chosen}",
+            UserWarning,
+            stacklevel=2,
+        )
+    return chosen
 
 
 def graph_cache_dir() -> Path:
@@ -134,7 +155,7 @@ class GraphKey:
     tokens: tuple
     outputs: str
     dtype: str
-    runtime: str
+    quantizer: str = ""  # int8: ONNX Runtime's version (its quantizer writes the graph); float32: none
     torch: str = torch.__version__
     format: int = GRAPH_FORMAT
 
@@ -161,17 +182,19 @@ def build_graph(model: torch.nn.Module, key: GraphKey, example_frames: int, cach
     graph = folder / "model.onnx"
     if graph.is_file():
         return graph
+    # int8 is quantized from the (cached) float32 graph of the same settings: one export serves both.
+    float32_graph = None
+    if key.dtype == "int8":
+        float32_graph = build_graph(model, replace(key, dtype="float32", quantizer=""), example_frames, cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     building = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=cache_dir))
     try:
-        exported = export_graph(
-            model, building / "float32.onnx", key.block, key.tokens, key.outputs, example_frames=example_frames
-        )
-        if key.dtype == "int8":
-            quantize_graph_int8(exported, building / "model.onnx")
-            exported.unlink()
+        if float32_graph is not None:
+            quantize_graph_int8(float32_graph, building / "model.onnx")
         else:
-            exported.rename(building / "model.onnx")
+            export_graph(
+                model, building / "model.onnx", key.block, key.tokens, key.outputs, example_frames=example_frames
+            )
         (building / "key.json").write_text(json.dumps(key.__dict__, indent=2, default=list) + "\n")
         try:
             os.rename(building, folder)
@@ -240,8 +263,8 @@ class ExportedInferenceModel(InferenceModel):
             block=block,
             tokens=tokens,
             outputs=outputs,
-            dtype=self.dtype,
-            runtime=f"{self.backend} {runtime_version(self.backend)}",
+            dtype="int8" if self.dtype == "int8" else "float32",  # bfloat16 is OpenVINO's hint on the float32 graph
+            quantizer=f"onnxruntime {runtime_version('onnxruntime')}" if self.dtype == "int8" else "",
         )
         if key not in self.sessions:
             graph = build_graph(self.model, key, self.segment_frames, self.cache_dir)
@@ -251,13 +274,21 @@ class ExportedInferenceModel(InferenceModel):
                 self.sessions[key] = OpenVINOSession(graph, self.threads, self.dtype)
         return self.sessions[key]
 
+    def _outputs_session(self, scores: bool, embedding: bool, block, tokens):
+        outputs = ",".join(name for name, wanted in (("scores", scores), ("embedding", embedding)) if wanted)
+        return outputs, self.session(self.resolve_block(block), parse_embedding_tokens(tokens), outputs)
+
+    def prepare(self, scores: bool = True, embedding: bool = False, block=None, tokens="cls,dist,mean") -> None:
+        """Builds (or reads from the cache) and compiles the graph that `run` with these arguments uses."""
+        if scores or embedding:
+            self._outputs_session(scores, embedding, block, tokens)
+
     def run(self, segments: torch.Tensor, scores: bool = True, embedding: bool = False, block=None, tokens="cls,dist,mean"):
         """Same contract as `InferenceModel.run`: `(batch, frames, 96)` features -> `{"scores": (batch, num_labels),
         "embedding": (batch, len(tokens) * hidden_size)}` (the asked ones), float32 CPU tensors."""
         if not (scores or embedding):
             return {}
-        outputs = ",".join(name for name, wanted in (("scores", scores), ("embedding", embedding)) if wanted)
-        session = self.session(self.resolve_block(block), parse_embedding_tokens(tokens), outputs)
+        outputs, session = self._outputs_session(scores, embedding, block, tokens)
         values = session(segments.detach().to("cpu", torch.float32).contiguous().numpy())
         results = dict(zip(outputs.split(","), (torch.from_numpy(value) for value in values)))
         if scores:
@@ -275,14 +306,15 @@ def load_backend(
     """The model of `inference_model` run by `backend` at `dtype` (the same `run` contract).
 
     Args:
-        inference_model: from `load_model` at float32 (any dtype for the torch back-end).
+        inference_model: from `load_model` at float32 (any dtype for the torch back-end), or an
+            `ExportedInferenceModel` (its float32 torch model is the source).
         backend: ``"torch"``, ``"onnxruntime"``, ``"openvino"`` or ``"auto"`` (see `resolve_backend`).
         dtype: ``"float32"``, ``"int8"`` or ``"bfloat16"`` (default: `inference_model.dtype`).
         cache_dir: the graph cache folder (default `graph_cache_dir()`).
         threads: the runtime's intra-op threads (default `torch.get_num_threads()`).
 
     Returns:
-        `inference_model` itself (torch at its own dtype), a torch copy at another dtype, or an
+        `inference_model` itself when it already is `backend` at `dtype`, a torch model at another dtype, or an
         `ExportedInferenceModel`.
 
     Raises:
@@ -291,29 +323,40 @@ def load_backend(
     """
     dtype = dtype or inference_model.dtype
     chosen = resolve_backend(backend, dtype, inference_model.device)
+    if chosen == inference_model.backend and dtype == inference_model.dtype:
+        return inference_model
+    source = inference_model
+    if isinstance(inference_model, ExportedInferenceModel):  # its torch model is float32
+        source = InferenceModel(
+            inference_model.model, inference_model.feature_extractor, inference_model.name, inference_model.device,
+            "float32",
+        )  # fmt: skip
     if chosen == "torch":
-        if dtype == inference_model.dtype:
-            return inference_model
-        if inference_model.dtype != "float32":
-            raise BackendError(f"the torch back-end can change dtype only from a float32 model, not {inference_model.dtype!r}")
-        model = prepare_model(copy.deepcopy(inference_model.model), dtype, str(inference_model.device))
-        return InferenceModel(model, inference_model.feature_extractor, inference_model.name, inference_model.device, dtype)
-    if inference_model.dtype != "float32":
-        raise BackendError(f"backend {chosen!r} exports a float32 model; load it with dtype 'float32', not {inference_model.dtype!r}")
+        if dtype == source.dtype:
+            return source
+        if source.dtype != "float32":
+            raise BackendError(f"the torch back-end can change dtype only from a float32 model, not {source.dtype!r}")
+        model = prepare_model(copy.deepcopy(source.model), dtype, str(source.device))
+        return InferenceModel(model, source.feature_extractor, source.name, source.device, dtype)
+    if source.dtype != "float32":
+        raise BackendError(
+            f"backend {chosen!r} exports a float32 model; load it with dtype 'float32', not {source.dtype!r}"
+        )
     return ExportedInferenceModel(
-        inference_model.model,
-        inference_model.feature_extractor,
-        inference_model.name,
-        inference_model.device,
+        source.model,
+        source.feature_extractor,
+        source.name,
+        source.device,
         dtype,
         backend=chosen,
         cache_dir=Path(cache_dir) if cache_dir is not None else None,
         threads=threads or torch.get_num_threads(),
-        digest=weights_digest(inference_model.model),
+        digest=weights_digest(source.model),
     )
 
 
 __all__ = [
+    "AUTO_DTYPES",
     "AUTO_ORDER",
     "BACKENDS",
     "BACKEND_CHOICES",

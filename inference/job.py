@@ -25,8 +25,9 @@ from maest.errors import MAESTError
 from maest.feature_extraction.audio import DEFAULT_STREAM_THRESHOLD_SECONDS, find_audio_files
 from maest.modeling import parse_embedding_tokens
 
+from .backends import BACKEND_CHOICES, load_backend
 from .engine import CollectionRunner, TrackFailure, TrackInput
-from .model import DEFAULT_MODEL, InferenceModel, load_model
+from .model import DEFAULT_BACKEND, DEFAULT_MODEL, InferenceModel, load_model
 from .store import (
     OutputLock,
     ProgressStore,
@@ -61,6 +62,8 @@ class CollectionSettings:
         last_segment: `"auto"`, `"pad"` or `"drop"` (see `tag`); min_duration: shorter tracks fail (seconds).
         batch_size: segments per model call; num_workers: decoding/front-end processes (None: by device).
         device: `cpu`, `cuda` or `cuda:N` (None: CUDA when available); dtype: `float32`, `bfloat16` or `int8`.
+        backend: what runs the model: `torch`, `onnxruntime`, `openvino` (exported graphs, CPU) or `auto` (see
+            `maest.inference.load_model`); None: `DEFAULT_BACKEND` for a model name, a loaded model's own.
         progress: a progress bar on stderr; overwrite: discard an output or progress made with other settings.
         flush_every_tracks / flush_every_seconds: how often finished tracks are saved to the progress store.
         stream_threshold_seconds: longer tracks are decoded segment by segment.
@@ -80,6 +83,7 @@ class CollectionSettings:
     num_workers: int | None = None
     device: str | None = None
     dtype: str = "float32"
+    backend: str | None = None
     progress: bool = False
     overwrite: bool = False
     flush_every_tracks: int = 32
@@ -106,6 +110,8 @@ class CollectionSettings:
             raise CollectionError(f"min_duration must be a number of seconds >= 0, got {self.min_duration!r}")
         if self.device is not None:
             self.device = validate_device(self.device)
+        if self.backend is not None and self.backend not in BACKEND_CHOICES:
+            raise CollectionError(f"unknown backend {self.backend!r}: choose one of {', '.join(BACKEND_CHOICES)}")
         if self.embedding:
             try:
                 self.tokens = list(parse_embedding_tokens(self.tokens))
@@ -197,17 +203,24 @@ def expand_inputs(inputs, sampling_rate: int | None = None) -> CollectionInputs:
 
 # ------------------------------------------------------------------------------------------------------ model
 def load_run_model(settings: CollectionSettings, device: str | None = None) -> InferenceModel:
-    """The settings' model, loaded on `device` (or the settings' device; CUDA when available)."""
+    """The settings' model, loaded on `device` (or the settings' device; CUDA when available) and run by the
+    settings' back-end, ready for the run's outputs (an exported back-end's graph is built here, before any worker
+    process starts and before the first batch)."""
     if isinstance(settings.model, InferenceModel):
         model = settings.model
         if settings.inference_patchout_time_stride is not None:
             model.inference_patchout_time_stride = settings.inference_patchout_time_stride
-        return model
-    device = device or settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return load_model(
-        settings.model, device=device, dtype=settings.dtype,
-        inference_patchout_time_stride=settings.inference_patchout_time_stride,
-    )
+        if settings.backend is not None:
+            model = load_backend(model, settings.backend)
+    else:
+        device = device or settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        model = load_model(
+            settings.model, device=device, dtype=settings.dtype,
+            inference_patchout_time_stride=settings.inference_patchout_time_stride,
+            backend=settings.backend or DEFAULT_BACKEND,
+        )  # fmt: skip
+    model.prepare(scores=settings.scores, embedding=settings.embedding, block=settings.block, tokens=settings.tokens)
+    return model
 
 
 def model_settings(inference_model: InferenceModel, settings: CollectionSettings) -> dict:
@@ -229,6 +242,12 @@ def model_settings(inference_model: InferenceModel, settings: CollectionSettings
     if settings.embedding:
         recorded["block"] = inference_model.resolve_block(settings.block)
         recorded["tokens"] = list(settings.tokens)
+    # float32 graphs compute torch float32's numbers (logits within 1e-4, embedding cosine >= 0.99999: tested), so
+    # their rows and torch's may share an output; int8 and bfloat16 are each runtime's own arithmetic (ONNX Runtime's
+    # int8 quantizes activations unlike torch's), so those record the back-end and are not mixed. torch is not
+    # recorded: outputs written before the back-ends existed still resume.
+    if inference_model.backend != "torch" and inference_model.dtype != "float32":
+        recorded["backend"] = inference_model.backend
     return recorded
 
 
@@ -248,6 +267,7 @@ def run_metadata(inference_model: InferenceModel, recorded: dict) -> dict:
 
     metadata = {
         "settings": recorded,
+        "backend": inference_model.backend,  # what ran this run (recorded in the settings where it changes numbers)
         "segment_seconds": inference_model.segment_seconds,
         "sampling_rate": inference_model.feature_extractor.sampling_rate,
         "maest_version": maest.__version__,

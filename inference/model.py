@@ -15,6 +15,8 @@ from .precision import input_dtype, prepare_model
 
 
 DEFAULT_MODEL = "mtg-upf/discogs-maest-30s-pw-129e-519l"
+# What runs the model unless asked otherwise (`--backend`); see `maest.inference.backends` and README "Speed".
+DEFAULT_BACKEND = "torch"
 
 
 class ModelNotAvailableError(MAESTError, OSError):
@@ -40,6 +42,9 @@ class InferenceModel:
     name: str
     device: torch.device
     dtype: str
+
+    # What runs `run`: torch here; `maest.inference.backends.ExportedInferenceModel` runs exported graphs.
+    backend = "torch"
 
     @property
     def config(self):
@@ -73,6 +78,9 @@ class InferenceModel:
     def resolve_block(self, block: int | None) -> int:
         """The 0-based block index (`config.embedding_block` for None; negative values count from the end)."""
         return validate_block_index(self.config.embedding_block if block is None else block, self.config.num_hidden_layers)
+
+    def prepare(self, scores: bool = True, embedding: bool = False, block=None, tokens="cls,dist,mean") -> None:
+        """Gets ready for `run` with these arguments (nothing for torch; an exported back-end builds its graph)."""
 
     @torch.inference_mode()
     def run(self, segments: torch.Tensor, scores: bool = True, embedding: bool = False, block=None, tokens="cls,dist,mean"):
@@ -159,6 +167,7 @@ def load_model(
     device: str = "cpu",
     dtype: str = "float32",
     inference_patchout_time_stride: int | None = None,
+    backend: str = DEFAULT_BACKEND,
 ) -> InferenceModel:
     """Loads a MAEST classifier for inference.
 
@@ -169,12 +178,21 @@ def load_model(
         dtype: ``"float32"``, ``"bfloat16"`` or ``"int8"`` (see `maest.inference.precision.prepare_model`).
         inference_patchout_time_stride: keep every k-th patch column at inference (1: all, the default of the
             model's config when None).
+        backend: what runs the model: ``"torch"`` (default), ``"onnxruntime"`` or ``"openvino"`` (an exported graph,
+            CPU only, built on first use and cached; see `maest.inference.backends`), or ``"auto"`` (the fastest
+            installed one for `dtype` on `device`). For an exported back-end the torch model is loaded at float32
+            (the graph's source) and the graph runs `dtype`.
 
     Raises:
         ModelNotAvailableError: a Hub id that is not cached while offline (or without network).
         FileNotFoundError: a local path that does not exist.
+        BackendError: an unknown back-end, an exported back-end on CUDA, or a dtype the back-end does not run.
     """
     from maest import MAESTForAudioClassification
+
+    from .backends import load_backend, resolve_backend  # (backends builds on this module)
+
+    chosen = resolve_backend(backend, dtype, device)  # before the weights are read: a wrong choice fails at once
 
     name = str(name_or_path)
     local = _is_local(name)
@@ -201,10 +219,18 @@ def load_model(
     if inference_patchout_time_stride is not None:
         model.config.inference_patchout_time_stride = int(inference_patchout_time_stride)
     feature_extractor = _load_feature_extractor(source, model.config.max_length)
-    model = prepare_model(model, dtype=dtype, device=device)
-    inference_model = InferenceModel(model, feature_extractor, name, torch.device(device), dtype)
+    torch_dtype = dtype if chosen == "torch" else "float32"  # an exported graph is made from the float32 model
+    model = prepare_model(model, dtype=torch_dtype, device=device)
+    inference_model = InferenceModel(model, feature_extractor, name, torch.device(device), torch_dtype)
     inference_model.inference_patchout_time_stride = model.config.inference_patchout_time_stride
-    return inference_model
+    return load_backend(inference_model, chosen, dtype)
 
 
-__all__ = ["DEFAULT_MODEL", "InferenceModel", "ModelNotAvailableError", "load_model", "parse_embedding_tokens"]
+__all__ = [
+    "DEFAULT_BACKEND",
+    "DEFAULT_MODEL",
+    "InferenceModel",
+    "ModelNotAvailableError",
+    "load_model",
+    "parse_embedding_tokens",
+]

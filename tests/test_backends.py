@@ -101,28 +101,56 @@ def test_graph_cache_is_reused_and_keyed_by_settings(torch_model, segments, cach
     assert {path.name for path in cache_dir.iterdir()} == folders  # read from the cache, not rebuilt
     assert not any(name.startswith(".") for name in folders)  # no half-built folder left behind
     key = next(iter(second.sessions))
-    assert key.outputs == "scores" and key.runtime.startswith(INSTALLED[0])
+    assert key.outputs == "scores" and key.quantizer == "" and key.torch == torch.__version__
     changed = backends.GraphKey(**{**key.__dict__, "time_stride": 2})
     assert changed.folder_name() != key.folder_name()
+    # The other runtime reads the same .onnx file (a graph does not depend on what runs it).
+    if len(INSTALLED) == 2:
+        other = load_backend(torch_model, INSTALLED[1], "float32", cache_dir=cache_dir)
+        other.run(segments, scores=True)
+        assert {path.name for path in cache_dir.iterdir()} == folders
 
 
-def test_auto_and_fallback(monkeypatch):
+def test_auto_rule_and_fallback(monkeypatch):
     assert resolve_backend("auto", "float32", "cuda") == "torch"
-    assert resolve_backend("auto", "bfloat16", "cpu") in ("openvino", "torch")
+    assert resolve_backend("auto", "bfloat16", "cpu") == "torch"
     with pytest.raises(BackendError, match="backend 'gpu'"):
         resolve_backend("gpu")
     with pytest.raises(BackendError, match="does not run dtype 'bfloat16'"):
         resolve_backend("onnxruntime", "bfloat16")
+    with pytest.raises(BackendError, match="runs on CPU only"):
+        resolve_backend("openvino", "float32", "cuda")
     monkeypatch.setattr(backends, "runtime_version", lambda name: torch.__version__ if name == "torch" else None)
     monkeypatch.setattr(backends, "_fallbacks_reported", set())
-    with pytest.warns(UserWarning, match="onnxruntime is not installed"):
-        assert resolve_backend("onnxruntime", "float32") == "torch"
+    # A named runtime that is missing is an error (never replaced); auto passes over it, saying so once.
+    with pytest.raises(BackendError, match="'onnxruntime' is not installed: pip install 'maest\\[onnx\\]'"):
+        resolve_backend("onnxruntime", "float32")
+    with pytest.warns(UserWarning, match="onnxruntime and openvino not installed .* running on torch") as caught:
+        assert resolve_backend("auto", "float32") == "torch"
+    assert len(caught) == 1
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # said once only
-        assert resolve_backend("onnxruntime", "float32") == "torch"
+        assert resolve_backend("auto", "int8") == "torch"
 
 
 def test_torch_backend_is_the_model_itself(torch_model):
     assert load_backend(torch_model, "torch") is torch_model
     int8 = load_backend(torch_model, "torch", "int8")
     assert int8.dtype == "int8" and int8.model is not torch_model.model
+
+
+def test_bench_fastest_paths_pick_by_speed_and_accuracy():
+    from maest.benchmarks.measure import fastest_paths
+
+    ratios = {"stride2_over_none": 2.5, "stride3_over_none": 4.2, "onnxruntime-float32_over_float32": 1.4,
+              "onnxruntime-int8-stride2_over_float32": 3.9, "ast_over_float32": 1.1}  # fmt: skip
+    accuracy = {
+        "stride2": {"embedding_cosine_min": 0.9992},
+        "stride3": {"embedding_cosine_min": 0.9979},  # faster, but below the accuracy bar
+        "onnxruntime-float32": {"embedding_cosine_min": 1.0},
+        "onnxruntime-int8-stride2": {"embedding_cosine_min": 0.9985},
+        "ast": {"top5_agreement": 1.0},  # no embedding: never "accurate"
+    }
+    fastest = fastest_paths(ratios, accuracy)
+    assert fastest["float32"] == {"variant": "onnxruntime-float32", "over_torch": 1.4}
+    assert fastest["accurate"] == {"variant": "onnxruntime-int8-stride2", "over_torch": 3.9}

@@ -50,7 +50,16 @@ def register(subparsers) -> None:
     parser.add_argument("--peak-size", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--training-batch-size", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--training-rounds", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--e2e-files", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--e2e-files", type=int, help="end-to-end: number of audio files (default 20, 2 with --quick)")
+    parser.add_argument(
+        "--e2e-minutes", type=float, nargs=2, metavar=("MIN", "MAX"),
+        help="end-to-end: track lengths in minutes, uniform (default 1 2; with --quick one to two segments)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--e2e-backend", choices=("torch", "onnxruntime", "openvino"),
+        help="end-to-end: the back-end (float32) of the files -> embeddings run (default: the fastest float32 path)",
+    )  # fmt: skip
+    parser.add_argument("--e2e-rounds", type=int, help="end-to-end: interleaved rounds (default 3, 2 with --quick)")
     parser.add_argument(
         "--extra-variants", nargs="*",
         help="more variants: float32-compiled (torch.compile, inductor with freezing), and int8 keeping some Linears "

@@ -16,6 +16,10 @@ import sys
 from .common import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE
 
 DEFAULT_MODEL = "mtg-upf/discogs-maest-30s-pw-129e-519l"  # the same as maest.inference.model.DEFAULT_MODEL (tested)
+# The same as maest.inference.backends.BACKEND_CHOICES and DEFAULT_BACKEND (tested); checked by CollectionSettings, so
+# that a wrong name is one line, as every other bad setting.
+BACKEND_CHOICES = ("auto", "torch", "onnxruntime", "openvino")
+DEFAULT_BACKEND = "torch"
 
 
 def _display_path(path: str) -> str:
@@ -53,6 +57,12 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "int8"), default="float32", help="inference precision")
     parser.add_argument(
+        "--backend", default=DEFAULT_BACKEND, metavar="{" + ",".join(BACKEND_CHOICES) + "}",
+        help=f"what runs the model (default {DEFAULT_BACKEND}): onnxruntime / openvino run an exported graph on CPU "
+        "(built on first use, cached in $MAEST_CACHE/graphs, default ~/.cache/maest/graphs; pip install 'maest[onnx]' "
+        "/ 'maest[openvino]'), auto the fastest installed one for --dtype on the device (see README, Speed)",
+    )  # fmt: skip
+    parser.add_argument(
         "--num-workers", type=int, default=None,
         help="processes decoding audio and computing features in parallel with the model (default: by device)",
     )
@@ -71,8 +81,8 @@ def _settings(args, **task) -> dict:
     return dict(
         per_segment=args.per_segment, inference_patchout_time_stride=args.inference_patchout_time_stride,
         last_segment=args.last_segment, min_duration=args.min_duration, batch_size=args.batch_size,
-        num_workers=args.num_workers, device=args.device, dtype=args.dtype, progress=not args.quiet,
-        overwrite=args.overwrite, flush_every_tracks=args.flush_every, **task,
+        num_workers=args.num_workers, device=args.device, dtype=args.dtype, backend=args.backend,
+        progress=not args.quiet, overwrite=args.overwrite, flush_every_tracks=args.flush_every, **task,
     )
 
 
