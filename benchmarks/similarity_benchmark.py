@@ -19,7 +19,11 @@ import sys
 import tempfile
 import time
 
+import faiss  # the optional extra `maest[similarity]`: this benchmark measures FAISS and needs it throughout
 import numpy as np
+
+from maest.files import write_text_atomically
+from maest.similarity import exact_neighbours, new_approximate_index, normalize, recall_at, tune_nprobe
 
 
 def music_like_embeddings(count: int, dim: int, seed: int, genres: int = 200, albums_per_genre: int = 50,
@@ -59,15 +63,10 @@ class ExactScan:
         self.vectors = vectors
 
     def search(self, queries: np.ndarray, k: int):
-        import faiss
-
         return faiss.knn(queries, self.vectors, k, metric=faiss.METRIC_INNER_PRODUCT)
 
 
 def run_size(count: int, dim: int, num_queries: int) -> dict:
-    import faiss
-    from maest.similarity import exact_neighbours, new_approximate_index, normalize, recall_at, tune_nprobe
-
     started = time.perf_counter()
     vectors = music_like_embeddings(count, dim, seed=0)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)  # in place: a million rows are 8.8 GB
@@ -110,7 +109,6 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", default=None, help="a JSON file for the results")
     args = parser.parse_args(argv)
-    import faiss
 
     faiss.omp_set_num_threads(args.threads)
     results = {"threads": args.threads, "cpus": os.cpu_count(), "command": " ".join(sys.argv), "sizes": []}
@@ -125,8 +123,6 @@ def main(argv=None) -> int:
               flush=True)
     results["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if args.output:
-        from maest.files import write_text_atomically
-
         write_text_atomically(args.output, json.dumps(results, indent=1))
     return 0
 

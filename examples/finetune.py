@@ -42,6 +42,7 @@ from datasets import Audio, ClassLabel, Dataset, DatasetDict, Value, load_datase
 from transformers import Trainer, TrainingArguments, set_seed
 
 from maest import MAESTFeatureExtractor, MAESTForAudioClassification
+from maest.hub import push_to_hub as push_directory_to_hub  # `push_to_hub` is finetune()'s repo-id argument
 from maest.model_cards import write_model_card
 from maest.modeling import label_maps, load_maest
 from maest.training.evaluation.metrics import load_metric
@@ -336,9 +337,9 @@ def finetune(
     recorded = {"initial": initial, "train": train_result.metrics, "eval": metrics}
     (output_dir / "finetune_metrics.json").write_text(json.dumps(recorded, indent=2))
     if push_to_hub:
-        from maest.hub import push_to_hub as push
-
-        push(output_dir, push_to_hub, commit_message=f"Fine-tuned MAEST ({dataset_name or 'custom data'})")
+        push_directory_to_hub(
+            output_dir, push_to_hub, commit_message=f"Fine-tuned MAEST ({dataset_name or 'custom data'})"
+        )
     return {**initial, **metrics}
 
 

@@ -14,7 +14,14 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, constants
+from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled
+from safetensors import safe_open
+
 from .errors import MAESTError
+from .feature_extraction import MAESTFeatureExtractor
+from .model_cards import build_model_card, write_model_card
+from .modeling import load_maest, match_published
 from .modeling.configuration_maest import MAEST_AUTO_MAP
 
 
@@ -93,8 +100,6 @@ def _weight_files(directory: Path, problems: list[str]) -> list[Path]:
 
 def _check_classifier_shape(weight_files: list[Path], config: dict, problems: list[str]) -> None:
     """The head's output size must be the config's label count, or the pushed model would not load."""
-    from safetensors import safe_open
-
     num_labels = len(config.get("id2label") or {}) or config.get("num_labels")
     for file in weight_files:
         if file.suffix != ".safetensors":
@@ -183,10 +188,6 @@ def validate_model_directory(directory) -> tuple[dict[str, Path], list[str]]:
 def prepare_push(directory, repo_id: str | None = None, card_kwargs: dict | None = None) -> PushPlan:
     """Validates `directory` and reads (or, when it has none, generates) its model card, without changing anything
     on disk. `card_kwargs` go to `maest.model_cards.build_model_card` for a generated card."""
-    from huggingface_hub import ModelCard
-
-    from maest.model_cards import build_model_card
-
     directory = Path(directory)
     files, skipped = validate_model_directory(directory)
     card_path = directory / CARD_NAME
@@ -216,8 +217,6 @@ def _connection_errors() -> tuple[type[BaseException], ...]:
 
 def _hub_error(error: BaseException, repo_id: str, directory: Path) -> HubError:
     """A clear message for what went wrong talking to the Hub."""
-    from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled
-
     unchanged = f"Nothing was uploaded; {directory} is unchanged."
     if isinstance(error, OfflineModeIsEnabled):
         return HubError(f"cannot push to {repo_id}: offline mode is on (HF_HUB_OFFLINE=1). {unchanged}")
@@ -274,9 +273,6 @@ def push_to_hub(
         `ModelDirectoryError` for an incomplete directory, `HubError` when offline, unauthorized or refused by the
         Hub. The directory is never modified.
     """
-    from huggingface_hub import CommitOperationAdd, HfApi, constants
-    from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
-
     directory = Path(directory)
     plan = prepare_push(directory, repo_id=repo_id, card_kwargs=card_kwargs)
     if constants.is_offline_mode():
@@ -303,8 +299,6 @@ def push_to_hub(
 
 
 def _offline_error():
-    from huggingface_hub.errors import OfflineModeIsEnabled
-
     return OfflineModeIsEnabled("HF_HUB_OFFLINE is set")
 
 
@@ -325,8 +319,6 @@ def push_model_to_hub(
     `commit_description`, `revision`, `create_pr`, `max_shard_size`, `tags`); unlike it, the commit also holds the
     feature extractor and the model card. `card_kwargs` go to `maest.model_cards.build_model_card`.
     """
-    from maest import MAESTFeatureExtractor
-
     card_kwargs = dict(card_kwargs or {})
     if tags:
         card_kwargs["tags"] = [*card_kwargs.get("tags", []), *tags]
@@ -364,9 +356,6 @@ def convert_checkpoint(
         `OutputDirectoryError` for an output that exists (without `overwrite`), is the source, or cannot be written;
         `maest.modeling.CheckpointError` / `LabelError` for a source or label names that cannot be used.
     """
-    from .feature_extraction import MAESTFeatureExtractor
-    from .modeling import load_maest
-
     output_dir = Path(output_dir)
     _check_output_directory(output_dir, Path(source), overwrite)
     model = load_maest(source, labels=labels, preset=preset, use_swa=use_swa)
@@ -418,9 +407,6 @@ def _replace_directory(staging: Path, output_dir: Path) -> None:
 def _write_conversion_card(source: str, output_dir: Path, model, hub_name: str | None, published: str | None) -> Path:
     """The released checkpoint's card when the source is one (or `published` names one); otherwise a card for a
     converted model, naming the source."""
-    from .model_cards import write_model_card
-    from .modeling import match_published
-
     if published is None:
         match = match_published(source)
         published = match.checkpoint if match is not None else None

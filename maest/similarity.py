@@ -136,6 +136,8 @@ def _vector_hash(vector: np.ndarray) -> bytes:
 # ------------------------------------------------------------------------------------------------ embeddings input
 def read_embeddings_metadata(path) -> dict:
     """The `maest embed` metadata (settings, segment length) of a Parquet or NPZ embeddings file."""
+    # imported here: the `maest.inference` package imports torch and transformers (seconds), and building or
+    # searching an index from embeddings files needs neither
     from maest.inference.store import METADATA_KEY, output_format, read_output, table_metadata
 
     path = Path(path)
@@ -157,6 +159,7 @@ def read_embeddings_metadata(path) -> dict:
 def iter_embedding_rows(path, per_segment: bool, segment_seconds: float):
     """Yields `(path, segment, start_seconds, vectors)` batches from a `maest embed` file: one vector per track
     (segment -1) or, with `per_segment`, one per segment. `vectors` is `(n, dim)` float32."""
+    # imported here: the `maest.inference` package imports torch and transformers (see read_embeddings_metadata)
     from maest.inference.store import output_format, read_output, table_paths
 
     column = "segment_embeddings" if per_segment else "embedding"
@@ -190,8 +193,8 @@ def _flat_matrix(values: pa.Array) -> np.ndarray:
 
 # -------------------------------------------------------------------------------------------------- faiss indexes
 def _faiss():
-    # Imported here: an optional extra (`pip install "maest[similarity]"`).
     try:
+        # imported here: an optional extra (`pip install "maest[similarity]"`)
         import faiss
     except ImportError as error:
         raise SimilarityIndexError('similarity search needs FAISS: pip install "maest[similarity]"') from error
@@ -386,6 +389,7 @@ class SimilarityIndex:
 def embed_like_index(inputs, settings: dict, model=None, scores: bool = False, progress: bool = False, sampling_rate=None):
     """Runs `maest.inference.analyze` on `inputs` with the model and embedding settings of an index (plus the
     per-segment outputs, and the style scores with `scores`)."""
+    # imported here: torch and transformers (seconds), needed only to embed audio, not to search embeddings
     from maest.inference import analyze, load_model
 
     if model is None:

@@ -11,10 +11,12 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
+import jinja2
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from safetensors import safe_open
 
 from ..errors import MAESTError
-from ..modeling.configuration_maest import MAEST_PRESETS
+from ..modeling.configuration_maest import MAEST_PRESETS, MAESTConfig
 from ..modeling.published import PublishedCheckpoint, find_published
 
 from .published import (
@@ -245,8 +247,6 @@ def _flatten(summary: Mapping, prefix: str = "") -> list[tuple[str, str]]:
 
 def count_parameters(directory) -> int | None:
     """Parameters in a directory's safetensors weights (read from the file headers; nothing is loaded), or None."""
-    from safetensors import safe_open
-
     directory = Path(directory)
     files = sorted(directory.glob("model*.safetensors"))
     if not files:
@@ -266,8 +266,6 @@ def _format_count(count: int | None) -> str | None:
 
 
 def _load_config(save_directory: Path, config):
-    from maest import MAESTConfig
-
     if config is None:
         if not (save_directory / "config.json").is_file():
             raise FileNotFoundError(
@@ -318,8 +316,6 @@ def _base_model_link(base_model: str | None) -> str | None:
 
 
 def _render(template_name: str, card_data: ModelCardData, context: dict) -> ModelCard:
-    import jinja2
-
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES_DIRECTORY)),
         keep_trailing_newline=True,

@@ -16,7 +16,11 @@ import re
 from pathlib import Path
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 from safetensors.torch import load_file as load_safetensors
+from transformers import ASTConfig, ASTForAudioClassification, PreTrainedConfig
+from transformers.utils import cached_file
 
 from ..errors import MAESTError
 from .configuration_maest import MAEST_PRESETS, MAESTConfig, MAESTConfigError
@@ -210,8 +214,6 @@ def maest_to_ast_model(model, max_length: int | None = None, attn_implementation
         max_length: AST's fixed input length; MAEST's time positions beyond it are dropped (stock AST has one
             position per patch column of a full-length input).
     """
-    from transformers import ASTConfig, ASTForAudioClassification
-
     config = model.config
     max_length = config.max_length if max_length is None else max_length
     num_columns = config.num_time_patches(max_length)
@@ -330,9 +332,6 @@ def _preset_shape(preset: str | None, path) -> dict:
 def load_ast_checkpoint(path_or_repo, model_class=None, config: MAESTConfig | None = None, **hub_kwargs):
     """A MAEST model from an AST-format MAEST directory or Hub repo (`mtg-upf/discogs-maest-*`: stock
     `ASTForAudioClassification` weights with summed position embeddings); `hub_kwargs` are `cached_file`'s."""
-    from transformers import PreTrainedConfig
-    from transformers.utils import cached_file
-
     model_class = model_class or MAESTForAudioClassification
     source = str(path_or_repo)
     config_dict, _ = PreTrainedConfig.get_config_dict(source, **hub_kwargs)
@@ -373,8 +372,6 @@ def _build(model_class, config, state_dict, source: str):
 
 def _config_or_error(make_config, source: str) -> MAESTConfig:
     """Runs `make_config`, turning a config validation failure into one `CheckpointError` line naming `source`."""
-    from huggingface_hub.errors import StrictDataclassError
-
     try:
         return make_config()
     except MAESTConfigError as error:
@@ -450,8 +447,6 @@ _HUB_ARGUMENTS = ("cache_dir", "force_download", "local_files_only", "token", "r
 
 def _check_repo_id(source: str) -> None:
     """A name that is neither a local path nor a possible Hub repo id is a missing local path."""
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
     looks_local = source.startswith((".", "/", "~")) or source.count("/") > 1 or Path(source).suffix in ORIGINAL_CHECKPOINT_SUFFIXES
     try:
         validate_repo_id(source)
@@ -462,8 +457,6 @@ def _check_repo_id(source: str) -> None:
 
 
 def _read_model_type(source: str, hub_kwargs: dict) -> str | None:
-    from transformers import PreTrainedConfig
-
     local_config = Path(source, hub_kwargs.get("subfolder") or "", "config.json")
     if Path(source).is_dir() and not local_config.is_file():
         raise CheckpointError(f"{source}: not a model directory (it has no {local_config.relative_to(source)})")

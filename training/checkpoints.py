@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 from maest.errors import MAESTError
 
@@ -81,8 +82,6 @@ def save_checkpoint(accelerator, output_dir, step: int, state: dict, swa, keep: 
     accelerator.wait_for_everyone()
     accelerator.save_state(str(temporary), safe_serialization=True)
     if accelerator.is_main_process and swa is not None:
-        from safetensors.torch import save_file
-
         weights = {k: v.detach().cpu().contiguous() for k, v in swa.state_dict().items()}
         save_file(weights, str(temporary / SWA_WEIGHTS))
     with open(temporary / TRAINER_STATE.format(rank=accelerator.process_index), "w") as handle:
@@ -132,8 +131,6 @@ def load_checkpoint(accelerator, path: Path, swa, num_workers: int) -> dict:
     try:
         accelerator.load_state(str(path))
         if swa is not None and (path / SWA_WEIGHTS).is_file():
-            from safetensors.torch import load_file
-
             swa.load_state_dict(load_file(str(path / SWA_WEIGHTS), device=str(accelerator.device)))
     except (SafetensorError, pickle.UnpicklingError, OSError, RuntimeError, ValueError, KeyError, EOFError) as error:
         # safetensors, torch.load (weights only: a pickle of other objects is refused) and accelerate raise these

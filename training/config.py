@@ -13,6 +13,7 @@ import typing
 from pathlib import Path
 
 import yaml
+from transformers import HfArgumentParser
 
 from maest.errors import MAESTError
 
@@ -208,8 +209,6 @@ def parse_pretrain_arguments(argv: list[str], prog: str = "maest pretrain") -> P
     The file may also be given as `--config FILE`. Parsed by `HfArgumentParser` (`--help` lists every setting);
     usage errors exit through argparse (status 2), bad values raise `ConfigError`.
     """
-    from transformers import HfArgumentParser
-
     argv = list(argv)
     config_file = None
     if argv and not argv[0].startswith("-"):

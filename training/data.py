@@ -21,8 +21,10 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
+import datasets
 import numpy as np
 import torch
+import torchaudio
 
 from maest.errors import MAESTError
 from maest.feature_extraction.audio import AudioDecodingError, load_audio
@@ -82,8 +84,6 @@ def resolve_data_format(source: str, data_format: str = "auto") -> tuple[str, li
 
 def load_streaming_dataset(source: str, split: str = "train", data_format: str = "auto", config_name=None):
     """A `datasets.IterableDataset` (`streaming=True`) over `source`; see [`resolve_data_format`]."""
-    import datasets
-
     data_format, files = resolve_data_format(source, data_format)
     try:
         if data_format == "hub":
@@ -116,8 +116,6 @@ def check_audiofolder(folder: Path) -> None:
 def prepare_columns(dataset, audio_column: str, label_column: str, extra_columns=()):
     """Keeps only the needed columns and switches audio decoding off (the workers decode with
     `maest.feature_extraction.audio`, which lets them count and skip corrupt files)."""
-    import datasets
-
     columns = dataset.column_names
     if columns is not None:
         for name, role in [(audio_column, "audio"), (label_column, "label")] + [(c, "extra") for c in extra_columns]:
@@ -281,8 +279,6 @@ def decode_audio(value, sampling_rate: int, crop_seconds: float | None, crop: st
             audio = audio.mean(dim=0 if audio.shape[0] <= audio.shape[1] else 1)
         source_rate = int(value.get("sampling_rate") or sampling_rate)
         if source_rate != sampling_rate:
-            import torchaudio
-
             audio = torchaudio.functional.resample(audio, source_rate, sampling_rate)
         return _crop_samples(audio, sampling_rate, crop_seconds, crop, rng)
     if hasattr(value, "get_all_samples"):

@@ -22,6 +22,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import pipeline
+
+from maest.feature_extraction import MAESTFeatureExtractor
+from maest.feature_extraction.audio import load_audio
+from maest.model_cards import write_model_card
+from maest.modeling import MAESTForAudioClassification
+
+from .config import PretrainConfig
+from .evaluation.embeddings import extract_track_embeddings
+from .evaluation.probe import probe_sweep, train_probe
+from .pretrain import pretrain
+from .synthetic import write_corpus
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +55,6 @@ DEMO_SETTINGS = {
 
 
 def _pretrain_config(output_dir: Path, corpus: Path, settings: dict, seed: int):
-    from .pretrain import PretrainConfig
-
     steps = settings["max_steps"]
     samples_per_epoch = settings["batch_size"] * max(1, steps // 10)  # 10 "epochs"
     return PretrainConfig(
@@ -96,8 +106,6 @@ def _multi_hot(rows, column: str, names) -> np.ndarray:
 
 def log_mel_statistics(feature_extractor, paths) -> np.ndarray:
     """The baseline: mean and standard deviation of each mel band over the whole track, `(tracks, 2 * 96)`."""
-    from maest.feature_extraction.audio import load_audio
-
     statistics = []
     for path in paths:
         log_mel = feature_extractor.log_mel(load_audio(path, feature_extractor.sampling_rate)[None])[0]
@@ -108,14 +116,10 @@ def log_mel_statistics(feature_extractor, paths) -> np.ndarray:
 def probe(train, validation, test, seed: int = 0) -> dict:
     """The paper's probe (`maest.training.evaluation.probe.train_probe`: one hidden layer of 512, dropout 0.5, AdamW lr 1e-4,
     model selection on validation ROC-AUC) on `(features, targets)` splits, with `PROBE_SETTINGS`."""
-    from .evaluation.probe import train_probe
-
     return train_probe(*train, *validation, *test, kind="mlp", seed=seed, **PROBE_SETTINGS)
 
 
 def _prepare_corpus(corpus: Path, settings: dict, seed: int, keep: bool) -> None:
-    from .synthetic import write_corpus
-
     stamp = corpus / "corpus.json"
     wanted = {"num_tracks": settings["num_tracks"], "seconds": settings["seconds"], "seed": seed, "splits": CORPUS_SPLITS,
               "generator": CORPUS_VERSION}
@@ -204,8 +208,6 @@ def run_demo(output_dir="demo_output", quick: bool = False, seed: int = 0, keep_
 
 def _pretrain_model(output_dir: Path, corpus: Path, settings: dict, seed: int) -> Path:
     """Pre-trains through the same streaming trainer as `maest pretrain`; the exported model goes to `model/`."""
-    from .pretrain import pretrain
-
     run_dir = output_dir / "pretrain"
     shutil.rmtree(run_dir, ignore_errors=True)
     final = pretrain(_pretrain_config(run_dir, corpus, settings, seed))
@@ -218,10 +220,6 @@ def _pretrain_model(output_dir: Path, corpus: Path, settings: dict, seed: int) -
 def _held_out_features(model_dir: Path, splits: dict, seed: int) -> tuple[dict, int]:
     """Per representation and split: the pre-trained and the random twin's `TrackEmbeddings`, and the log-mel
     statistics `(tracks, 192)`; and the number of blocks."""
-    from maest import MAESTFeatureExtractor, MAESTForAudioClassification
-
-    from .evaluation.embeddings import extract_track_embeddings
-
     pretrained = MAESTForAudioClassification.from_pretrained(model_dir).eval()
     torch.manual_seed(seed + 1)
     random_twin = MAESTForAudioClassification(pretrained.config).eval()
@@ -240,8 +238,6 @@ def _probe_results(features: dict, targets: dict, sweep_dir: Path, seed: int) ->
     """The paper's MLP probe (see `probe`): the poster's blocks x token sets sweep for the pre-trained model (with
     its heatmap in `sweep_dir`), every block with cls+dist+mean for the random twin; each MAEST's result is its block
     with the best validation ROC-AUC (tokens cls+dist+mean, the paper's embedding)."""
-    from .evaluation.probe import probe_sweep
-
     shutil.rmtree(sweep_dir, ignore_errors=True)
     results = {}
     for name, token_sets, report_dir in (("pretrained", TOKEN_SETS, sweep_dir), ("random", ("cda",), None)):
@@ -276,8 +272,6 @@ def _results_table(results: dict, num_blocks: int) -> str:
 
 def _tag_file(model_dir: Path, path: str) -> list[dict]:
     """The top 5 tags of one file with the trained model (transformers' pipeline; `import maest` registers it)."""
-    from transformers import pipeline
-
     classifier = pipeline("audio-classification", model=str(model_dir), function_to_apply="sigmoid", top_k=5)
     return classifier(path)[:5]
 
@@ -293,11 +287,7 @@ def _write_results(output_dir: Path, result: DemoResult, results: dict, settings
 
 
 def _add_probe_results_to_card(model_dir: Path, results: dict, num_blocks: int) -> None:
-    """Rewrites the model card with the demo's probe results (when the model-card package is present)."""
-    try:
-        from maest.model_cards import write_model_card
-    except ImportError:
-        return
+    """Rewrites the model card with the demo's probe results."""
     summary_file = model_dir / "training_summary.json"
     training_summary = json.loads(summary_file.read_text())["summary"] if summary_file.is_file() else None
     probe = results["pretrained"]

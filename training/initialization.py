@@ -13,6 +13,7 @@ Heads whose class count differs from the new model's are dropped (they are re-in
 """
 
 import logging
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from maest.modeling.conversion import (
     CheckpointError,
     extract_original_state_dict,
+    load_maest,
     load_tensor_file,
     original_to_maest_state_dict,
 )
@@ -126,14 +128,10 @@ def load_initial_weights(model, source: str, init_format: str = "auto") -> dict:
     Returns:
         A report: `{"format", "missing", "unexpected"}` (the missing keys are re-initialized, e.g. a new head).
     """
-    from pathlib import Path
-
     if init_format not in INIT_FORMATS:
         raise CheckpointError(f"init_format must be one of {INIT_FORMATS}, got {init_format!r}")
     path = Path(source).expanduser()
     if init_format == "maest" or (init_format == "auto" and not path.is_file()):
-        from maest.modeling.conversion import load_maest
-
         loaded = load_maest(source)  # CheckpointError (one line) for anything unreadable
         converted = loaded.state_dict()
         fmt = "maest"

@@ -23,8 +23,15 @@ from pathlib import Path
 
 import torch
 import yaml
+from accelerate import Accelerator
+from accelerate.utils import gather_object, set_seed
+from datasets.distributed import split_dataset_by_node
+from tqdm.auto import tqdm
 
 from maest.errors import MAESTError
+from maest.feature_extraction import MAESTFeatureExtractor
+from maest.model_cards import write_model_card
+from maest.modeling import MAESTConfig, MAESTForAudioClassification, label_maps, load_maest
 
 from .checkpoints import (
     check_output_dir,
@@ -45,6 +52,7 @@ from .data import (
     prepare_columns,
     stream_num_workers,
 )
+from .initialization import load_initial_weights
 from .recipe import PaperSchedule, WeightAveraging, mixup, teacher_labels
 from .validation import evaluate
 
@@ -85,9 +93,6 @@ class Pretrainer:
     """Runs one pre-training job described by a [`PretrainConfig`]; `run()` returns the export directory."""
 
     def __init__(self, config: PretrainConfig):
-        from accelerate import Accelerator
-        from accelerate.utils import set_seed
-
         if not config.train_data:
             raise ConfigError("set train_data (a Hub dataset id, an audiofolder directory, or tar/parquet files)")
         self.config = config
@@ -128,8 +133,6 @@ class Pretrainer:
         return TagVocabulary.load(saved, **kwargs)
 
     def _datasets(self):
-        from datasets.distributed import split_dataset_by_node
-
         config = self.config
         extra = [config.teacher_logits_column] if config.teacher_logits_column else []
         train = load_streaming_dataset(config.train_data, config.train_split, config.data_format, config.data_config_name)
@@ -155,11 +158,6 @@ class Pretrainer:
     def build_model(self, vocabulary):
         """The model to train (labels from the data's vocabulary, whatever the preset's count) and its feature
         extractor."""
-        from maest import MAESTConfig, MAESTFeatureExtractor, MAESTForAudioClassification
-        from maest.modeling import label_maps
-
-        from .initialization import load_initial_weights
-
         config = self.config
         model_kwargs = dict(config.model)
         id2label, label2id = label_maps(vocabulary.names)
@@ -227,7 +225,6 @@ class Pretrainer:
         config = self.config
         if not config.teacher_model:
             return None
-        from maest.modeling.conversion import load_maest
 
         try:
             teacher = load_maest(config.teacher_model)
@@ -317,8 +314,6 @@ class Pretrainer:
     # ------------------------------------------------------------------------------------------- the loop
     def run(self) -> Path | None:
         """Trains; returns the export directory (`output_dir/final`), or `None` when stopped at `stop_after_steps`."""
-        from tqdm.auto import tqdm
-
         config, accelerator = self.config, self.accelerator
         train_dataset, validation_dataset, self.vocabulary = self._datasets()
         model, self.feature_extractor = self.build_model(self.vocabulary)
@@ -390,8 +385,6 @@ class Pretrainer:
     def _global_counts(self, per_worker: dict) -> Counter:
         counts = merge_counts(per_worker)
         if self.accelerator.num_processes > 1:
-            from accelerate.utils import gather_object
-
             total = Counter()
             for c in gather_object([dict(counts)]):
                 total.update(c)
@@ -449,14 +442,9 @@ class Pretrainer:
                 summary["validation"] = {k: round(v, 4) for k, v in last.items() if isinstance(v, float)}
             (temporary / "training_summary.json").write_text(json.dumps({"summary": summary, "validation_history": history}, indent=1))
             if config.model_card:
-                try:
-                    from maest.model_cards import write_model_card
-                except ImportError:
-                    write_model_card = None
-                if write_model_card is not None:
-                    base = config.init_from if config.init_from and not Path(config.init_from).is_file() else None
-                    write_model_card(temporary, model_name=self.output_dir.name, base_model=base, training_summary=summary,
-                                     evaluation_results=None)
+                base = config.init_from if config.init_from and not Path(config.init_from).is_file() else None
+                write_model_card(temporary, model_name=self.output_dir.name, base_model=base, training_summary=summary,
+                                 evaluation_results=None)
             if export_dir.exists():
                 shutil.rmtree(export_dir)
             os.replace(temporary, export_dir)

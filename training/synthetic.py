@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+from torchcodec.encoders import AudioEncoder
 
 SAMPLING_RATE = 16000
 INSTRUMENTS = ("plucked", "organ", "pad", "bass", "lead", "drums")
@@ -249,9 +251,6 @@ def write_corpus(output_dir, num_tracks: int = 240, seconds: float = 8.0, seed: 
     tag columns `tags` (styles + instruments: the pre-training tags), `styles`, `instruments`, `tempo`, `mode`,
     `held_out` (tempo + mode) and the numbers `bpm` and `key`. Styles are balanced and spread over the splits.
     Deterministic for a seed. Returns `{split: number of tracks}`."""
-    from torchcodec.encoders import AudioEncoder
-    import torch
-
     output_dir = Path(output_dir)
     rng = np.random.default_rng(seed)
     styles = [list(STYLES)[i % len(STYLES)] for i in range(num_tracks)]

@@ -3,6 +3,7 @@ gathered from every process."""
 
 import numpy as np
 import torch
+from accelerate.utils import gather_object
 
 from .evaluation.metrics import average_precision, roc_auc
 
@@ -18,8 +19,6 @@ def macro_roc_auc_and_map(scores: np.ndarray, targets: np.ndarray) -> dict:
 @torch.no_grad()
 def evaluate(accelerator, model, loader) -> dict:
     """The metrics of `model` over every batch of `loader` (each process its share), or `{}` without examples."""
-    from accelerate.utils import gather_object
-
     was_training = model.training
     model.eval()
     scores, targets = [], []

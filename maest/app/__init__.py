@@ -15,6 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from maest.errors import MAESTError
+from maest.inference import DEFAULT_MODEL, load_model
+from maest.inference.plot import plot_timeline
+from maest.similarity import SimilarityIndex, check_settings, embed_like_index
 
 
 MAX_NEIGHBOUR_PLAYERS = 10
@@ -51,10 +54,6 @@ class TrackAnalyzer:
     """
 
     def __init__(self, model: str | None = None, index=None, top_k: int = 5):
-        # Imported here: loading torch and the model is the slow part of starting the app.
-        from maest.inference import DEFAULT_MODEL, load_model
-        from maest.similarity import SimilarityIndex, check_settings
-
         self.index = SimilarityIndex.open(index) if index is not None else None
         settings = dict(self.index.settings) if self.index is not None else {}
         name = model or settings.get("model", DEFAULT_MODEL)
@@ -68,8 +67,6 @@ class TrackAnalyzer:
 
     def analyze(self, path: str, progress: bool = False) -> TrackAnalysis:
         """Styles of the whole track, per-segment activations, and neighbours from the index."""
-        from maest.similarity import embed_like_index
-
         results = embed_like_index([path], self.settings, model=self.model, scores=True, progress=progress)
         if results.failed:
             raise MAESTError(f"{Path(path).name}: {results.failed[0]['reason']}")
@@ -112,12 +109,11 @@ def write_downloads(analysis: TrackAnalysis, directory) -> list[str]:
 
 def build_app(model: str | None = None, index=None, top_k: int = 5, analyzer: TrackAnalyzer | None = None):
     """The Gradio app (a `gradio.Blocks`; call `.launch()`)."""
-    # Imported here: an optional extra (`pip install "maest[app]"`).
     try:
+        # imported here: an optional extra (`pip install "maest[app]"`)
         import gradio as gr
     except ImportError as error:
         raise MAESTError('the web app needs Gradio: pip install "maest[app]"') from error
-    from maest.inference.plot import plot_timeline
 
     analyzer = analyzer or TrackAnalyzer(model, index, top_k)
     players = min(top_k, MAX_NEIGHBOUR_PLAYERS) if analyzer.index is not None else 0

@@ -34,12 +34,25 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import datasets
 import numpy as np
 import torch
+from datasets.utils.file_utils import xopen
+from safetensors import safe_open
+from safetensors.numpy import save_file
+from tqdm.auto import tqdm
+from transformers import PreTrainedConfig
 
+from maest.feature_extraction import MAESTFeatureExtractor
 from maest.feature_extraction.audio import AudioDecodingError, track_segment_features
 from maest.files import atomic_write
-from maest.modeling import parse_embedding_tokens, pool_embedding_tokens
+from maest.modeling import (
+    MAESTForAudioClassification,
+    MAESTModel,
+    load_maest,
+    parse_embedding_tokens,
+    pool_embedding_tokens,
+)
 
 from . import EvaluationError
 
@@ -94,8 +107,6 @@ def load_encoder(model_or_path, device=None):
     `MAESTForAudioClassification`, switched to eval mode: embeddings are taken without training patchout; used on its
     device unless `device` is given) or anything `from_pretrained` loads (a MAEST directory, an AST-format MAEST
     repo, an original checkpoint file)."""
-    from maest import MAESTModel
-
     if isinstance(model_or_path, (str, os.PathLike)):
         encoder = _from_pretrained_encoder(str(model_or_path))
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -111,11 +122,6 @@ def load_encoder(model_or_path, device=None):
 def _from_pretrained_encoder(path: str):
     """Loads the encoder through the class the checkpoint was saved as, so that a tagging model's head weights are
     not reported as unexpected; original checkpoint files and AST-format repos are converted (`load_maest`)."""
-    from transformers import PreTrainedConfig
-
-    from maest import MAESTForAudioClassification, MAESTModel
-    from maest.modeling.conversion import load_maest
-
     if not Path(path).is_file():
         try:
             config_dict, _ = PreTrainedConfig.get_config_dict(path)
@@ -229,8 +235,6 @@ def track_source(value, index: int) -> TrackSource:
     if Path(path).is_file():
         return TrackSource(_file_key(Path(path)), description, path=Path(path).resolve())
     if "://" in str(path):  # remote file of a streamed dataset: read it once through datasets' file system layer
-        from datasets.utils.file_utils import xopen
-
         with xopen(path, "rb") as handle:
             data = handle.read()
         return TrackSource(_content_key(data), description, data=data)
@@ -239,11 +243,7 @@ def track_source(value, index: int) -> TrackSource:
 
 def _rows(dataset, audio_column: str, keep_columns):
     """Rows of a `datasets` (Iterable)Dataset with the audio left undecoded, or of a list of paths/dicts."""
-    try:
-        import datasets
-    except ImportError:  # pragma: no cover - datasets is a dependency
-        datasets = None
-    if datasets is not None and isinstance(dataset, (datasets.Dataset, datasets.IterableDataset)):
+    if isinstance(dataset, (datasets.Dataset, datasets.IterableDataset)):
         columns = dataset.column_names
         if columns is not None:
             for name in (audio_column, *keep_columns):
@@ -278,7 +278,6 @@ def _read_cache(path: Path, num_blocks: int) -> dict[str, tuple[np.ndarray, int]
     is ignored (and later replaced) with a warning."""
     if not path.is_file():
         return {}
-    from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="np") as handle:
@@ -297,8 +296,6 @@ def _read_cache(path: Path, num_blocks: int) -> dict[str, tuple[np.ndarray, int]
 
 
 def _write_cache(path: Path, entries: dict[str, tuple[np.ndarray, int]], description: dict) -> None:
-    from safetensors.numpy import save_file
-
     keys = list(entries)
     stacked = np.stack([entries[key][0] for key in keys]).astype(np.float32)  # (tracks, blocks, 3, hidden)
     tensors = {f"block_{b + 1}": np.ascontiguousarray(stacked[:, b]) for b in range(stacked.shape[1])}
@@ -442,10 +439,6 @@ def extract_track_embeddings(
             `AudioDecodingError` naming the file.
         progress (`bool`): show a progress bar.
     """
-    from tqdm.auto import tqdm
-
-    from maest import MAESTFeatureExtractor
-
     encoder = load_encoder(model_or_path, device)
     feature_extractor = feature_extractor or MAESTFeatureExtractor(max_length=encoder.config.max_length)
     cache_name = cache_name or str(getattr(dataset, "split", None) or "embeddings")

@@ -16,6 +16,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import datasets
 import numpy as np
 
 from . import EvaluationError
@@ -39,8 +40,6 @@ def load_labeled_splits(data: str, config_name: str | None = None, streaming: bo
     Returns `{"train": ..., "validation": ..., "test": ...}` with the splits that exist, under these canonical names
     (aliases such as `valid`, `dev` are recognized); raises if there is no training split.
     """
-    import datasets
-
     path = Path(data).expanduser()
     if (path / "dataset_dict.json").is_file() or (path / "dataset_info.json").is_file():
         loaded = datasets.load_from_disk(str(path))
@@ -138,8 +137,6 @@ def build_label_encoding(values_by_split: dict, feature=None, task: str = "auto"
     """Decides the task and the label vocabulary from a label column's values in every split (see the module
     docstring). `feature` is the column's `datasets` feature when known; `label_names` fixes the names (required
     order for multi-hot values)."""
-    import datasets
-
     if task not in TASKS:
         raise EvaluationError(f"task must be one of {TASKS}, got {task!r}")
     values = [value for split_values in values_by_split.values() for value in split_values if value is not None]

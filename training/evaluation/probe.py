@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from . import EvaluationError
 from .embeddings import (
@@ -409,8 +410,6 @@ def probe_sweep(
         One row per configuration: `block`, `tokens`, `roc_auc`, `average_precision`, `best_epoch`,
         `validation_roc_auc`, `validation_average_precision`, `num_labels_skipped`, `history`.
     """
-    from tqdm.auto import tqdm
-
     missing = [split for split in ("train", "validation", "test") if split not in features or split not in labels]
     if missing:
         raise EvaluationError(f"features and labels are needed for the splits {missing}")

@@ -87,10 +87,12 @@ def markdown_tables(rows: list, title: str | None = None) -> str:
 def render_heatmap(rows: list, path, title: str | None = None) -> Path:
     """The poster's heatmap of test ROC-AUC: blocks (1-based) on the x axis, token sets on the y axis, each cell
     annotated with its value in percent. Written with matplotlib's Agg backend (no display needed)."""
+    # imported here: matplotlib (about 2 s to import) serves only this heatmap, not the tables and files of the probe
+    # reports, which `maest probe` and the probe module import
     import matplotlib
+    from matplotlib.figure import Figure
 
     matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
 
     blocks, token_sets, values = _grid(rows, "roc_auc")
     percent = 100 * values

@@ -31,6 +31,8 @@ def metric_path(name: str) -> Path:
 def load_metric(name: str, **kwargs):
     """`evaluate.load` of one of the project's metrics from its local folder (no network). Keeps the predictions in
     memory (`keep_in_memory=True`) unless told otherwise; other keyword arguments go to `evaluate.load`."""
+    # imported here: `evaluate` imports transformers' pipelines (seconds), which the users of `ranking` alone (the
+    # pre-training validation, the probe's per-epoch model selection) do not need
     import evaluate
 
     kwargs.setdefault("keep_in_memory", True)
