@@ -113,7 +113,15 @@ class InferenceModel:
 
 def _is_local(name_or_path: str) -> bool:
     # Hub ids are "owner/name"; anything else (or anything that exists on disk) is a path.
-    return Path(name_or_path).expanduser().exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") != 1
+    if Path(name_or_path).expanduser().exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") != 1:
+        return True
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:  # "folder/" or "my dir/model" cannot be Hub ids: they are paths (that may not exist)
+        validate_repo_id(name_or_path)
+    except HFValidationError:
+        return True
+    return False
 
 
 def _offline() -> bool:
@@ -212,9 +220,10 @@ def load_model(
                 raise _not_available(name, "it is not in the local Hugging Face cache and the Hub's host cannot be resolved")
     try:
         model = MAESTForAudioClassification.from_pretrained(source)
-    except OSError as error:
-        if local:
-            raise
+    except (OSError, ValueError) as error:
+        if local:  # a file that is not a model directory, an unreadable or garbled config.json: one line
+            message = " ".join(str(error).split()) or type(error).__name__
+            raise InferenceSettingError(f"{name}: cannot be loaded as a MAEST model directory ({message[:300]})") from error
         raise _not_available(name, f"it is not in the local cache and the Hub could not be reached ({error})") from error
     if inference_patchout_time_stride is not None:
         model.config.inference_patchout_time_stride = int(inference_patchout_time_stride)

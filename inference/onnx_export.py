@@ -106,8 +106,12 @@ def export_onnx(
     Returns:
         The written path.
     """
-    from .model import load_model
+    from .model import InferenceSettingError, load_model
 
+    try:  # before the model is loaded: a typo fails at once
+        parse_embedding_tokens(tokens)
+    except ValueError as error:
+        raise InferenceSettingError(str(error)) from error
     inference_model = load_model(
         model_name_or_path, device="cpu", dtype="float32", inference_patchout_time_stride=inference_patchout_time_stride
     )

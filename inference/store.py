@@ -513,10 +513,12 @@ def finalize_output(
     """
     out = Path(out)
     new_rows, failures = store.collected()
-    if new_rows is not None and order is not None:
+    if order is not None:  # rows and failures in input order, however many processes finished them in what order
         rank = {path: position for position, path in enumerate(order)}
-        paths = table_paths(new_rows)
-        new_rows = new_rows.take(sorted(range(len(paths)), key=lambda i: rank.get(paths[i], len(rank))))
+        failures = sorted(failures, key=lambda item: rank.get(item["path"], len(rank)))
+        if new_rows is not None:
+            paths = table_paths(new_rows)
+            new_rows = new_rows.take(sorted(range(len(paths)), key=lambda i: rank.get(paths[i], len(rank))))
     empty = rows_to_table([], store.output_dims, store.per_segment)
     pieces = [piece for piece in (existing, new_rows) if piece is not None]
     if pieces:

@@ -308,6 +308,15 @@ def test_an_unreadable_subfolder_is_reported_and_the_run_goes_on(good_wav, small
     assert failure["path"] == locked and "permission denied" in failure["reason"].lower()
 
 
+def test_models_that_are_not_model_directories_are_one_line_errors(good_wav, small_model_dir, tmp_path, capsys):
+    # "folder/" is no Hub id; an audio file is no model directory; a token typo of export-onnx fails before loading.
+    for model_argument, message in [(tmp_path / "nosuchdir", "does not exist"), (good_wav, "cannot be loaded as a MAEST")]:
+        status, _, err = run_cli(["tag", good_wav, "--model", f"{model_argument}/" if "nosuch" in str(model_argument) else model_argument, "-q"], capsys)
+        assert status == 2 and err.count("\n") == 1 and message in err, err
+    status, _, err = run_cli(["export-onnx", small_model_dir, tmp_path / "m.onnx", "--tokens", "zz"], capsys)
+    assert status == 2 and err.count("\n") == 1 and "Unknown embedding token" in err, err
+
+
 def test_bad_options_are_one_line_usage_errors(good_wav, small_model_dir, model, capsys):
     status, _, err = run_cli(["tag", good_wav, "--model", small_model_dir, "--batch-size", "0", "-q"], capsys)
     assert status == 2 and err.count("\n") == 1 and "batch_size must be an integer >= 1, got 0" in err
@@ -332,6 +341,19 @@ def test_failed_tsv_keeps_tabs_and_newlines_in_names(small_model_dir, tmp_path, 
     status, _, err = run_cli(["embed", directory, "--out", out, "--model", small_model_dir, "-q"], capsys)
     assert status == 1, err
     assert sorted(item["path"] for item in read_failures(str(out) + ".failed.tsv")) == sorted(str(directory / n) for n in names)
+
+
+def test_failures_are_listed_in_input_order_whatever_order_they_were_saved_in(model, tmp_path):
+    from maest.inference.store import ProgressStore, finalize_output
+
+    store = ProgressStore(tmp_path / "o.parquet", {"x": 1}, {"scores": 7})
+    store.open()
+    for name in ("c", "a", "b"):  # as two processes may save them
+        store.add_failure(name, f"{name}: bad")
+        store.flush()
+    _, failures = finalize_output(tmp_path / "o.parquet", store, {}, order=["a", "b", "c"])
+    assert [item["path"] for item in failures] == ["a", "b", "c"]
+    assert [item["path"] for item in read_failures(tmp_path / "o.parquet.failed.tsv")] == ["a", "b", "c"]
 
 
 def test_results_follow_the_input_order_of_paths_and_arrays(good_wav, model):
