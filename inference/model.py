@@ -1,6 +1,7 @@
 """Loading a MAEST model for inference: the model at the asked precision and device, with its feature extractor."""
 
 import json
+import pickle
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -220,7 +221,7 @@ def load_model(
                 raise _not_available(name, "it is not in the local Hugging Face cache and the Hub's host cannot be resolved")
     try:
         model = MAESTForAudioClassification.from_pretrained(source)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, pickle.UnpicklingError) as error:  # (maest only unpickles tensors)
         if local:  # a file that is not a model directory, an unreadable or garbled config.json: one line
             message = " ".join(str(error).split()) or type(error).__name__
             raise InferenceSettingError(f"{name}: cannot be loaded as a MAEST model directory ({message[:300]})") from error

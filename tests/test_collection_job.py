@@ -17,6 +17,7 @@ import time
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from conftest import synth_music, write_audio
 from maest.cli import main as maest_main
@@ -313,6 +314,12 @@ def test_models_that_are_not_model_directories_are_one_line_errors(good_wav, sma
     for model_argument, message in [(tmp_path / "nosuchdir", "does not exist"), (good_wav, "cannot be loaded as a MAEST")]:
         status, _, err = run_cli(["tag", good_wav, "--model", f"{model_argument}/" if "nosuch" in str(model_argument) else model_argument, "-q"], capsys)
         assert status == 2 and err.count("\n") == 1 and message in err, err
+    pickled = tmp_path / "pickled"
+    shutil.copytree(small_model_dir, pickled)
+    (pickled / "model.safetensors").unlink()
+    torch.save({"weights": threading.Lock}, pickled / "pytorch_model.bin")  # not only tensors: never unpickled
+    status, _, err = run_cli(["tag", good_wav, "--model", pickled, "-q"], capsys)
+    assert status == 2 and err.count("\n") == 1 and "cannot be loaded as a MAEST model" in err, err
     status, _, err = run_cli(["export-onnx", small_model_dir, tmp_path / "m.onnx", "--tokens", "zz"], capsys)
     assert status == 2 and err.count("\n") == 1 and "Unknown embedding token" in err, err
 
