@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from maest.cli.common import EXIT_CRASH, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, run_command
+from maest.cli.common import EXIT_BROKEN_PIPE, EXIT_CRASH, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, run_command
 from maest.errors import MAESTError
 
 
@@ -66,3 +66,19 @@ def test_exit_statuses(capsys):
     # A bug is never exit 1 ("some tracks failed"), and its traceback is shown.
     assert run_command(_raises(ZeroDivisionError("division by zero")), None) == EXIT_CRASH
     assert "Traceback" in capsys.readouterr().err
+
+
+def test_a_reader_that_goes_away_is_not_a_crash(small_model_dir, tmp_path):
+    # `maest tag ... | head -1`: the reader closes the pipe before the table is printed.
+    from conftest import synth_music, write_audio
+
+    tracks = [write_audio(tmp_path / f"song{i}.wav", synth_music(6.0, seed=i)) for i in range(3)]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "maest", "tag", *map(str, tracks), "--model", str(small_model_dir), "--num-workers", "0",
+         "--format", "csv", "-q"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    process.stdout.close()
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=300) == EXIT_BROKEN_PIPE, err
+    assert "Traceback" not in err and "internal error" not in err

@@ -1,10 +1,13 @@
 """What every `maest` subcommand shares: exit statuses and turning errors into one line.
 
 Exit status: 0 all done, 1 some tracks (or items) failed and the others were written, 2 usage or set-up error (the
-message names the file, option or value), 130 interrupted (Ctrl-C or SIGTERM; finished work is kept), 70 an internal
-error (a bug: the traceback is printed). A crash is never 1, so scripts can tell "some tracks failed" from "it broke".
+message names the file, option or value), 130 interrupted (Ctrl-C or SIGTERM; finished work is kept), 141 the reader
+of the output went away (`maest tag ... | head`: what a shell reports for a filter ended by SIGPIPE; outputs written
+with --out are complete), 70 an internal error (a bug: the traceback is printed). A crash is never 1, so scripts can
+tell "some tracks failed" from "it broke".
 """
 
+import os
 import signal
 import sys
 import traceback
@@ -15,6 +18,7 @@ EXIT_SOME_FAILED = 1
 EXIT_USAGE = 2
 EXIT_CRASH = 70  # EX_SOFTWARE in sysexits.h
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
 
 
 def error(message: str) -> None:
@@ -51,6 +55,10 @@ def run_command(function, args, interrupted_message: str = "interrupted") -> int
     except KeyboardInterrupt:
         print(interrupted_message, file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # Python would report the unflushed rest at exit as a second error: stdout goes to /dev/null instead.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except (MAESTError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exception:
         error(one_line(exception))
         return EXIT_USAGE
