@@ -392,6 +392,7 @@ def _run_launched(settings: CollectionSettings, inputs) -> DistributedResults:
     if settings.device not in (None, "cpu", "cuda") and str(settings.device) != device:
         logger.warning(f"--device {settings.device} ignored under a launcher: process {rank} uses {device}")
     job, plan, inference_model = _set_up_launched(settings, inputs, state, device)
+    finished = False
     try:
         _shard_launched(settings, plan, state, inference_model)
         # Every process runs its share; the main process shows the job's progress meanwhile.
@@ -410,6 +411,7 @@ def _run_launched(settings: CollectionSettings, inputs) -> DistributedResults:
         if state.is_main_process:
             # The store's folder holds the status file that the others read: it is removed once they all have.
             results = _finish(job, progress, num_processes, keep_store=True)
+            finished = True
             write_json(status_file, _status(results))
             status = _status(results)
         else:
@@ -417,11 +419,16 @@ def _run_launched(settings: CollectionSettings, inputs) -> DistributedResults:
                 check_interrupted()
                 time.sleep(POLL_SECONDS)
     finally:
-        if job is not None:
+        if job is not None and not finished:
             job.close()
-    state.wait_for_everyone()  # everyone has read the status: the store's folder can go
-    if state.is_main_process:
-        shutil.rmtree(job.store.directory, ignore_errors=True)
+    if finished:  # the main process: it holds the output's lock until the store is gone
+        try:
+            state.wait_for_everyone()  # everyone has read the status: the store's folder can go
+            shutil.rmtree(job.store.directory, ignore_errors=True)
+        finally:
+            job.close()
+    else:
+        state.wait_for_everyone()
     return DistributedResults(results, status["failed"], plan.num_tracks, status["skipped"], status["processed"], rank, num_processes)
 
 

@@ -476,14 +476,18 @@ class CollectionJob:
         return job
 
     def finish(self, processed: int, num_processes: int = 1, keep_store: bool = False) -> InferenceResults:
-        """Merges the parts into the output, writes the failure list, removes the store (unless `keep_store`: the
-        caller removes it once its other processes are done with it) and releases the lock."""
+        """Merges the parts into the output, writes the failure list, removes the store and releases the lock. With
+        `keep_store`, the store and the lock stay: the caller removes the store once its other processes are done
+        with it, then calls `close` (a new run on the same output must not start while the old store is there)."""
         try:
             table, failures = finalize_output(
                 self.settings.out, self.store, self.metadata, existing=self.existing, order=self.inputs.names,
                 remove_store=not keep_store,
             )
-        finally:
+        except BaseException:
+            self.lock.release()
+            raise
+        if not keep_store:
             self.lock.release()
         wanted = set(self.inputs.names) | {folder for folder, _ in self.inputs.unreadable}
         return InferenceResults(
