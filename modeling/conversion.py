@@ -11,6 +11,7 @@
 Only tensors are ever unpickled (`torch.load(..., weights_only=True)`).
 """
 
+import copy
 import pickle
 import re
 from pathlib import Path
@@ -291,7 +292,8 @@ def load_original_checkpoint(
 
     Args:
         path: the checkpoint file.
-        config (`MAESTConfig`, *optional*): its shape; inferred from the weights and the file name otherwise.
+        config (`MAESTConfig`, *optional*): its shape; inferred from the weights and the file name otherwise. A copy
+            is used (as transformers' `from_pretrained` does): the caller's config is never modified.
         model_class: `MAESTForAudioClassification` (default) or `MAESTModel`.
         use_swa: for training checkpoints, load the SWA weights (the published ones) rather than the last weights.
         labels (list of `str`, *optional*): label names, in output order. Original checkpoints store none: without
@@ -304,6 +306,8 @@ def load_original_checkpoint(
     if config is None:
         shape = _preset_shape(preset, path)
         config = config_from_original_state_dict(state_dict, source=str(path), **shape)
+    else:
+        config = copy.deepcopy(config)
     if labels is not None:
         set_label_names(config, labels)
     else:

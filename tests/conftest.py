@@ -72,9 +72,10 @@ def reference():
     return dict(np.load(FIXTURES / "tiny_expected.npz"))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def tiny_config():
-    """The shape of the reference checkpoint (tests/fixtures/tiny_config.json)."""
+    """The shape of the reference checkpoint (tests/fixtures/tiny_config.json). A model built from it shares the
+    object (as in transformers): a new one per module, so a test module that changes it cannot reach another."""
     from maest import MAESTConfig
 
     return MAESTConfig.from_preset("maest-tiny")

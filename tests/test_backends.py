@@ -1,6 +1,7 @@
 """Back-ends (`maest.inference.backends`): exported graphs under ONNX Runtime and OpenVINO give torch float32's
 results through the same `run` contract; int8 stays close; the graph cache; `auto` and its fallback."""
 
+import copy
 import warnings
 
 import pytest
@@ -79,7 +80,7 @@ def test_graphs_keep_inference_patchout(tiny_config, segments, cache_dir, stride
     if not INSTALLED:
         pytest.skip("no exported-graph runtime installed")
     torch.manual_seed(0)
-    model = MAESTForAudioClassification(tiny_config).eval()
+    model = MAESTForAudioClassification(copy.deepcopy(tiny_config)).eval()  # not torch_model's config
     model.config.inference_patchout_time_stride = stride
     inference_model = InferenceModel(model, MAESTFeatureExtractor(max_length=tiny_config.max_length), "tiny", torch.device("cpu"), "float32")
     exported = load_backend(inference_model, INSTALLED[0], "float32", cache_dir=cache_dir)

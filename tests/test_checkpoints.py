@@ -206,3 +206,15 @@ def test_save_load_round_trip_keeps_everything(tmp_path, original_model):
     # transformers' save_pretrained copies the code; the saved config names every Auto class.
     assert json.loads((tmp_path / "config.json").read_text())["auto_map"] == MAEST_AUTO_MAP
     assert (tmp_path / "modeling_maest.py").is_file() and (tmp_path / "configuration_maest.py").is_file()
+
+
+def test_loading_an_original_checkpoint_leaves_the_given_config_alone(tiny_config):
+    # As transformers' from_pretrained(config=...): the model gets a copy; names and later changes stay with it.
+    before = tiny_config.to_dict()
+    model = load_original_checkpoint(
+        FIXTURES / "tiny_native_state_dict.pt", config=tiny_config, labels=[f"tag {i}" for i in range(tiny_config.num_labels)]
+    )
+    model.config.inference_patchout_time_stride = 2
+    assert model.config is not tiny_config
+    assert model.config.id2label[0] == "tag 0"
+    assert tiny_config.to_dict() == before
