@@ -585,7 +585,7 @@ def _int8_skip_modules(model, which: str) -> list:
     if which == "fc2":
         return [name for name in names if name.endswith("mlp.fc2")]
     if which == "first-last":
-        return [name for name in names if f".layers.0." in name or f".layers.{last}." in name]
+        return [name for name in names if ".layers.0." in name or f".layers.{last}." in name]
     if which == "heads":
         return [name for name in names if ".layers." not in name]
     raise ValueError(f"unknown int8 variant int8-keep-{which}: use fc2, first-last or heads")

@@ -2,7 +2,6 @@
 
 import json
 import pickle
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,13 +151,20 @@ def _not_available(name: str, reason: str) -> ModelNotAvailableError:
     )
 
 
-def _load_feature_extractor(source: str, max_length: int):
+def load_feature_extractor(source: str, max_length: int):
+    """The front-end for the model at `source` (a path or a Hub id) whose segments are `max_length` frames.
+
+    MAEST directories carry their own front-end settings; everything else (the published AST-format repos carry an
+    older extractor, with a periodic Hann window, that differs from the training features; Hub ids; checkpoint files)
+    gets the Essentia-exact default.
+    """
     from maest import MAESTFeatureExtractor
 
-    # MAEST directories carry their own front-end settings; the published AST-format repos carry an older extractor
-    # (periodic Hann window) that differs from the training features, so those get the Essentia-exact default.
-    config_file = Path(source) / "config.json"
-    preprocessor_file = Path(source) / "preprocessor_config.json"
+    if not source:
+        return MAESTFeatureExtractor(max_length=max_length)
+    source = Path(source).expanduser()
+    config_file = source / "config.json"
+    preprocessor_file = source / "preprocessor_config.json"
     if config_file.is_file() and preprocessor_file.is_file():
         if json.loads(config_file.read_text()).get("model_type") == "maest":
             feature_extractor = MAESTFeatureExtractor.from_pretrained(source)
@@ -228,7 +234,7 @@ def load_model(
         raise _not_available(name, f"it is not in the local cache and the Hub could not be reached ({error})") from error
     if inference_patchout_time_stride is not None:
         model.config.inference_patchout_time_stride = int(inference_patchout_time_stride)
-    feature_extractor = _load_feature_extractor(source, model.config.max_length)
+    feature_extractor = load_feature_extractor(source, model.config.max_length)
     torch_dtype = dtype if chosen == "torch" else "float32"  # an exported graph is made from the float32 model
     model = prepare_model(model, dtype=torch_dtype, device=device)
     inference_model = InferenceModel(model, feature_extractor, name, torch.device(device), torch_dtype)

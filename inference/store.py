@@ -22,7 +22,6 @@ outputs hold the exact names (numpy strings are UTF-32); `OUT.failed.tsv` holds 
 import csv
 import errno
 import fcntl
-import io
 import json
 import logging
 import os

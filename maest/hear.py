@@ -31,7 +31,8 @@ from .errors import MAESTError
 from .feature_extraction import MAESTFeatureExtractor
 from .modeling import MAESTForAudioClassification, find_published, load_maest
 from .modeling.modeling_maest import parse_embedding_tokens
-from .original import DEFAULT_ARCH, _feature_extractor
+from .inference.model import load_feature_extractor
+from .original import DEFAULT_ARCH
 
 
 # The shape `load_model("")` gives random weights of.
@@ -125,7 +126,7 @@ def load_model(
         feature_extractor = MAESTFeatureExtractor(max_length=config.max_length)
     else:
         model = load_maest(model_file_path)
-        feature_extractor = _feature_extractor(str(model_file_path), model.config.max_length)
+        feature_extractor = load_feature_extractor(str(model_file_path), model.config.max_length)
     return HEARModel(model, feature_extractor, block=block, tokens=tokens, batch_size=batch_size).eval()
 
 

@@ -27,14 +27,12 @@ Differences from the original, all deliberate:
 - A 2-D mel spectrogram shorter than one segment is one segment of its own length (the original fails on it).
 """
 
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from .errors import MAESTError
-from .feature_extraction import MAESTFeatureExtractor
-from .inference.model import ModelNotAvailableError, _load_feature_extractor
+from .inference.model import ModelNotAvailableError, load_feature_extractor
 from .modeling import (
     MAESTForAudioClassification,
     find_published,
@@ -345,15 +343,7 @@ def get_maest(
         model = MAESTForAudioClassification(published.config(num_labels=n_classes, id2label=None, label2id=None))
     for name, value in overrides.items():
         setattr(model.config, name, value)
-    return OriginalMAEST(model, _feature_extractor(source, model.config.max_length)).eval()
-
-
-def _feature_extractor(source: str, max_length: int):
-    """A MAEST directory's own front-end settings; the Essentia-exact defaults for everything else (the AST-format
-    Hub repos carry an older extractor that differs from the training features)."""
-    if source and Path(source).expanduser().is_dir():
-        return _load_feature_extractor(str(Path(source).expanduser()), max_length)
-    return MAESTFeatureExtractor(max_length=max_length)
+    return OriginalMAEST(model, load_feature_extractor(source, model.config.max_length)).eval()
 
 
 def _check_cached(repo_id: str, arch: str) -> None:

@@ -2,7 +2,6 @@
 clear errors and leave the directory as it was."""
 
 import hashlib
-import io
 import json
 import shutil
 from pathlib import Path

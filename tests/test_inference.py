@@ -18,7 +18,6 @@ from maest.cli import main as maest_main
 from maest.feature_extraction import load_audio
 from maest.inference import (
     ModelNotAvailableError,
-    SettingsMismatchError,
     embed,
     load_model,
     read_output,

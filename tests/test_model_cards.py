@@ -5,7 +5,6 @@ import json
 import re
 import shutil
 
-import numpy as np
 import pytest
 import torch
 from huggingface_hub import ModelCard
@@ -14,7 +13,7 @@ from conftest import FIXTURES, SMALL_MODEL_LABELS, synth_music, write_audio
 from maest import MAESTConfig, MAESTForAudioClassification
 from maest.cli import main
 from maest.model_cards import CITATION_BIBTEX, build_model_card, count_parameters, write_model_card
-from maest.modeling import PUBLISHED_CHECKPOINTS, find_published, match_published
+from maest.modeling import PUBLISHED_CHECKPOINTS, find_published
 
 # DESIGN.md section 6, the 30 s model (ROC-AUC, mAP in percent), in the paper's order.
 PAPER_FIGURES = [

@@ -2,7 +2,6 @@
 approximate search against exact search, and a near-duplicate found among distinct tracks."""
 
 import json
-import shutil
 import subprocess
 
 import numpy as np
