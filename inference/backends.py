@@ -14,9 +14,10 @@ dtypes: ``float32`` everywhere; ``int8`` on ONNX Runtime and OpenVINO is ONNX Ru
 MatMul weights (int8, one scale per output channel; activations quantized per call), the same scheme as torch's
 `--dtype int8`; ``bfloat16`` on OpenVINO sets its bf16 inference-precision hint (pays only with AMX / AVX512-BF16).
 
-`auto` picks by this rule (backed by `maest bench` on a 2-core AVX2 EPYC, benchmarks/results.md and README "Speed"):
-on CPU, float32 and int8 run fastest under ONNX Runtime, then OpenVINO, then torch; bfloat16 and CUDA devices run
-under torch. A runtime that is not installed is passed over for the next one, saying so once. A named back-end that
+`auto` picks by this rule (backed by two `maest bench` runs on 2-core AMD EPYCs, benchmarks/results.md and README
+"Speed"): on CPU, float32 runs fastest under OpenVINO (1.32x torch; ONNX Runtime 1.25x), then ONNX Runtime, then torch;
+int8 under ONNX Runtime (2.46x torch float32; OpenVINO reading the same quantized graph 1.17x), then OpenVINO, then
+torch; bfloat16 and CUDA devices run under torch. A runtime that is not installed is passed over for the next one, saying so once. A named back-end that
 cannot run (not installed, another dtype, CUDA) is an error, never replaced.
 """
 
@@ -44,9 +45,8 @@ BACKENDS = ("torch", "onnxruntime", "openvino")
 BACKEND_CHOICES = ("auto",) + BACKENDS
 # The dtypes each exported-graph runtime runs (torch runs every dtype of `maest.inference.precision`).
 EXPORTED_DTYPES = {"onnxruntime": ("float32", "int8"), "openvino": ("float32", "int8", "bfloat16")}
-# `auto`'s order of preference on CPU, fastest first, and the dtypes it sends there (see the module docstring).
-AUTO_ORDER = ("onnxruntime", "openvino", "torch")
-AUTO_DTYPES = ("float32", "int8")
+# `auto`'s order of preference on CPU per dtype, fastest first (see the module docstring); other dtypes run on torch.
+AUTO_ORDER = {"float32": ("openvino", "onnxruntime", "torch"), "int8": ("onnxruntime", "openvino", "torch")}
 GRAPH_FORMAT = 2  # bump when the exported graph changes, so that cached graphs are rebuilt
 
 
@@ -89,8 +89,8 @@ def resolve_backend(backend: str = "auto", dtype: str = "float32", device="cpu")
 
     A named back-end is itself, or an error (`BackendError`) when it is not installed, does not run `dtype`, or is an
     exported one asked for on CUDA: an explicit choice is never replaced silently. ``"auto"`` follows the module's
-    rule: on CPU, float32 and int8 run on the first installed one of `AUTO_ORDER`; bfloat16 and CUDA devices run on
-    torch. When `auto` passes over a runtime that is not installed it says so, once per process.
+    rule: on CPU, float32 and int8 run on the first installed one of `AUTO_ORDER[dtype]`; bfloat16 and CUDA devices
+    run on torch. When `auto` passes over a runtime that is not installed it says so, once per process.
     """
     if backend not in BACKEND_CHOICES:
         raise BackendError(f"unknown backend {backend!r}: choose one of {', '.join(BACKEND_CHOICES)}")
@@ -111,11 +111,12 @@ def resolve_backend(backend: str = "auto", dtype: str = "float32", device="cpu")
                 f"backend {backend!r} is not installed: pip install 'maest[{_extra(backend)}]', or use --backend torch"
             )
         return backend
-    if not cpu or dtype not in AUTO_DTYPES:
+    if not cpu or dtype not in AUTO_ORDER:
         return "torch"
-    missing = [name for name in AUTO_ORDER if name != "torch" and runtime_version(name) is None]
-    chosen = next(name for name in AUTO_ORDER if name not in missing)
-    passed_over = missing[: AUTO_ORDER.index(chosen)]
+    order = AUTO_ORDER[dtype]
+    missing = [name for name in order if name != "torch" and runtime_version(name) is None]
+    chosen = next(name for name in order if name not in missing)
+    passed_over = sorted(missing[: order.index(chosen)])
     if passed_over and (tuple(passed_over), chosen) not in _fallbacks_reported:
         _fallbacks_reported.add((tuple(passed_over), chosen))
         install = " or ".join(f"pip install 'maest[{_extra(name)}]'" for name in passed_over)
@@ -356,7 +357,6 @@ def load_backend(
 
 
 __all__ = [
-    "AUTO_DTYPES",
     "AUTO_ORDER",
     "BACKENDS",
     "BACKEND_CHOICES",

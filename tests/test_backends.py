@@ -134,6 +134,21 @@ def test_auto_rule_and_fallback(monkeypatch):
         assert resolve_backend("auto", "int8") == "torch"
 
 
+def test_auto_follows_the_measured_order_per_dtype(monkeypatch):
+    # maest bench (README "Speed"): OpenVINO is the faster float32 runtime, ONNX Runtime the faster int8 one.
+    installed = {"torch", "onnxruntime", "openvino"}
+    monkeypatch.setattr(backends, "runtime_version", lambda name: "1" if name in installed else None)
+    monkeypatch.setattr(backends, "_fallbacks_reported", set())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing passed over, nothing said
+        assert resolve_backend("auto", "float32") == "openvino"
+        assert resolve_backend("auto", "int8") == "onnxruntime"
+    installed.discard("openvino")
+    with pytest.warns(UserWarning, match="backend auto: openvino not installed .* running on onnxruntime"):
+        assert resolve_backend("auto", "float32") == "onnxruntime"
+    assert resolve_backend("auto", "int8") == "onnxruntime"
+
+
 def test_torch_backend_is_the_model_itself(torch_model):
     assert load_backend(torch_model, "torch") is torch_model
     int8 = load_backend(torch_model, "torch", "int8")
