@@ -267,7 +267,20 @@ def read_failures(path) -> list[dict]:
 class OutputLock:
     """The one run writing `out`: an exclusive `flock` on `OUT.lock`, which holds `pid N on HOST` for the message
     a second run gets. The kernel drops the lock when its process ends (killed too), so a stale lock file is simply
-    taken over. The holder removes the file when done."""
+    taken over. The holder removes the file when done.
+
+    An `flock` belongs to the open file, which forked children (the DataLoader's decoding workers) share: a child
+    closes its copy at once, or a run killed with SIGKILL would stay locked until its orphaned workers noticed."""
+
+    _held: "set[OutputLock]" = set()  # acquired and not released in this process
+
+    @classmethod
+    def _forget_in_forked_child(cls) -> None:
+        for lock in list(cls._held):
+            if lock._descriptor is not None:
+                os.close(lock._descriptor)
+                lock._descriptor = None
+        cls._held.clear()
 
     def __init__(self, out):
         self.out = Path(out)
@@ -303,6 +316,7 @@ class OutputLock:
                 current = False
             if current:
                 self._descriptor = descriptor
+                OutputLock._held.add(self)
             else:
                 os.close(descriptor)
         os.ftruncate(self._descriptor, 0)
@@ -318,6 +332,7 @@ class OutputLock:
             pass
         os.close(self._descriptor)
         self._descriptor = None
+        OutputLock._held.discard(self)
 
     def __enter__(self):
         return self.acquire()
@@ -325,6 +340,9 @@ class OutputLock:
     def __exit__(self, *exc):
         self.release()
         return False
+
+
+os.register_at_fork(after_in_child=OutputLock._forget_in_forked_child)
 
 
 # ------------------------------------------------------------------------------------------------------- progress

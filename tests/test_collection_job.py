@@ -91,6 +91,27 @@ def test_the_lock_of_a_killed_run_is_taken_over(good_wav, small_model_dir, tmp_p
     assert len(read_output(out)) == 1
 
 
+def test_a_killed_runs_forked_workers_do_not_keep_its_lock(tmp_path):
+    # The holder forks a child (as the DataLoader forks its decoding workers) that outlives it: once the holder is
+    # killed, the next run takes the lock at once, while the orphaned child still lives.
+    out = tmp_path / "m.parquet"
+    script = (
+        f"import os, time; from maest.inference.store import OutputLock; OutputLock({str(out)!r}).acquire()\n"
+        "child = os.fork()\n"
+        "if child == 0:\n    time.sleep(60); os._exit(0)\n"
+        "print(child, flush=True); time.sleep(60)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    child = int(holder.stdout.readline())
+    try:
+        holder.kill()
+        holder.wait()
+        os.kill(child, 0)  # the orphan is alive
+        OutputLock(out).acquire().release()
+    finally:
+        os.kill(child, signal.SIGKILL)
+
+
 # ------------------------------------------------------------------------------------------------- 2. non-finite
 @pytest.fixture
 def nan_features_for_loud_audio(monkeypatch):
