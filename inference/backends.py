@@ -17,8 +17,8 @@ MatMul weights (int8, one scale per output channel; activations quantized per ca
 `auto` picks by this rule (backed by two `maest bench` runs on 2-core AMD EPYCs, benchmarks/results.md and README
 "Speed"): on CPU, float32 runs fastest under OpenVINO (1.32x torch; ONNX Runtime 1.25x), then ONNX Runtime, then torch;
 int8 under ONNX Runtime (2.46x torch float32; OpenVINO reading the same quantized graph 1.17x), then OpenVINO, then
-torch; bfloat16 and CUDA devices run under torch. A runtime that is not installed is passed over for the next one, saying so once. A named back-end that
-cannot run (not installed, another dtype, CUDA) is an error, never replaced.
+torch; bfloat16 and CUDA devices run under torch. A runtime that is not installed is passed over for the next one,
+saying so once. A named back-end that cannot run (not installed, another dtype, CUDA) is an error, never replaced.
 """
 
 import copy
