@@ -276,10 +276,9 @@ class OutputLock:
 
     @classmethod
     def _forget_in_forked_child(cls) -> None:
-        for lock in list(cls._held):
-            if lock._descriptor is not None:
-                os.close(lock._descriptor)
-                lock._descriptor = None
+        for lock in cls._held:  # every held lock has its descriptor: release() takes it out of the set
+            os.close(lock._descriptor)
+            lock._descriptor = None
         cls._held.clear()
 
     def __init__(self, out):
