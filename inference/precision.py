@@ -6,7 +6,7 @@ inference model for a `--dtype` / `--device` pair:
 - ``"float32"``: the model as is (the default, and the reference the other variants are measured against).
 - ``"bfloat16"``: parameters and buffers cast to bfloat16; inputs must be cast by the caller (`input_dtype`). Pays on
   GPUs and on CPUs with bf16 units (AMX or AVX512-BF16); on AVX2-only CPUs bf16 matmuls are emulated and far slower
-  than float32 (DESIGN.md section 7), so this warns there.
+  than float32 (README.md, section 'Speed'), so this warns there.
 - ``"int8"``: dynamic int8 quantization of every `nn.Linear` (int8 weights with one scale per output channel,
   activations quantized on the fly per call); CPU only. Attention's score matmuls, the patch convolution, GELU and
   the layer norms stay in float32.

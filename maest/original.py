@@ -17,8 +17,8 @@ Differences from the original, all deliberate:
   was trained on). The original's torchaudio front-end frames with a periodic Hann window and reflection padding at
   the clip's edges and gives `1 + n // 256` frames for `n` samples; this one uses Essentia's symmetric window, zero
   padding and `1 + ceil(n / 256)` frames. The features differ slightly (the window alone by up to about 0.03 after
-  normalization, DESIGN.md section 3; the padding at the clip's edges), so audio-input logits and embeddings differ
-  slightly from the original's; mel-spectrogram inputs give the original's results.
+  normalization, docs/design.md, section 'Front-end'; the padding at the clip's edges), so audio-input logits and
+  embeddings differ slightly from the original's; mel-spectrogram inputs give the original's results.
 - A segment is the model's `max_length` frames (1876 for the 30 s models: all 187 time positions), where the original
   cuts segments of 1875 frames (186 positions).
 - With a `transformer_block`, the logits are returned too (recent versions of the original return `None` for them).

@@ -1,6 +1,6 @@
 """The paper's facts for the model cards: title, citation, the original code and license, and its downstream results
-(DESIGN.md sections 1 and 6). The released checkpoints themselves (shape, label set, training facts) are registered
-in `maest.modeling.published`."""
+(docs/design.md, sections 'What MAEST is' and 'Downstream protocol'). The released checkpoints themselves (shape,
+label set, training facts) are registered in `maest.modeling.published`."""
 
 from dataclasses import dataclass
 
@@ -33,7 +33,8 @@ class DownstreamResult:
     baseline_average_precision: float
 
 
-# DESIGN.md section 6: the 30 s model's embeddings (block 7, cls + dist + mean tokens) with an MLP probe.
+# docs/design.md, section 'Downstream protocol': the 30 s model's embeddings (block 7, cls + dist + mean tokens)
+# with an MLP probe.
 PAPER_DOWNSTREAM_RESULTS = (
     DownstreamResult("mtg-jamendo", "MTG-Jamendo (genre)", "genre", 0.882, 0.216, 0.877, 0.199),
     DownstreamResult("mtg-jamendo", "MTG-Jamendo (instrument)", "instrument", 0.800, 0.229, 0.776, 0.198),

@@ -1,4 +1,4 @@
-"""Loading MAEST weights from every published layout (DESIGN.md section 4).
+"""Loading MAEST weights from every published layout (docs/design.md, section 'Checkpoint formats').
 
 `load_maest(path_or_repo)` is the one entry point: it reads MAEST directories and Hub repos through transformers'
 `from_pretrained` (which the model classes leave as transformers has it), and converts the other layouts:

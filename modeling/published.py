@@ -1,4 +1,5 @@
-"""The released MAEST checkpoints (DESIGN.md sections 1 and 5): one registry, one name matcher.
+"""The released MAEST checkpoints (docs/design.md, sections 'What MAEST is' and 'Training recipe'): one registry, one
+name matcher.
 
 Each entry holds the model's shape (a `MAEST_PRESETS` name), its label set (`discogs400` or `discogs519`, shipped in
 `modeling/labels/`) and the facts its model card states (segment length, initialization, training data).
@@ -42,7 +43,8 @@ class PublishedCheckpoint:
     initialization: str
     training_data: str
     teacher_student: bool = False
-    # Whether DESIGN.md section 6's downstream figures were measured with this very checkpoint.
+    # Whether the paper's downstream figures (docs/design.md, section 'Downstream protocol') were measured with this
+    # very checkpoint.
     has_paper_results: bool = False
 
     @property

@@ -17,7 +17,7 @@ from maest.hear import HEARInputError, get_scene_embeddings, get_timestamp_embed
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
-# MAEST's normalization (DESIGN.md section 3): padded frames are log10(1 + 0) normalized.
+# MAEST's normalization (docs/design.md, section 'Front-end'): padded frames are log10(1 + 0) normalized.
 PADDED_FRAME = (0.0 - 2.06755686098554) / (2 * 1.268292820667291)
 HOP_SECONDS = 256 / 16000
 VALIDATOR = Path(sys.executable).with_name("hear-validator")

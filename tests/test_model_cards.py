@@ -15,7 +15,7 @@ from maest.cli import main
 from maest.model_cards import CITATION_BIBTEX, build_model_card, count_parameters, write_model_card
 from maest.modeling import PUBLISHED_CHECKPOINTS, find_published
 
-# DESIGN.md section 6, the 30 s model (ROC-AUC, mAP in percent), in the paper's order.
+# docs/design.md, section 'Downstream protocol': the 30 s model (ROC-AUC, mAP in percent), in the paper's order.
 PAPER_FIGURES = [
     ("mtg-jamendo", "genre", 88.2, 21.6),
     ("mtg-jamendo", "instrument", 80.0, 22.9),

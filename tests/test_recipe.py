@@ -1,4 +1,4 @@
-"""The pieces of the pre-training recipe against their definitions (DESIGN.md section 5)."""
+"""The pieces of the pre-training recipe against their definitions (docs/design.md, section 'Training recipe')."""
 
 import math
 

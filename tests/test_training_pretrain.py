@@ -269,7 +269,8 @@ def test_teacher_student_with_accumulation_and_checkpointing(corpus, tmp_path):
 
 
 def test_shipped_30s_recipe_is_the_papers():
-    """The example config that ships with the package holds DESIGN.md section 5's recipe for the 30 s model."""
+    """The example config that ships with the package holds the paper's recipe for the 30 s model (docs/design.md,
+    section 'Training recipe')."""
     import maest.training
 
     path = Path(maest.training.__file__).parent / "pretrain-maest-30s.yaml"

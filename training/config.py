@@ -109,7 +109,7 @@ class PretrainConfig:
     train_patchout_time: int | None = None  # None: the paper's (30 per 10 s of input)
     train_patchout_freq: int = 0
     gradient_checkpointing: bool = False
-    # --- recipe (DESIGN.md section 5)
+    # --- recipe (docs/design.md, section 'Training recipe')
     batch_size: int = 12  # per process
     gradient_accumulation_steps: int = 1
     learning_rate: float = 2e-5

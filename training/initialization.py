@@ -1,4 +1,4 @@
-"""Initial weights for pre-training (DESIGN.md section 4, item 4).
+"""Initial weights for pre-training (docs/design.md, section 'Checkpoint formats', item 4).
 
 - `random`: the model's own initialization.
 - a MAEST checkpoint: a saved MAEST directory or any layout `maest.modeling.conversion.load_maest` reads.

@@ -1,4 +1,5 @@
-"""The pieces of MAEST's training recipe (DESIGN.md section 5), each small enough to test against its formula.
+"""The pieces of MAEST's training recipe (docs/design.md, section 'Training recipe'), each small enough to test
+against its formula.
 
 - `PaperSchedule`: exponential warm-up, plateau, linear decay to a floor (PaSST's `exp_warmup_linear_down`).
 - `mixup`: per-example lambda ~ Beta(alpha, alpha), lambda = max(lambda, 1 - lambda), applied to inputs and targets.

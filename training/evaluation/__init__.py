@@ -1,6 +1,6 @@
-"""Downstream evaluation of MAEST embeddings (DESIGN.md section 6): per-track embeddings with an on-disk cache
-(`embeddings`), labeled datasets (`labeled_data`), the paper's probes and the blocks x token sets sweep (`probe`),
-the metrics as `evaluate` modules (`metrics`) and the result files and heatmap (`report`)."""
+"""Downstream evaluation of MAEST embeddings (docs/design.md, section 'Downstream protocol'): per-track embeddings
+with an on-disk cache (`embeddings`), labeled datasets (`labeled_data`), the paper's probes and the blocks x token
+sets sweep (`probe`), the metrics as `evaluate` modules (`metrics`) and the result files and heatmap (`report`)."""
 
 from maest.errors import MAESTError
 

@@ -1,4 +1,5 @@
-"""Downstream evaluation (the paper's protocol, DESIGN.md section 6) and the `maest probe` command.
+"""Downstream evaluation (the paper's protocol, docs/design.md, section 'Downstream protocol') and the `maest probe`
+command.
 
 Embeddings per segment are averaged per track (`maest.training.embeddings`); a probe, linear or an MLP with one hidden
 layer of 512 units (ReLU, dropout 0.5), is trained with AdamW (lr 1e-4, weight decay 1e-3) for 60 epochs in batches of
