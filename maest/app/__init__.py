@@ -3,12 +3,26 @@ per segment, its nearest neighbours in a similarity index (with audio players), 
 
 `maest app --model M [--index INDEX_DIR]` serves it; `examples/hub_space/app.py` is the same app as a Hub Space.
 Everything runs locally: a model directory works offline.
+
+What it serves from the disk: only its own folder of temporary files (`AppFiles`: Gradio's uploads, each analysis's
+results, and copies of the neighbours' audio for the players, copied from the index's search results only). No folder
+of the collection, nor any indexed file by its own path, is served: Gradio's `allowed_paths` stays empty. The folder is
+kept under a size bound (oldest files removed first), files expire after an hour, and it is removed when the app
+stops. A login (`auth`, Gradio's) is required for any host other than the loopback interface, unless waived
+explicitly (`allow_unauthenticated`).
 """
 
 import csv
+import errno
+import ipaddress
 import json
+import logging
 import os
+import shutil
+import socket
 import tempfile
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +34,18 @@ from maest.inference.plot import plot_timeline
 from maest.similarity import SimilarityIndex, check_settings, embed_like_index
 
 
+logger = logging.getLogger(__name__)
+
 MAX_NEIGHBOUR_PLAYERS = 10
+DEFAULT_MAX_UPLOAD_MB = 200
+DEFAULT_TEMP_LIMIT_MB = 1024
+TEMP_MAX_AGE_SECONDS = 3600  # an analysis's results and players stay this long (or until the size bound needs room)
+PRUNE_EVERY_SECONDS = 2.0  # how often uploads (which no analysis may follow) are checked against the bound
+AUTH_ENVIRONMENT = "MAEST_APP_AUTH"
+
+
+class AppSetupError(MAESTError):
+    """The app cannot start as asked: a port in use, a bad host, a missing login for a public host."""
 
 
 @dataclass
@@ -54,6 +79,8 @@ class TrackAnalyzer:
     """
 
     def __init__(self, model: str | None = None, index=None, top_k: int = 5):
+        if top_k < 1:
+            raise AppSetupError(f"--top-k must be at least 1, got {top_k}")
         self.index = SimilarityIndex.open(index) if index is not None else None
         settings = dict(self.index.settings) if self.index is not None else {}
         name = model or settings.get("model", DEFAULT_MODEL)
@@ -83,12 +110,77 @@ class TrackAnalyzer:
             neighbours=neighbours,
         )
 
-    def allowed_paths(self) -> list[str]:
-        """The folders of the indexed tracks: the app may serve their audio to the players."""
-        if self.index is None:
-            return []
-        folders = sorted({os.path.dirname(path) for path in self.index.paths()})
-        return folders if len(folders) <= 100 else [os.path.commonpath(folders)]
+
+class AppFiles:
+    """The app's one folder on the disk (private: mode 0700), the only one it serves: Gradio's upload folder (set
+    through `GRADIO_TEMP_DIR` before the app is built), and `results/` with one folder per analysis (its figure,
+    downloads and the copies of the neighbours' audio).
+
+    Args:
+        limit_bytes: the folder's size bound: `prune` removes the oldest files beyond it.
+        max_age_seconds: files older than this are removed by `prune`.
+        parent: where to make the folder (default: the system's temporary folder).
+    """
+
+    def __init__(self, limit_bytes: int, max_age_seconds: float = TEMP_MAX_AGE_SECONDS, parent=None):
+        self.root = Path(tempfile.mkdtemp(prefix="maest-app-", dir=parent))
+        self.results = self.root / "results"
+        self.results.mkdir()
+        self.limit_bytes = int(limit_bytes)
+        self.max_age_seconds = max_age_seconds
+        self._lock = threading.Lock()
+
+    def use_for_gradio(self) -> None:
+        """Points Gradio's upload folder (and its examples cache, else `.gradio/` under the working directory) here:
+        read when a Gradio app is built and launched, so call this first."""
+        os.environ["GRADIO_TEMP_DIR"] = str(self.root)
+        os.environ["GRADIO_EXAMPLES_CACHE"] = str(self.root / "examples")
+
+    def new_folder(self) -> Path:
+        """A folder for one analysis's files (a random name: nobody can guess another analysis's files)."""
+        return Path(tempfile.mkdtemp(dir=self.results))
+
+    def size(self) -> int:
+        return sum(size for _, size, _ in self._files())
+
+    def _files(self) -> list[tuple[float, int, Path]]:
+        found = []
+        for folder, _, names in os.walk(self.root):
+            for name in names:
+                path = Path(folder, name)
+                try:
+                    status = path.lstat()
+                except OSError:
+                    continue  # removed meanwhile
+                found.append((status.st_mtime, status.st_size, path))
+        return found
+
+    def prune(self, keep: Path | None = None) -> int:
+        """Removes expired files, then the oldest files until the folder is within its bound (never those under
+        `keep`: the analysis being made), and then empty folders. Returns the bytes removed."""
+        with self._lock:
+            files = sorted(self._files(), key=lambda item: item[0])
+            total = sum(size for _, size, _ in files)
+            now, removed = time.time(), 0
+            for modified, size, path in files:
+                if keep is not None and keep in path.parents:
+                    continue
+                if total - removed > self.limit_bytes or now - modified > self.max_age_seconds:
+                    try:
+                        path.unlink()
+                        removed += size
+                    except OSError:
+                        pass
+            for folder, _, _ in sorted(os.walk(self.root), key=lambda item: -len(item[0])):
+                if Path(folder) not in (self.root, self.results):
+                    try:
+                        os.rmdir(folder)  # only empty ones
+                    except OSError:
+                        pass
+            return removed
+
+    def remove(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 def write_downloads(analysis: TrackAnalysis, directory) -> list[str]:
@@ -107,8 +199,24 @@ def write_downloads(analysis: TrackAnalysis, directory) -> list[str]:
     return [str(json_file), str(csv_file)]
 
 
-def build_app(model: str | None = None, index=None, top_k: int = 5, analyzer: TrackAnalyzer | None = None):
-    """The Gradio app (a `gradio.Blocks`; call `.launch()`)."""
+def copy_for_player(neighbour, folder: Path, limit_bytes: int) -> str | None:
+    """A copy of an indexed track (a search result: nothing else is ever copied) in the analysis's folder, for its
+    audio player; None when the file is gone or larger than the app's whole temporary-files bound."""
+    source = Path(neighbour.path)
+    try:
+        if source.stat().st_size > limit_bytes:
+            return None
+        copy = folder / f"neighbour-{neighbour.rank}{source.suffix.lower()}"
+        shutil.copyfile(source, copy)
+    except OSError:
+        return None
+    return str(copy)
+
+
+def build_app(model: str | None = None, index=None, top_k: int = 5, analyzer: TrackAnalyzer | None = None,
+              files: AppFiles | None = None):
+    """The Gradio app (a `gradio.Blocks`; `launch_app` serves it). `files`: the app's temporary folder (by default
+    a new one bounded to `DEFAULT_TEMP_LIMIT_MB`; `app.maest_files`), made Gradio's upload folder."""
     try:
         # imported here: an optional extra (`pip install "maest[app]"`)
         import gradio as gr
@@ -116,6 +224,8 @@ def build_app(model: str | None = None, index=None, top_k: int = 5, analyzer: Tr
         raise MAESTError('the web app needs Gradio: pip install "maest[app]"') from error
 
     analyzer = analyzer or TrackAnalyzer(model, index, top_k)
+    files = files or AppFiles(DEFAULT_TEMP_LIMIT_MB * 2**20)
+    files.use_for_gradio()
     players = min(top_k, MAX_NEIGHBOUR_PLAYERS) if analyzer.index is not None else 0
 
     def run(audio_path, progress=gr.Progress(track_tqdm=True)):
@@ -126,15 +236,20 @@ def build_app(model: str | None = None, index=None, top_k: int = 5, analyzer: Tr
             analysis = analyzer.analyze(audio_path, progress=True)
         except MAESTError as error:
             raise gr.Error(str(error)) from error
-        workdir = tempfile.mkdtemp(prefix="maest-app-")
-        timeline = os.path.join(workdir, "timeline.png")
+        workdir = files.new_folder()
+        files.prune(keep=workdir)
+        timeline = str(workdir / "timeline.png")
         plot_timeline(analysis.segment_scores, analyzer.model.labels, analysis.segment_seconds, timeline,
                       top_k=analyzer.top_k, title=Path(audio_path).name)
         styles = [[label, round(score, 4)] for label, score in analysis.styles]
-        neighbours = [[n.rank, n.path, round(n.score, 4)] + ([n.start_seconds] if analyzer.index.per_segment else [])
+        per_segment = analyzer.index is not None and analyzer.index.per_segment
+        neighbours = [[n.rank, n.path, round(n.score, 4)] + ([n.start_seconds] if per_segment else [])
                       for n in analysis.neighbours]
-        audio = [gr.Audio(value=n.path, label=f"{n.rank}. {Path(n.path).name} ({n.score:.3f})", visible=True)
-                 for n in analysis.neighbours[:players]]
+        audio = []
+        for neighbour in analysis.neighbours[:players]:
+            copy = copy_for_player(neighbour, workdir, files.limit_bytes)
+            name = f"{neighbour.rank}. {Path(neighbour.path).name} ({neighbour.score:.3f})"
+            audio.append(gr.Audio(value=copy, label=name if copy else f"{name}: file unavailable", visible=True))
         audio += [gr.Audio(value=None, visible=False)] * (players - len(audio))
         return [styles, timeline, neighbours, write_downloads(analysis, workdir), *audio]
 
@@ -150,18 +265,120 @@ def build_app(model: str | None = None, index=None, top_k: int = 5, analyzer: Tr
                                   visible=analyzer.index is not None)
         neighbour_audio = [gr.Audio(visible=False, interactive=False, elem_id=f"neighbour-{rank}") for rank in range(players)]
         downloads = gr.File(label="results (JSON, CSV)", file_count="multiple", elem_id="downloads")
-        button.click(run, inputs=audio_input, outputs=[styles, timeline, neighbours, downloads, *neighbour_audio])
-    app.maest_allowed_paths = analyzer.allowed_paths()
+        button.click(run, inputs=audio_input, outputs=[styles, timeline, neighbours, downloads, *neighbour_audio],
+                     api_name="analyze")
+    app.maest_files = files
     return app
 
 
-def launch_app(model: str | None = None, index=None, host: str = "127.0.0.1", port: int = 7860, top_k: int = 5, **launch_kwargs):
-    """Builds the app and serves it (blocks until stopped, unless `prevent_thread_lock=True`)."""
+def parse_auth(text: str | None) -> tuple[str, str] | None:
+    """`USER:PASSWORD` as Gradio's `auth` pair (the password may hold colons); None for None or ''."""
+    if not text:
+        return None
+    user, colon, password = text.partition(":")
+    if not colon or not user.strip() or not password:
+        raise AppSetupError("--auth (or $MAEST_APP_AUTH) must be USER:PASSWORD, both non-empty")
+    return user.strip(), password
+
+
+def is_loopback(host: str) -> bool:
+    """True when only this machine can reach `host` (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_port(host: str, port: int) -> None:
+    """Refuses a port out of range or already in use on `host`, before minutes of model loading."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise AppSetupError(f"--port must be a port number from 1 to 65535, got {port!r}")
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as error:
+        raise AppSetupError(f"--host {host}: not an address of this machine ({error})") from None
+    family, kind, protocol, _, address = addresses[0]
+    with socket.socket(family, kind, protocol) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does: a closed server's port is free
+        try:
+            probe.bind(address)
+        except OSError as error:
+            raise AppSetupError(
+                f"cannot listen on {host} port {port} ({error.strerror or error}): "
+                f"{'another program uses it; choose another --port' if error.errno == errno.EADDRINUSE else 'choose another --host or --port'}"
+            ) from None
+
+
+def launch_app(
+    model: str | None = None,
+    index=None,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    top_k: int = 5,
+    auth: tuple[str, str] | None = None,
+    allow_unauthenticated: bool = False,
+    max_upload_mb: int = DEFAULT_MAX_UPLOAD_MB,
+    temp_limit_mb: int = DEFAULT_TEMP_LIMIT_MB,
+    **launch_kwargs,
+):
+    """Builds the app and serves it (blocks until stopped, unless `prevent_thread_lock=True`: then call
+    `app.close()` and `app.maest_files.remove()` when done).
+
+    Args:
+        auth: `(user, password)` for Gradio's login; needed for a `host` other than the loopback interface unless
+            `allow_unauthenticated`.
+        max_upload_mb: the largest upload accepted.
+        temp_limit_mb: the bound of the app's temporary folder (uploads, results, players' copies).
+    """
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home: the app works offline
-    app = build_app(model, index, top_k)
-    app.queue()
-    app.launch(server_name=host, server_port=port, allowed_paths=app.maest_allowed_paths, **launch_kwargs)
+    if auth is None and not allow_unauthenticated and not is_loopback(host):
+        raise AppSetupError(
+            f"--host {host} serves the app to other machines: give a login with --auth USER:PASSWORD (or "
+            f"${AUTH_ENVIRONMENT}), or pass --no-auth to serve it to anyone who can reach the port"
+        )
+    for name, value in (("--max-upload-mb", max_upload_mb), ("--temp-limit-mb", temp_limit_mb)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise AppSetupError(f"{name} must be a positive number of megabytes, got {value!r}")
+    check_port(host, port)
+    files = AppFiles(temp_limit_mb * 2**20)
+    stop = threading.Event()
+    try:
+        app = build_app(model, index, top_k, files=files)
+        app.queue()
+
+        def prune_regularly():  # uploads arrive without any analysis to prune before them
+            while not stop.wait(PRUNE_EVERY_SECONDS):
+                files.prune()
+
+        threading.Thread(target=prune_regularly, name="maest-app-prune", daemon=True).start()
+        print(f"temporary files in {files.root} (at most {temp_limit_mb} MB; removed when the app stops)", flush=True)
+        try:
+            app.launch(server_name=host, server_port=port, auth=auth, max_file_size=f"{min(max_upload_mb, temp_limit_mb)}mb",
+                       **launch_kwargs)
+        except OSError as error:  # the port was taken between the check and the launch
+            raise AppSetupError(f"cannot listen on {host} port {port}: {error}") from None
+    except BaseException:
+        stop.set()
+        files.remove()
+        raise
+    if not launch_kwargs.get("prevent_thread_lock"):
+        stop.set()
+        files.remove()
     return app
 
 
-__all__ = ["TrackAnalysis", "TrackAnalyzer", "build_app", "launch_app", "write_downloads"]
+__all__ = [
+    "AppFiles",
+    "AppSetupError",
+    "TrackAnalysis",
+    "TrackAnalyzer",
+    "build_app",
+    "check_port",
+    "copy_for_player",
+    "is_loopback",
+    "launch_app",
+    "parse_auth",
+    "write_downloads",
+]

@@ -6,7 +6,7 @@ import json
 import os
 import sys
 
-from .common import EXIT_OK
+from .common import EXIT_OK, EXIT_SOME_FAILED
 
 
 def register(subparsers) -> None:
@@ -14,8 +14,8 @@ def register(subparsers) -> None:
     index.add_argument("embeddings", help="a .parquet/.npz file written by `maest embed`")
     index.add_argument("--out", required=True, help="the index directory (updated in place when it exists)")
     index.add_argument("--per-segment", action="store_true", help="index every segment (needs `maest embed --per-segment`)")
-    index.add_argument("--overwrite", action="store_true", help="build from scratch even if OUT holds an index")
-    index.add_argument("--exact-max", type=int, default=None, help="largest collection searched exactly (default 10000)")
+    index.add_argument("--overwrite", action="store_true", help="build from scratch even if OUT holds an index (a damaged one too)")
+    index.add_argument("--exact-max", type=int, default=None, help="largest collection searched exactly (default 10000, at least 100)")
     index.set_defaults(func=run_index)
 
     similar = subparsers.add_parser("similar", help="nearest neighbours of audio files or indexed tracks")
@@ -25,12 +25,25 @@ def register(subparsers) -> None:
     similar.add_argument("--format", choices=("table", "json", "csv"), default="table")
     similar.set_defaults(func=run_similar)
 
-    app = subparsers.add_parser("app", help="the web app: styles, timeline and similar tracks of an uploaded track")
+    app = subparsers.add_parser(
+        "app", help="the web app: styles, timeline and similar tracks of an uploaded track",
+        description="Serves the web app. It serves no file of the disk but its own temporary folder (uploads, results, "
+        "copies of the neighbours' audio), bounded by --temp-limit-mb and removed when it stops.",
+    )
     app.add_argument("--model", default=None, help="a MAEST directory or Hub id (default: the index's model)")
     app.add_argument("--index", default=None, help="an index directory for the neighbours")
     app.add_argument("--port", type=int, default=7860)
-    app.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1: this machine only)")
+    app.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1: this machine only; any "
+                     "other host needs --auth or --no-auth)")
+    app.add_argument("--auth", default=os.environ.get("MAEST_APP_AUTH"), metavar="USER:PASSWORD",
+                     help="require this login (default: $MAEST_APP_AUTH, which keeps the password out of the process "
+                     "list); needed for a --host other than 127.0.0.1")
+    app.add_argument("--no-auth", action="store_true",
+                     help="serve a non-loopback --host without a login (anyone reaching the port can use the app)")
     app.add_argument("--top-k", type=int, default=5)
+    app.add_argument("--max-upload-mb", type=int, default=200, help="largest upload accepted (default 200)")
+    app.add_argument("--temp-limit-mb", type=int, default=1024,
+                     help="bound of the app's temporary files; the oldest are removed beyond it (default 1024)")
     app.set_defaults(func=run_app)
 
 
@@ -42,6 +55,11 @@ def run_index(args: argparse.Namespace) -> int:
         args.embeddings, args.out, per_segment=args.per_segment, overwrite=args.overwrite,
         exact_max_vectors=EXACT_MAX_VECTORS if args.exact_max is None else args.exact_max,
     )
+    if update.duplicates:
+        print(f"{args.embeddings}: {update.duplicates} rows repeat a track listed again later; each track was indexed "
+              "once, from its last row", file=sys.stderr)
+    if update.repaired:
+        print(f"{update.directory} was damaged ({update.repaired}): rebuilt from {args.embeddings}", file=sys.stderr)
     recall = "exact search" if update.kind == "exact" else f"recall@10 {update.recall:.3f} vs exact (nprobe {update.nprobe})"
     action = "built" if update.rebuilt else "updated"
     print(
@@ -52,6 +70,7 @@ def run_index(args: argparse.Namespace) -> int:
 
 
 def run_similar(args: argparse.Namespace) -> int:
+    """Exit status 1 when some audio files could not be embedded: the others' neighbours are printed."""
     # imported here: maest --help must start fast
     from maest.similarity import SimilarityIndex, SimilarityIndexError
 
@@ -65,10 +84,13 @@ def run_similar(args: argparse.Namespace) -> int:
     if missing:
         raise FileNotFoundError(f"{missing[0]}: neither an audio file nor a track in the index {args.index}")
     results = dict(zip(in_index, index.search_paths(in_index, args.top_k)))
+    failures = []
     if files:
-        results.update(zip(files, index.search_audio(files, args.top_k)))
+        results.update(zip(files, index.search_audio(files, args.top_k, failures=failures)))
     print_neighbours([neighbour for query in args.queries for neighbour in results[query]], args.format, index.per_segment)
-    return EXIT_OK
+    for failure in failures:
+        print(f"failed: {failure['reason']}", file=sys.stderr)
+    return EXIT_SOME_FAILED if failures else EXIT_OK
 
 
 def print_neighbours(neighbours, output_format: str, per_segment: bool) -> None:
@@ -92,7 +114,11 @@ def print_neighbours(neighbours, output_format: str, per_segment: bool) -> None:
 
 def run_app(args: argparse.Namespace) -> int:
     # imported here: maest --help must start fast (and gradio is an optional extra)
-    from maest.app import launch_app
+    from maest.app import launch_app, parse_auth
 
-    launch_app(model=args.model, index=args.index, host=args.host, port=args.port, top_k=args.top_k)
+    launch_app(
+        model=args.model, index=args.index, host=args.host, port=args.port, top_k=args.top_k,
+        auth=parse_auth(args.auth), allow_unauthenticated=args.no_auth, max_upload_mb=args.max_upload_mb,
+        temp_limit_mb=args.temp_limit_mb,
+    )
     return EXIT_OK
