@@ -74,6 +74,58 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
         help="with --out: save finished tracks to the progress store every N tracks (and every 30 s; default 32)",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _ray_options(parser)
+
+
+def _ray_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "Ray engine (--engine ray; pip install 'maest[ray]')",
+        "decoding on Ray tasks, the model on a pool of Ray actors; same settings, output and failure rules as the "
+        "local engine. PATHs may also be URIs of any fsspec filesystem (s3://bucket/music/, file:///...)",
+    )
+    group.add_argument(
+        "--engine", choices=("local", "ray"), default="local",
+        help="local (default): this process and its loader workers; ray: a Ray cluster (a new local one unless "
+        "--ray-address, or RAY_ADDRESS with --ray-address auto)",
+    )  # fmt: skip
+    group.add_argument("--ray-address", default=None, metavar="ADDRESS", help="the Ray cluster to use: auto, ray://HOST:10001, HOST:6379")
+    group.add_argument("--num-actors", type=int, default=None, help="model actors (default: one per --num-gpus GPUs, else 1)")
+    group.add_argument("--num-gpus", type=float, default=None, help="GPUs per model actor (default 1 where the cluster has GPUs, else 0)")
+    group.add_argument(
+        "--num-cpus", type=float, default=None,
+        help="CPUs per model actor (default 1); a CPU actor runs torch on this many threads (default: all cores of its machine)",
+    )  # fmt: skip
+    group.add_argument("--decode-cpus", type=float, default=1.0, help="CPUs per decoding task, one track each (default 1)")
+    group.add_argument("--tracks-per-batch", type=int, default=None, help="tracks per model-actor call and per part file (default: --batch-size, at least 4)")
+
+
+def _analyze(args, **settings):
+    """One collection run of the parsed command line on its engine."""
+    if args.engine == "ray":
+        from maest.inference.ray_engine import analyze_with_ray  # imported here: maest --help must start fast
+
+        ray = dict(
+            num_actors=args.num_actors, num_gpus=args.num_gpus, num_cpus=args.num_cpus, decode_cpus=args.decode_cpus,
+            tracks_per_batch=args.tracks_per_batch, address=args.ray_address,
+        )  # fmt: skip
+        return analyze_with_ray(args.paths, args.out, args.model, on_failure=_report_failure, **ray, **settings)
+    from maest.inference import CollectionError, analyze
+
+    ray_only = ("num_actors", "num_gpus", "num_cpus", "tracks_per_batch", "ray_address")
+    given = [name for name in ray_only if getattr(args, name) is not None] + (["decode_cpus"] * (args.decode_cpus != 1.0))
+    if given:
+        raise CollectionError(f"--{given[0].replace('_', '-')} is an option of the Ray engine: add --engine ray")
+    return analyze(args.paths, args.model, out=args.out, on_failure=_report_failure, **settings)
+
+
+def _input_names(args) -> list[str]:
+    from maest.inference.job import expand_inputs
+
+    if args.engine == "ray":
+        from maest.inference.ray_engine import expand_ray_inputs
+
+        return expand_ray_inputs(args.paths).names
+    return expand_inputs(args.paths).names
 
 
 def _settings(args, **task) -> dict:
@@ -129,20 +181,19 @@ def _collection_command(function):
 # ------------------------------------------------------------------------------------------------------- tag
 def _tag(args) -> int:
     # imported here: maest --help must start fast
-    from maest.inference import CollectionError, analyze
+    from maest.inference import CollectionError
     from maest.inference.distributed import is_launched
-    from maest.inference.job import expand_inputs
 
     if is_launched():  # every launched process would run the whole collection into the same output
         raise CollectionError("maest tag runs in one process; to share a collection between processes use maest embed")
     if args.top_k < 1:
         raise CollectionError(f"--top-k must be >= 1, got {args.top_k}")
-    names = expand_inputs(args.paths).names
+    names = _input_names(args)
     if args.plot:
         if len(names) != 1:
             raise CollectionError("--plot draws the timeline of one track; pass a single audio file")
         args.per_segment = True
-    results = analyze(args.paths, args.model, out=args.out, on_failure=_report_failure, **_settings(args, scores=True, embedding=False))
+    results = _analyze(args, **_settings(args, scores=True, embedding=False))
     results.only(names)  # the output file may hold other tracks too (earlier runs): print this call's
     _print_tags(results, args.top_k, args.format)
     if args.plot and len(results):
@@ -187,12 +238,14 @@ def _print_tags(results, top_k: int, output_format: str) -> None:
 # ------------------------------------------------------------------------------------------------------- embed
 def _embed(args) -> int:
     # imported here: maest --help must start fast
-    from maest.inference import analyze
+    from maest.inference import CollectionError
     from maest.inference.distributed import is_launched
 
+    if args.engine == "ray" and (args.devices is not None or is_launched()):
+        raise CollectionError("--engine ray places the work on the Ray cluster itself: leave out --devices and the launcher")
     if args.devices is not None or is_launched():
         return _embed_processes(args)
-    results = analyze(args.paths, args.model, out=args.out, on_failure=_report_failure, **_embedding_settings(args))
+    results = _analyze(args, **_embedding_settings(args))
     _print_written(args.out, results)
     return _summary(results, args.out)
 
