@@ -307,10 +307,10 @@ def _strided(model: nn.Module, stride: int, fn: Callable):
 
 
 def _load_or_build(args, device: torch.device):
-    from maest import MAESTConfig, MAESTForAudioClassification
+    from maest import MAESTConfig, MAESTForAudioClassification, load_maest
 
     if args.model:
-        model = MAESTForAudioClassification.from_pretrained(args.model)
+        model = load_maest(args.model)  # every published layout; never silently random weights
         source = str(args.model)
     else:
         if args.config:

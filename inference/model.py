@@ -1,14 +1,14 @@
 """Loading a MAEST model for inference: the model at the asked precision and device, with its feature extractor."""
 
 import json
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from maest.errors import MAESTError
-from maest.modeling import validate_block_index
+from maest.modeling import load_maest, validate_block_index
+from maest.modeling.conversion import ModelNotAvailableError
 from maest.modeling.modeling_maest import parse_embedding_tokens
 
 from .precision import input_dtype, prepare_model
@@ -17,10 +17,6 @@ from .precision import input_dtype, prepare_model
 DEFAULT_MODEL = "mtg-upf/discogs-maest-30s-pw-129e-519l"
 # What runs the model unless asked otherwise (`--backend`); see `maest.inference.backends` and README "Speed".
 DEFAULT_BACKEND = "torch"
-
-
-class ModelNotAvailableError(MAESTError, OSError):
-    """The model is neither a local directory nor in the Hugging Face cache, and cannot be downloaded."""
 
 
 class InferenceSettingError(MAESTError, ValueError):
@@ -124,33 +120,6 @@ def _is_local(name_or_path: str) -> bool:
     return False
 
 
-def _offline() -> bool:
-    from huggingface_hub import constants
-
-    return bool(constants.HF_HUB_OFFLINE)
-
-
-def _hub_resolvable() -> bool:
-    """Whether the Hub's host name resolves (a quick check, instead of the Hub client's retries with back-off)."""
-    import socket
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants
-
-    try:
-        socket.getaddrinfo(urlparse(constants.ENDPOINT).hostname, 443)
-        return True
-    except OSError:
-        return False
-
-
-def _not_available(name: str, reason: str) -> ModelNotAvailableError:
-    return ModelNotAvailableError(
-        f"Model {name!r} is not available offline: {reason}. Download it once with network access (it is then "
-        f"cached), or pass --model DIR with a MAEST directory (for example one written by `maest convert`)."
-    )
-
-
 def load_feature_extractor(source: str, max_length: int):
     """The front-end for the model at `source` (a path or a Hub id) whose segments are `max_length` frames.
 
@@ -184,11 +153,13 @@ def load_model(
     inference_patchout_time_stride: int | None = None,
     backend: str = DEFAULT_BACKEND,
 ) -> InferenceModel:
-    """Loads a MAEST classifier for inference.
+    """Loads a MAEST classifier for inference, through `maest.modeling.load_maest` (the one loader of every
+    published layout).
 
     Args:
-        name_or_path: a MAEST directory, an AST-format MAEST repo or directory (`mtg-upf/discogs-maest-*`, converted
-            on the fly), or an original checkpoint file. Defaults to the 519-style 30 s model.
+        name_or_path: a MAEST directory or Hub repo, an AST-format MAEST repo or directory (`mtg-upf/discogs-maest-*`,
+            read by `from_pretrained` through the checkpoint conversion mapping), or an original checkpoint file
+            (`*.ckpt`, `*.pt`). Defaults to the 519-style 30 s model.
         device: ``"cpu"`` or ``"cuda"``.
         dtype: ``"float32"``, ``"bfloat16"`` or ``"int8"`` (see `maest.inference.precision.prepare_model`).
         inference_patchout_time_stride: keep every k-th patch column at inference (1: all, the default of the
@@ -201,37 +172,22 @@ def load_model(
     Raises:
         ModelNotAvailableError: a Hub id that is not cached while offline (or without network).
         FileNotFoundError: a local path that does not exist.
+        CheckpointError: anything that is not a readable MAEST checkpoint, or whose weights do not fill the model
+            (never random weights).
         BackendError: an unknown back-end, an exported back-end on CUDA, or a dtype the back-end does not run.
     """
-    from maest import MAESTForAudioClassification
-
     from .backends import load_backend, resolve_backend  # (backends builds on this module)
 
     chosen = resolve_backend(backend, dtype, device)  # before the weights are read: a wrong choice fails at once
 
     name = str(name_or_path)
-    local = _is_local(name)
-    if local:
+    source = name
+    if _is_local(name):
         path = Path(name).expanduser()
         if not path.exists():
             raise FileNotFoundError(f"Model path {name} does not exist")
         source = str(path)
-    else:
-        source = name
-        from huggingface_hub import try_to_load_from_cache
-
-        if not isinstance(try_to_load_from_cache(name, "config.json"), str):
-            if _offline():
-                raise _not_available(name, "it is not in the local Hugging Face cache and HF_HUB_OFFLINE is set")
-            if not _hub_resolvable():
-                raise _not_available(name, "it is not in the local Hugging Face cache and the Hub's host cannot be resolved")
-    try:
-        model = MAESTForAudioClassification.from_pretrained(source)
-    except (OSError, ValueError, pickle.UnpicklingError) as error:  # (maest only unpickles tensors)
-        if local:  # a file that is not a model directory, an unreadable or garbled config.json: one line
-            message = " ".join(str(error).split()) or type(error).__name__
-            raise InferenceSettingError(f"{name}: cannot be loaded as a MAEST model directory ({message[:300]})") from error
-        raise _not_available(name, f"it is not in the local cache and the Hub could not be reached ({error})") from error
+    model = load_maest(source)
     if inference_patchout_time_stride is not None:
         model.config.inference_patchout_time_stride = int(inference_patchout_time_stride)
     feature_extractor = load_feature_extractor(source, model.config.max_length)

@@ -66,6 +66,38 @@ def validate_block_index(block: int, num_hidden_layers: int) -> int:
     return block % num_hidden_layers
 
 
+# The Hub's MAEST repos (`mtg-upf/discogs-maest-*`) are stock `ASTForAudioClassification` checkpoints: their
+# config.json has AST's model type and AST's field names, which are MAEST's own.
+AST_MODEL_TYPE = "audio-spectrogram-transformer"
+# AST's `layer_norm_eps` when its config.json leaves it out (ASTConfig's default).
+AST_DEFAULT_LAYER_NORM_EPS = 1e-12
+
+
+def maest_config_dict_from_ast(config_dict: dict) -> dict:
+    """The MAEST config of an AST-format MAEST checkpoint's config.json.
+
+    The fields keep their names. AST's head LayerNorm takes the blocks' eps, so `classifier_layer_norm_eps` does too;
+    the conversion to AST dropped the distillation head; the problem type is multi-label (the published configs name
+    none; MAEST's released models are multi-label taggers). An AST config that is not a MAEST conversion (not 96 mel
+    bands, or unequal strides: its summed position grid would not split into MAEST's frequency and time parts) is
+    refused.
+    """
+    num_mel_bins = config_dict.get("num_mel_bins")
+    strides = (config_dict.get("frequency_stride"), config_dict.get("time_stride"))
+    if num_mel_bins != 96 or strides[0] != strides[1]:
+        raise MAESTConfigError(
+            f"this {AST_MODEL_TYPE} config is not a MAEST conversion (num_mel_bins={num_mel_bins}, "
+            f"frequency_stride={strides[0]}, time_stride={strides[1]}; MAEST has 96 mel bands and equal strides)"
+        )
+    converted = {key: value for key, value in config_dict.items() if key != "architectures"}
+    converted["model_type"] = MAESTConfig.model_type
+    converted["layer_norm_eps"] = config_dict.get("layer_norm_eps", AST_DEFAULT_LAYER_NORM_EPS)
+    converted["classifier_layer_norm_eps"] = converted["layer_norm_eps"]
+    converted["use_distillation_head"] = False
+    converted["problem_type"] = converted.get("problem_type") or "multi_label_classification"
+    return converted
+
+
 # Input frames per published MAEST length. The time position embeddings have `max_length // time_stride`
 # columns (31, 62, 125, 187), which is also the number of patch columns of a `max_length`-frame input.
 MAEST_PRESETS = {
@@ -250,6 +282,15 @@ class MAESTConfig(PreTrainedConfig):
             output["auto_map"] = {**MAEST_AUTO_MAP, **(output.get("auto_map") or {})}
         return output
 
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs) -> tuple[dict, dict]:
+        """As `PreTrainedConfig.get_config_dict`; the config.json of an AST-format MAEST checkpoint (the Hub's
+        `mtg-upf/discogs-maest-*`) is read as the MAEST config it describes (`maest_config_dict_from_ast`)."""
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        if config_dict.get("model_type") == AST_MODEL_TYPE:
+            config_dict = maest_config_dict_from_ast(config_dict)
+        return config_dict, kwargs
+
     @property
     def num_frequency_patches(self) -> int:
         """Rows of the patch grid: (96 - 16) // 10 + 1 = 9 for MAEST."""
@@ -275,11 +316,13 @@ class MAESTConfig(PreTrainedConfig):
 
 
 __all__ = [
+    "AST_MODEL_TYPE",
     "MAEST_AUTO_MAP",
     "MAEST_PRESETS",
     "BlockIndexError",
     "MAESTConfig",
     "MAESTConfigError",
     "UnknownPresetError",
+    "maest_config_dict_from_ast",
     "validate_block_index",
 ]

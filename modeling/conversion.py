@@ -1,37 +1,53 @@
 """Loading MAEST weights from every published layout (docs/design.md, section 'Checkpoint formats').
 
-`load_maest(path_or_repo)` is the one entry point: it reads MAEST directories and Hub repos through transformers'
-`from_pretrained` (which the model classes leave as transformers has it), and converts the other layouts:
+`load_maest(path_or_repo)` is the one loader every entry point of this package uses. It reads:
 
+- MAEST directories and Hub repos (`save_pretrained` output) and the Hub's AST-format MAEST repos
+  (`mtg-upf/discogs-maest-*`: stock `ASTForAudioClassification` weights whose position embeddings are stored summed
+  over the (frequency, time) grid, in `model.safetensors` or `pytorch_model.bin`), both through transformers'
+  `from_pretrained`. AST-format repos need nothing of this package's own: `MAESTConfig` reads their config.json, and
+  the checkpoint conversion mapping registered below (transformers' declarative `WeightRenaming` /
+  `WeightConverter`) renames their keys and splits the summed position grid while the weights load, so
+  `MAESTForAudioClassification.from_pretrained("mtg-upf/discogs-maest-30s-pw-129e")` is plain transformers;
 - original released checkpoints (`*-swa.ckpt`): a plain state dict with timm/PaSST key names;
-- original training checkpoints: `{"state_dict": {"net.<key>": ..., "net_swa.<key>": ...}}` (SWA by default);
-- the Hub's AST-format repos (`mtg-upf/discogs-maest-*`): stock `ASTForAudioClassification` weights whose position
-  embeddings are stored summed over the (frequency, time) grid.
+- original training checkpoints: `{"state_dict": {"net.<key>": ..., "net_swa.<key>": ...}}` (SWA by default).
 
-Only tensors are ever unpickled (`torch.load(..., weights_only=True)`).
+Whatever the layout, a load that leaves a weight of the model missing (it would be random) or a checkpoint weight
+unused is a `CheckpointError` naming them; the one exception is a new classification head asked for with
+`num_labels` and `ignore_mismatched_sizes=True`, which is logged. Only tensors are ever unpickled
+(`torch.load(..., weights_only=True)`, also inside `from_pretrained`).
 """
 
+import contextlib
 import copy
+import logging
 import pickle
 import re
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
+from huggingface_hub import constants as hub_constants
+from huggingface_hub import try_to_load_from_cache
 from huggingface_hub.errors import StrictDataclassError
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from safetensors.torch import load_file as load_safetensors
 from transformers import ASTConfig, ASTForAudioClassification, PreTrainedConfig
-from transformers.utils import cached_file
+from transformers.conversion_mapping import register_checkpoint_conversion_mapping
+from transformers.core_model_loading import ConversionOps, WeightConverter, WeightRenaming
 
 from ..errors import MAESTError
-from .configuration_maest import MAEST_PRESETS, MAESTConfig, MAESTConfigError
+from .configuration_maest import AST_MODEL_TYPE, MAEST_PRESETS, MAESTConfig, MAESTConfigError
 from .label_names import apply_discogs_names, set_label_names
 from .modeling_maest import MAESTForAudioClassification
 from .published import match_published
 
 
+logger = logging.getLogger(__name__)
+
+
 ORIGINAL_CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".safetensors")
-AST_MODEL_TYPE = "audio-spectrogram-transformer"
 
 # timm/PaSST block names -> the transformers AST block names that MAESTModel reuses.
 _ORIGINAL_BLOCK_RENAMES = {
@@ -53,22 +69,96 @@ _ORIGINAL_RENAMES = {
     "head.1": "classifier.dense",
     "head_dist": "distillation_classifier",
 }
-# transformers 4.x AST names (as stored on the Hub) -> transformers 5.x AST names.
-_LEGACY_AST_RENAMES = [
-    (r"\.encoder\.layer\.(\d+)\.", r".layers.\1."),
-    (r"\.attention\.attention\.query\.", ".attention.q_proj."),
-    (r"\.attention\.attention\.key\.", ".attention.k_proj."),
-    (r"\.attention\.attention\.value\.", ".attention.v_proj."),
-    (r"\.attention\.output\.dense\.", ".attention.o_proj."),
-    (r"\.intermediate\.dense\.", ".mlp.fc1."),
-    (r"(\.layers\.\d+)\.output\.dense\.", r"\1.mlp.fc2."),
-]
 _AST_PREFIX = "audio_spectrogram_transformer."
-_POSITIONS = "embeddings.position_embeddings"
 
 
 class CheckpointError(MAESTError, ValueError):
     """A checkpoint (file, directory or Hub repo) that cannot be read as MAEST weights."""
+
+
+class ModelNotAvailableError(MAESTError, OSError):
+    """A Hub model that is not in the local Hugging Face cache and cannot be downloaded (offline, no network)."""
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The AST layout of the Hub's MAEST repos, read by `from_pretrained` through transformers' checkpoint conversion mapping
+
+
+def split_position_grid(positions: torch.Tensor, num_frequency_patches: int) -> tuple[torch.Tensor, ...]:
+    """AST's position embeddings `(1, 2 + F * T, hidden)` (the special tokens', then the grid's, frequency-major) ->
+    MAEST's special-token `(1, 2, hidden)`, frequency `(1, hidden, F, 1)` and time `(1, hidden, 1, T)` parts.
+
+    The Hub's grid was stored as the sum freq[f] + time[t], so it splits back exactly: time[t] = mean over f of
+    grid[f, t], freq[f] = mean over t of grid[f, t] - mean(grid); their sum restores the grid (the split is unique up
+    to a constant, which cancels in the sum).
+    """
+    hidden_size = positions.shape[-1]
+    grid = positions[0, 2:].reshape(num_frequency_patches, -1, hidden_size).permute(2, 0, 1)  # (hidden, freq, time)
+    time_part = grid.mean(dim=1, keepdim=True)
+    frequency_part = grid.mean(dim=2, keepdim=True) - grid.mean(dim=(1, 2), keepdim=True)
+    special = positions[:, :2].clone()
+    return special, frequency_part.unsqueeze(0).contiguous(), time_part.unsqueeze(0).contiguous()
+
+
+class SplitPositionGrid(ConversionOps):
+    """AST's summed position embeddings -> MAEST's special-token, frequency and time position embeddings
+    (`split_position_grid`), in the order of the converter's target patterns."""
+
+    @torch.no_grad()
+    def convert(self, input_dict, source_patterns, target_patterns, config=None, **kwargs):
+        (tensors,) = input_dict.values()
+        positions = tensors[0] if isinstance(tensors, list) else tensors
+        return dict(zip(target_patterns, split_position_grid(positions, config.num_frequency_patches)))
+
+
+class _LoadOnly:
+    """A transform of the AST layout into MAEST's that applies when loading only: `save_pretrained` writes MAEST's
+    own layout (transformers would otherwise reverse the transform on save, to the checkpoint's layout)."""
+
+    __slots__ = ()
+
+    def reverse_transform(self):
+        return _NoRenaming("(?!)", "(?!)")
+
+
+class _NoRenaming(WeightRenaming):
+    __slots__ = ()
+
+    def rename_source_key(self, source_key: str):
+        return source_key, None
+
+
+class _AstRenaming(_LoadOnly, WeightRenaming):
+    __slots__ = ()
+
+
+class _AstConverter(_LoadOnly, WeightConverter):
+    __slots__ = ()
+
+
+# Applied in order to every checkpoint key (all that match), then at most one converter. The AST names are those the
+# Hub stores (transformers 4.x; transformers 5 writes them too) and transformers 5's own. None matches a MAEST key.
+AST_CHECKPOINT_CONVERSION = [
+    _AstRenaming(r"^audio_spectrogram_transformer\.", "maest."),
+    _AstRenaming(r"encoder\.layer\.", "layers."),
+    _AstRenaming(r"attention\.attention\.query", "attention.q_proj"),
+    _AstRenaming(r"attention\.attention\.key", "attention.k_proj"),
+    _AstRenaming(r"attention\.attention\.value", "attention.v_proj"),
+    _AstRenaming(r"attention\.output\.dense", "attention.o_proj"),
+    _AstRenaming(r"intermediate\.dense", "mlp.fc1"),
+    _AstRenaming(r"(?<!attention\.)output\.dense", "mlp.fc2"),
+    _AstConverter(
+        r"embeddings\.position_embeddings",
+        [
+            "embeddings.special_token_position_embeddings",
+            "embeddings.frequency_position_embeddings",
+            "embeddings.time_position_embeddings",
+        ],
+        operations=[SplitPositionGrid()],
+    ),
+]
+# Under MAEST's model type: `from_pretrained` of `MAESTModel`, `MAESTForAudioClassification` and the Auto classes.
+register_checkpoint_conversion_mapping(MAESTConfig.model_type, AST_CHECKPOINT_CONVERSION, overwrite=True)
 
 
 def load_tensor_file(path) -> dict:
@@ -159,6 +249,7 @@ def config_from_original_state_dict(state_dict: dict, source: str = "checkpoint"
             "max_length": (num_time_positions - 1) * 10 + 16,
             "num_labels": state_dict["head.1.weight"].shape[0],
             "use_distillation_head": "head_dist.weight" in state_dict,
+            "problem_type": "multi_label_classification",  # the original MAEST trains sigmoid + BCE taggers
         }
     except (KeyError, IndexError, AttributeError) as error:
         raise CheckpointError(f"{source}: not a complete MAEST checkpoint (no {error} tensor of the expected shape)") from error
@@ -166,31 +257,10 @@ def config_from_original_state_dict(state_dict: dict, source: str = "checkpoint"
     return _config_or_error(lambda: MAESTConfig(**kwargs), source)
 
 
-def ast_to_maest_state_dict(state_dict: dict, num_frequency_patches: int) -> dict:
-    """AST-format MAEST weights -> MAEST weights. The summed position grid is split back into its frequency and time
-    parts: time[t] = mean_f grid[f, t], freq[f] = mean_t grid[f, t] - mean(grid); their sum restores the grid exactly
-    because it was built additively."""
-    converted = {}
-    for key, tensor in state_dict.items():
-        for pattern, replacement in _LEGACY_AST_RENAMES:
-            key = re.sub(pattern, replacement, key)
-        if key.startswith(_AST_PREFIX):
-            key = "maest." + key[len(_AST_PREFIX) :]
-        converted[key] = tensor
-    positions = converted.pop("maest." + _POSITIONS)
-    hidden_size = positions.shape[-1]
-    grid = positions[0, 2:].reshape(num_frequency_patches, -1, hidden_size).permute(2, 0, 1)  # (hidden, freq, time)
-    time_part = grid.mean(dim=1, keepdim=True)
-    frequency_part = grid.mean(dim=2, keepdim=True) - grid.mean(dim=(1, 2), keepdim=True)
-    converted["maest.embeddings.special_token_position_embeddings"] = positions[:, :2].clone()
-    converted["maest.embeddings.frequency_position_embeddings"] = frequency_part.unsqueeze(0).contiguous()
-    converted["maest.embeddings.time_position_embeddings"] = time_part.unsqueeze(0).contiguous()
-    return converted
-
-
 def maest_to_ast_state_dict(state_dict: dict) -> dict:
     """MAEST weights -> transformers' `ASTForAudioClassification` weights (the distillation head is dropped); the
-    inverse of `ast_to_maest_state_dict`. Stock AST then runs only full-length inputs without patchout."""
+    inverse of what `AST_CHECKPOINT_CONVERSION` does when loading. Stock AST then runs only full-length inputs
+    without patchout."""
     converted = {}
     for key, tensor in state_dict.items():
         if key.startswith("distillation_classifier."):
@@ -202,7 +272,7 @@ def maest_to_ast_state_dict(state_dict: dict) -> dict:
     frequency = converted.pop(_AST_PREFIX + "embeddings.frequency_position_embeddings")
     time = converted.pop(_AST_PREFIX + "embeddings.time_position_embeddings")
     grid = (frequency + time).flatten(2).transpose(1, 2)  # frequency-major, as the patch tokens
-    converted[_AST_PREFIX + _POSITIONS] = torch.cat((special, grid), dim=1)
+    converted[_AST_PREFIX + "embeddings.position_embeddings"] = torch.cat((special, grid), dim=1)
     return converted
 
 
@@ -246,38 +316,6 @@ def maest_to_ast_model(model, max_length: int | None = None, attn_implementation
     state_dict[key] = state_dict[key][..., :num_columns]
     ast.load_state_dict(maest_to_ast_state_dict(state_dict), strict=True)
     return ast.eval().to(next(model.parameters()).device)
-
-
-def maest_config_from_ast(ast_config: dict) -> MAESTConfig:
-    """The MAEST config of an AST-format MAEST repo (its `config.json` as a dict)."""
-    keys = (
-        "hidden_size",
-        "num_hidden_layers",
-        "num_attention_heads",
-        "intermediate_size",
-        "hidden_act",
-        "layer_norm_eps",
-        "patch_size",
-        "frequency_stride",
-        "time_stride",
-        "num_mel_bins",
-        "max_length",
-        "qkv_bias",
-        "id2label",
-        "label2id",
-    )
-    kwargs = {key: ast_config[key] for key in keys if key in ast_config}
-    if kwargs.get("num_mel_bins", 96) != 96 or ast_config.get("frequency_stride", 10) != ast_config.get("time_stride", 10):
-        raise CheckpointError(
-            f"this AST config is not a MAEST conversion (num_mel_bins={kwargs.get('num_mel_bins')}, "
-            f"frequency_stride={ast_config.get('frequency_stride')}, time_stride={ast_config.get('time_stride')})"
-        )
-    if "id2label" in kwargs:
-        kwargs["id2label"] = {int(index): label for index, label in kwargs["id2label"].items()}
-    # The Hub conversion stores the head's LayerNorm with the blocks' eps and has no distillation head.
-    kwargs["classifier_layer_norm_eps"] = kwargs.get("layer_norm_eps", 1e-6)
-    kwargs["use_distillation_head"] = False
-    return MAESTConfig(**kwargs)
 
 
 def load_original_checkpoint(
@@ -333,25 +371,6 @@ def _preset_shape(preset: str | None, path) -> dict:
     return {key: value for key, value in MAEST_PRESETS[preset].items() if key != "num_labels"}
 
 
-def load_ast_checkpoint(path_or_repo, model_class=None, config: MAESTConfig | None = None, **hub_kwargs):
-    """A MAEST model from an AST-format MAEST directory or Hub repo (`mtg-upf/discogs-maest-*`: stock
-    `ASTForAudioClassification` weights with summed position embeddings); `hub_kwargs` are `cached_file`'s."""
-    model_class = model_class or MAESTForAudioClassification
-    source = str(path_or_repo)
-    config_dict, _ = PreTrainedConfig.get_config_dict(source, **hub_kwargs)
-    config = config or _config_or_error(lambda: maest_config_from_ast(config_dict), source)
-    weights = None
-    for name in ("model.safetensors", "pytorch_model.bin"):
-        weights = cached_file(source, name, _raise_exceptions_for_missing_entries=False, **hub_kwargs)
-        if weights is not None:
-            break
-    if weights is None:
-        raise CheckpointError(f"{source}: no model.safetensors or pytorch_model.bin found")
-    state_dict = ast_to_maest_state_dict(load_tensor_file(weights), config.num_frequency_patches)
-    apply_discogs_names(config, source=source)
-    return _build(model_class, config, state_dict, source=source)
-
-
 def _build(model_class, config, state_dict, source: str):
     model = model_class(config)
     if not hasattr(model, model.base_model_prefix):  # the bare MAESTModel: drop the heads and the prefix
@@ -394,25 +413,34 @@ def load_maest(
     use_swa: bool = True,
     **kwargs,
 ):
-    """Loads a MAEST model from any published layout; the one entry point for checkpoints that
-    `MAESTForAudioClassification.from_pretrained` (plain transformers) does not read itself.
+    """Loads a MAEST model from any published layout: the one loader behind every command and function of this
+    package that takes a model.
 
-    - a MAEST directory or Hub repo (`save_pretrained` output): `model_class.from_pretrained`;
-    - an AST-format MAEST directory or Hub repo (`mtg-upf/discogs-maest-*`): converted (`load_ast_checkpoint`);
+    - a MAEST directory or Hub repo (`save_pretrained` output), or an AST-format MAEST directory or Hub repo
+      (`mtg-upf/discogs-maest-*`, `model.safetensors` or `pytorch_model.bin`): `model_class.from_pretrained`, which
+      reads both (see the module docstring);
     - an original checkpoint file (`*.ckpt`, `*.pt`, `*.pth`, `*.bin`, `*.safetensors`): converted
       (`load_original_checkpoint`; `preset` and `use_swa` apply).
 
-    Models without label names and 400 or 519 outputs get the published Discogs style names.
+    Never silently random: a weight of the model that the checkpoint lacks, a checkpoint weight the model does not
+    use, or one of another shape is a `CheckpointError` naming them. The exception is a new head for other labels,
+    asked for with `num_labels=N, ignore_mismatched_sizes=True` (as in transformers): the re-initialized head
+    weights are logged. The head weights of a classifier checkpoint are not used by `MAESTModel` (the bare
+    encoder), as in transformers. Models without label names and 400 or 519 outputs get the published Discogs style
+    names.
 
     Args:
         path_or_repo: a local file or directory, or a Hub repo id.
         model_class: `MAESTForAudioClassification` (default) or `MAESTModel`.
         labels (list of `str`, *optional*): label names in output order, replacing the stored ones.
         kwargs: `from_pretrained` arguments (`config`, `dtype`, `revision`, `cache_dir`, `token`,
-            `local_files_only`, config overrides such as `inference_patchout_time_stride=2`, ...).
+            `local_files_only`, `ignore_mismatched_sizes`, config overrides such as
+            `inference_patchout_time_stride=2`, ...).
 
     Raises:
-        `CheckpointError` (one line, naming the path or repo) for anything that is not a readable MAEST checkpoint.
+        `CheckpointError` (one line, naming the path or repo) for anything that is not a readable MAEST checkpoint or
+        does not fill the model; `ModelNotAvailableError` for a Hub repo that is not cached while offline or without
+        network.
     """
     model_class = model_class or MAESTForAudioClassification
     source = str(path_or_repo)
@@ -425,21 +453,21 @@ def load_maest(
         model = load_original_checkpoint(local, config=kwargs.get("config"), model_class=model_class, use_swa=use_swa,
                                          labels=labels, preset=preset)
         return _to_dtype(model, kwargs.get("dtype"))
-    if not local.is_dir():
+    if local.is_dir():
+        source = str(local)
+    else:
         _check_repo_id(source)
+        _check_available(source, kwargs)
     hub_kwargs = {name: kwargs[name] for name in _HUB_ARGUMENTS if name in kwargs}
     model_type = _read_model_type(source, hub_kwargs)
-    if model_type == AST_MODEL_TYPE:
-        model = _to_dtype(load_ast_checkpoint(source, model_class, kwargs.get("config"), **hub_kwargs), kwargs.get("dtype"))
-    elif model_type == MAESTConfig.model_type:
-        if local.is_dir():
-            _refuse_pickled_weights(local)
-        model = _load_maest_format(model_class, source, kwargs)
-        apply_discogs_names(model.config, source=source)
-    else:
+    if model_type not in (MAESTConfig.model_type, AST_MODEL_TYPE):
         raise CheckpointError(
             f"{source}: config.json has model_type {model_type!r}; expected a MAEST or AST-format MAEST model"
         )
+    if model_type == MAESTConfig.model_type and local.is_dir():
+        _refuse_pickled_weights(local)
+    model = _from_pretrained(model_class, source, kwargs)
+    apply_discogs_names(model.config, source=source)
     if labels is not None:
         set_label_names(model.config, labels)
     return model
@@ -447,6 +475,8 @@ def load_maest(
 
 # `from_pretrained` arguments that say where to find the files.
 _HUB_ARGUMENTS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
+# The weights of the classification heads, which the bare encoder (`MAESTModel`) does not use.
+_HEAD_PREFIXES = ("classifier.", "distillation_classifier.")
 
 
 def _check_repo_id(source: str) -> None:
@@ -458,6 +488,36 @@ def _check_repo_id(source: str) -> None:
         looks_local = True
     if looks_local:
         raise CheckpointError(f"{source}: no such file or directory")
+
+
+def _check_available(repo_id: str, kwargs: dict) -> None:
+    """A Hub repo that is not cached is one clear line when it cannot be downloaded, instead of the Hub client's
+    error after its retries."""
+    if kwargs.get("revision") or kwargs.get("subfolder"):
+        return  # the cache check below knows the main revision's files only
+    cached = try_to_load_from_cache(repo_id, "config.json", cache_dir=kwargs.get("cache_dir"))
+    if isinstance(cached, str):
+        return
+    if hub_constants.HF_HUB_OFFLINE or kwargs.get("local_files_only"):
+        reason = "it is not in the local Hugging Face cache and HF_HUB_OFFLINE is set"
+    elif not _hub_resolvable():
+        reason = "it is not in the local Hugging Face cache and the Hub's host cannot be resolved"
+    else:
+        return
+    raise ModelNotAvailableError(
+        f"Model {repo_id!r} is not available offline: {reason}. Download it once with network access (it is then "
+        f"cached), or give a local model directory instead (--model DIR on the command line; `maest convert` writes "
+        f"one)"
+    )
+
+
+def _hub_resolvable() -> bool:
+    """Whether the Hub's host name resolves (a quick check, instead of the Hub client's retries with back-off)."""
+    try:
+        socket.getaddrinfo(urlparse(hub_constants.ENDPOINT).hostname, 443)
+        return True
+    except OSError:
+        return False
 
 
 def _read_model_type(source: str, hub_kwargs: dict) -> str | None:
@@ -489,10 +549,31 @@ def _refuse_pickled_weights(directory: Path) -> None:
         )
 
 
-def _load_maest_format(model_class, source: str, kwargs: dict):
-    """`model_class.from_pretrained` with its config validated first, so a bad config is one line naming it."""
+class _LoadReportFilter(logging.Filter):
+    """Holds back transformers' load report (a table on stderr): `_from_pretrained` checks the same facts and raises
+    or logs them itself, in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in str(record.msg)
+
+
+@contextlib.contextmanager
+def _quiet_load_report():
+    report_logger = logging.getLogger("transformers.modeling_utils")
+    report_filter = _LoadReportFilter()
+    report_logger.addFilter(report_filter)
+    try:
+        yield
+    finally:
+        report_logger.removeFilter(report_filter)
+
+
+def _from_pretrained(model_class, source: str, kwargs: dict):
+    """`model_class.from_pretrained` with its config validated first (a bad config is one line naming it) and its
+    load report checked: nothing missing, unused or of another shape, except a new head asked for."""
     kwargs = dict(kwargs)
     config = kwargs.pop("config", None)
+    new_head = bool(kwargs.pop("ignore_mismatched_sizes", False))
     hub_kwargs = {name: kwargs[name] for name in _HUB_ARGUMENTS if name in kwargs}
     if config is None:
         # Like `from_pretrained`, the keyword arguments that are config fields override the stored config.
@@ -500,9 +581,42 @@ def _load_maest_format(model_class, source: str, kwargs: dict):
             lambda: MAESTConfig.from_pretrained(source, return_unused_kwargs=True, **kwargs), source
         )
     try:
-        return model_class.from_pretrained(source, config=config, **{**kwargs, **hub_kwargs})
-    except OSError as error:
-        raise CheckpointError(f"{source}: {' '.join(str(error).split())}") from error
+        with _quiet_load_report():
+            model, report = model_class.from_pretrained(
+                source, config=config, ignore_mismatched_sizes=True, output_loading_info=True, **{**kwargs, **hub_kwargs}
+            )
+    except (OSError, pickle.UnpicklingError, RuntimeError) as error:
+        raise CheckpointError(f"{source}: {' '.join(str(error).split())[:500]}") from error
+    missing = sorted(report["missing_keys"])
+    unexpected = sorted(report["unexpected_keys"])
+    if model_class.base_model_prefix and not hasattr(model, model_class.base_model_prefix):
+        unexpected = [key for key in unexpected if not key.startswith(_HEAD_PREFIXES)]  # the bare encoder
+    mismatched = sorted(report["mismatched_keys"])
+    new_head_weights = [key for key, _, _ in mismatched if key.startswith(_HEAD_PREFIXES)]
+    if not new_head or len(new_head_weights) < len(mismatched):
+        shapes = [f"{key} {tuple(stored)} in the checkpoint, {tuple(expected)} in the model" for key, stored, expected in mismatched]
+    else:
+        shapes = []
+    if missing or unexpected or shapes:
+        problems = []
+        if missing:
+            problems.append(f"missing (they would be random): {_names(missing)}")
+        if unexpected:
+            problems.append(f"not used by {model_class.__name__}: {_names(unexpected)}")
+        if shapes:
+            problems.append(f"of another shape: {_names(shapes)}")
+        raise CheckpointError(f"{source}: the checkpoint does not fit the model; weights " + "; ".join(problems))
+    if new_head_weights:
+        logger.warning(
+            f"{source}: new classification head for {model.config.num_labels} labels (ignore_mismatched_sizes=True): "
+            f"{', '.join(new_head_weights)} randomly initialized, to be trained"
+        )
+    return model
+
+
+def _names(keys: list[str], shown: int = 6) -> str:
+    more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+    return ", ".join(keys[:shown]) + more
 
 
 def _to_dtype(model, dtype):
@@ -512,15 +626,16 @@ def _to_dtype(model, dtype):
 
 
 __all__ = [
+    "AST_CHECKPOINT_CONVERSION",
     "CheckpointError",
-    "ast_to_maest_state_dict",
+    "ModelNotAvailableError",
+    "SplitPositionGrid",
     "config_from_original_state_dict",
-    "load_ast_checkpoint",
     "load_maest",
     "load_original_checkpoint",
     "load_tensor_file",
-    "maest_config_from_ast",
     "maest_to_ast_model",
     "maest_to_ast_state_dict",
     "original_to_maest_state_dict",
+    "split_position_grid",
 ]

@@ -98,6 +98,27 @@ def small_model_dir(tmp_path_factory):
     return directory
 
 
+@pytest.fixture(scope="session")
+def published_hub(tmp_path_factory):
+    """The eight published repos (`mtg-upf/discogs-maest-*`) in their published layouts with tiny weights, in a
+    Hugging Face cache of their own, plus original checkpoint files of the same weights (tests/hub_fixture.py)."""
+    from hub_fixture import build_published_hub
+
+    return build_published_hub(tmp_path_factory.mktemp("published_hub"))
+
+
+@pytest.fixture
+def published_hub_cache(published_hub, monkeypatch):
+    """Serves `published_hub` offline as the Hugging Face cache of this test (and of the subprocesses it starts)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(published_hub.cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(published_hub.cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return published_hub
+
+
 @pytest.fixture(scope="module")
 def single_torch_thread():
     """Small tensors on a loaded 2-core machine: one torch thread avoids OpenMP contention (a 5 s chunk's check took

@@ -143,7 +143,7 @@ def test_label_errors(tmp_path, capsys):
 
 def test_hub_id_offline_is_one_line(tmp_path, capsys):
     # conftest sets HF_HUB_OFFLINE=1: the id cannot be fetched.
-    assert "some-org/some-model: not a model Hub repo" in _convert_error(capsys, "some-org/some-model", tmp_path / "out")
+    assert "'some-org/some-model' is not available offline" in _convert_error(capsys, "some-org/some-model", tmp_path / "out")
 
 
 def _tiny_state_dict_with_outputs(num_labels: int) -> dict:
