@@ -65,7 +65,8 @@ def distributions(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def installed(distributions, tmp_path_factory):
-    """A fresh virtual environment with the wheel installed; returns (its python, its bin folder, environment)."""
+    """A fresh virtual environment with the wheel installed: its python, its bin folder, the environment variables to
+    run it with, its site-packages."""
     _, wheel = distributions
     venv = tmp_path_factory.mktemp("venv")
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
@@ -96,11 +97,10 @@ def installed(distributions, tmp_path_factory):
 def test_sdist_holds_what_building_needs(distributions):
     sdist, _ = distributions
     with tarfile.open(sdist) as archive:
-        root, *_ = archive.getnames()
         names = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
     missing = {"README.md", "setup.cfg", "setup.py", "pyproject.toml", "docs/design.md"} - names
     # The sources as they sit in the repository (the folder mapping is applied when the wheel is built).
-    for package, folder in package_folders().items():
+    for folder in package_folders().values():
         for path in folder.rglob("*"):
             if path.is_file() and "__pycache__" not in path.parts and path.suffix in (".py", ".txt", ".yaml"):
                 if str(path.relative_to(REPOSITORY)) not in names:
