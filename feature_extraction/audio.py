@@ -1,15 +1,14 @@
-"""Audio files for MAEST: decoding to 16 kHz mono with torchcodec (FFmpeg), and streaming segment features of long
-tracks with bounded memory.
+"""Audio files for MAEST: decoding to 16 kHz mono with PyAV (FFmpeg's libraries from its wheels, so no system FFmpeg
+is needed), and streaming segment features of long tracks with bounded memory.
 
-Decoding resamples with FFmpeg and downmixes by averaging the channels (what Essentia's MonoLoader and
-`MAESTFeatureExtractor` do; FFmpeg's own stereo-to-mono mix scales differently).
+Decoding resamples with FFmpeg's resampler (libswresample) and downmixes by averaging the channels (what Essentia's
+MonoLoader and `MAESTFeatureExtractor` do; FFmpeg's own stereo-to-mono mix scales differently).
 
 A track is cut into consecutive non-overlapping segments of the model's length (`MAESTFeatureExtractor.segment`).
-Short tracks are decoded whole; tracks longer than `stream_threshold_seconds` are decoded one segment at a time with
-`AudioDecoder.get_samples_played_in_range`, and each segment's frames are computed from its own samples
-(`log_mel(window, centered=False)`), so memory stays bounded for tracks of any length. Both paths give the same
-features (tested); for AAC (m4a) FFmpeg's decoder restarts at each range, which changes a few samples at segment
-boundaries by about 1e-2.
+Short tracks are decoded whole; tracks longer than `stream_threshold_seconds` are decoded in one pass that hands on
+one segment of samples at a time, and each segment's frames are computed from its own samples
+(`log_mel(window, centered=False)`), so memory stays bounded for tracks of any length. Both paths decode the same
+samples and give the same features (tested).
 """
 
 import os
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import torch
 
 
@@ -102,8 +102,10 @@ def _walk_audio_files(directory: Path, extensions, unreadable: list | None = Non
                 yield Path(root) / name
 
 
-def _decoder(path, sampling_rate: int | None):
-    from torchcodec.decoders import AudioDecoder
+def _open(path):
+    """The FFmpeg container of `path` and its first audio stream, opened by PyAV (whose wheels carry FFmpeg's
+    libraries: no system FFmpeg is needed)."""
+    import av
 
     path = str(path)
     if not os.path.exists(path):
@@ -115,16 +117,14 @@ def _decoder(path, sampling_rate: int | None):
     if os.path.getsize(path) == 0:
         raise AudioDecodingError(f"{path}: empty file (0 bytes)")
     try:
-        if _is_utf8(path):
-            return AudioDecoder(path, sample_rate=sampling_rate)
-        # torchcodec takes names as UTF-8 strings: a file whose name is other bytes is read through its file object,
-        # kept open as long as the decoder lives.
-        file = open(path, "rb")
-        decoder = AudioDecoder(file, sample_rate=sampling_rate)
-        decoder.source_file = file
-        return decoder
-    except Exception as error:  # torchcodec raises RuntimeError/ValueError with FFmpeg's message
+        # A name that is not UTF-8 (surrogate escapes of os.fsdecode) is read through its file object.
+        container = av.open(path if _is_utf8(path) else open(path, "rb"), metadata_errors="ignore")
+    except (av.FFmpegError, OSError, ValueError) as error:
         raise AudioDecodingError(f"{path}: not a decodable audio file ({_short(error)})") from error
+    if not container.streams.audio:
+        container.close()
+        raise AudioDecodingError(f"{path}: not a decodable audio file (no audio stream)")
+    return container, container.streams.audio[0]
 
 
 def _is_utf8(path: str) -> bool:
@@ -137,28 +137,63 @@ def _is_utf8(path: str) -> bool:
 
 def _short(error: Exception) -> str:
     message = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
-    # torchcodec prefixes FFmpeg's message with its C++ source location.
-    message = re.sub(r"^.*?\.cpp:\d+,\s*", "", message)
+    # PyAV appends the file name to FFmpeg's message ("[Errno 1094995529] Invalid data ...: 'path'").
+    message = re.sub(r"^\[Errno -?\d+\]\s*", "", message)
+    message = re.sub(r":\s*'[^']*'$", "", message)
     return message[:300]
 
 
 def audio_info(path) -> AudioInfo:
     """Duration, sample rate and channels of an audio file from its header (no decoding)."""
-    metadata = _decoder(path, None).metadata
-    duration = metadata.duration_seconds
-    if duration is None:
-        duration = getattr(metadata, "duration_seconds_from_header", None)
-    return AudioInfo(
-        path=str(path),
-        duration_seconds=None if duration is None else float(duration),
-        sample_rate=metadata.sample_rate,
-        num_channels=metadata.num_channels,
-        begin_seconds=float(metadata.begin_stream_seconds or 0.0),
-    )
+    container, stream = _open(path)
+    with container:
+        duration = None
+        if stream.duration is not None and stream.time_base is not None:
+            duration = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            duration = container.duration / 1_000_000  # AV_TIME_BASE
+        begin = float(stream.start_time * stream.time_base) if stream.start_time is not None and stream.time_base else 0.0
+        context = stream.codec_context
+        return AudioInfo(
+            path=str(path),
+            duration_seconds=duration,
+            sample_rate=context.sample_rate or None,
+            num_channels=context.layout.nb_channels if context.layout is not None else None,
+            begin_seconds=max(begin, 0.0),
+        )
+
+
+def decode_frames(path, sampling_rate: int | None = 16000) -> Iterator[np.ndarray]:
+    """The decoded audio of a file's first audio stream, in FFmpeg's frames, resampled to `sampling_rate` by
+    FFmpeg's resampler (libswresample, through PyAV's `AudioResampler`; None: the file's own rate), channels kept.
+
+    This is the one decoder and resampler of the package: inference, training, evaluation and the demo read audio
+    through it. A stream damaged part-way (cut off mid-frame, a broken packet) ends at the damage, as FFmpeg does.
+
+    Yields:
+        `np.ndarray` float32 of shape `(channels, samples)`.
+    """
+    import av
+
+    container, stream = _open(path)
+    resampler = av.AudioResampler(format="fltp", rate=sampling_rate)
+    decoded = 0
+    with container:
+        try:
+            for packet in container.demux(stream):
+                for frame in packet.decode():
+                    for resampled in resampler.resample(frame):
+                        decoded += resampled.samples
+                        yield resampled.to_ndarray()
+        except (av.FFmpegError, ValueError) as error:
+            if decoded == 0:
+                raise AudioDecodingError(f"{path}: decoding failed ({_short(error)})") from error
+        for resampled in resampler.resample(None):  # the resampler's delayed samples
+            yield resampled.to_ndarray()
 
 
 def load_audio(path, sampling_rate: int = 16000) -> torch.Tensor:
-    """Decodes a whole file to mono float32 at `sampling_rate`.
+    """Decodes a whole file to mono float32 at `sampling_rate` (the mean of the channels).
 
     Returns:
         `torch.Tensor` of shape `(num_samples,)`.
@@ -166,38 +201,16 @@ def load_audio(path, sampling_rate: int = 16000) -> torch.Tensor:
     Raises:
         AudioDecodingError: missing, unreadable, empty, corrupt or non-audio files.
     """
-    decoder = _decoder(path, sampling_rate)
-    try:
-        samples = decoder.get_all_samples().data
-    except Exception as error:
-        # A damaged file (cut off mid-frame, a broken packet): keep what decodes before the damage, as FFmpeg does.
-        samples = _readable_prefix(decoder)
-        if samples is None:
-            raise AudioDecodingError(f"{path}: decoding failed ({_short(error)})") from error
-    return _to_mono(samples, path)
-
-
-def _readable_prefix(decoder, longest_step: float = 1.0, shortest_step: float = 0.001) -> torch.Tensor | None:
-    """The samples up to the first undecodable part of the stream, found by decoding consecutive ranges that get
-    ten times shorter each time one fails; None when nothing decodes. `(channels, samples)`."""
-    start = float(decoder.metadata.begin_stream_seconds or 0.0)
-    step, pieces = longest_step, []
-    while step >= shortest_step:
-        try:
-            samples = decoder.get_samples_played_in_range(start, start + step).data
-        except RuntimeError:
-            step /= 10
-            continue
-        if samples.shape[-1] == 0:
-            break
-        pieces.append(samples)
-        start += step
-    return torch.cat(pieces, dim=-1) if pieces else None
+    frames = [frame for frame in decode_frames(path, sampling_rate) if frame.shape[-1]]
+    if not frames:
+        raise AudioDecodingError(f"{path}: no audio samples (empty track)")
+    return _to_mono(torch.from_numpy(np.concatenate(frames, axis=-1)), path)
 
 
 def _to_mono(samples: torch.Tensor, path) -> torch.Tensor:
     if samples.ndim != 2 or samples.shape[-1] == 0:
         raise AudioDecodingError(f"{path}: no audio samples (empty track)")
+    # The mean of the channels (Essentia's MonoLoader and the feature extractor), not FFmpeg's own downmix.
     mono = samples.mean(dim=0, dtype=torch.float32) if samples.shape[0] > 1 else samples[0].float()
     if not torch.isfinite(mono).all():
         raise AudioDecodingError(f"{path}: decoded audio contains NaN or infinite samples")
@@ -206,29 +219,54 @@ def _to_mono(samples: torch.Tensor, path) -> torch.Tensor:
 
 def stream_audio(path, chunk_samples: int, sampling_rate: int = 16000) -> Iterator[torch.Tensor]:
     """Decodes a file chunk by chunk: consecutive mono float32 chunks of `chunk_samples` samples at `sampling_rate`
-    (the last one shorter), without holding the whole track in memory.
+    (the last one shorter), without holding the whole track in memory. The chunks concatenate to `load_audio`.
 
     Yields:
         `torch.Tensor` of shape `(num_samples,)`.
     """
-    decoder = _decoder(path, sampling_rate)
-    begin = float(decoder.metadata.begin_stream_seconds or 0.0)
-    chunk_seconds = chunk_samples / sampling_rate
-    index = 0
-    while True:
-        start = begin + index * chunk_seconds
-        try:
-            samples = decoder.get_samples_played_in_range(start, start + chunk_seconds).data
-        except RuntimeError as error:
-            if "No audio frames were decoded" in str(error):
-                return  # past the end of the stream
-            raise AudioDecodingError(f"{path}: decoding failed at {start:.1f} s ({_short(error)})") from error
-        if samples.shape[-1] == 0:
-            return
-        yield _to_mono(samples, path)
-        if samples.shape[-1] < chunk_samples:
-            return
-        index += 1
+    pending, held = [], 0
+    for frame in decode_frames(path, sampling_rate):
+        pending.append(_to_mono(torch.from_numpy(frame), path).numpy())
+        held += frame.shape[-1]
+        while held >= chunk_samples:
+            samples = np.concatenate(pending)
+            yield torch.from_numpy(samples[:chunk_samples].copy())
+            pending, held = [samples[chunk_samples:]], held - chunk_samples
+    if held:
+        yield torch.from_numpy(np.concatenate(pending))
+
+
+def encode_audio(path, audio, sampling_rate: int = 16000) -> None:
+    """Writes audio to a file in the format its extension names (WAV as 16-bit PCM, FLAC, MP3, M4A/AAC; Ogg and
+    Opus files hold Opus, at 48 kHz for rates above 24 kHz), with PyAV's FFmpeg: the encoder of the demo's data and the tests.
+
+    Args:
+        audio: float samples in [-1, 1], mono `(samples,)` or `(channels, samples)`.
+    """
+    import av
+
+    samples = np.ascontiguousarray(np.asarray(audio, dtype=np.float32))
+    if samples.ndim == 1:
+        samples = samples[None]
+    if samples.ndim != 2 or samples.shape[0] > 8 or samples.shape[1] == 0:
+        raise ValueError(f"{path}: audio to encode must be (samples,) or (channels, samples), got shape {samples.shape}")
+    layout = {1: "mono", 2: "stereo"}.get(samples.shape[0], f"{samples.shape[0]}c")
+    with av.open(str(path), mode="w") as container:
+        # Ogg holds Opus (FFmpeg's default there, FLAC, fails at the end of muxing; its Vorbis encoder is
+        # experimental and writes wrong durations; the wheels carry no libvorbis).
+        codec_name = "libopus" if container.format.name == "ogg" else container.default_audio_codec
+        codec = av.codec.Codec(codec_name, "w")
+        rates = sorted(codec.audio_rates or [sampling_rate])  # Opus encodes at 8 to 48 kHz only: the next rate up
+        rate = next((rate for rate in rates if rate >= sampling_rate), rates[-1])
+        stream = container.add_stream(codec.name, rate=rate, layout=layout)
+        context = stream.codec_context
+        # The encoder's sample format, rate and frame size (MP3 takes frames of 1152 samples, AAC 1024).
+        resampler = av.AudioResampler(format=context.format, layout=layout, rate=context.sample_rate, frame_size=context.frame_size or None)
+        frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout=layout)
+        frame.sample_rate = sampling_rate
+        for resampled in [*resampler.resample(frame), *resampler.resample(None)]:
+            container.mux(stream.encode(resampled))
+        container.mux(stream.encode(None))
 
 
 def _check_feature_extractor(feature_extractor, segment_frames: int) -> None:
@@ -354,6 +392,8 @@ __all__ = [
     "AudioDecodingError",
     "AudioInfo",
     "audio_info",
+    "decode_frames",
+    "encode_audio",
     "find_audio_files",
     "load_audio",
     "stream_audio",

@@ -56,13 +56,11 @@ def synth_music(seconds: float, sampling_rate: int = SAMPLING_RATE, seed: int = 
 
 
 def write_audio(path, audio: np.ndarray, sampling_rate: int = SAMPLING_RATE) -> Path:
-    """Encodes audio (mono `(samples,)` or `(channels, samples)`) to any FFmpeg format, by the file's extension."""
-    from torchcodec.encoders import AudioEncoder
+    """Encodes audio (mono `(samples,)` or `(channels, samples)`) by the file's extension, with the package's own
+    encoder (PyAV's FFmpeg: no system FFmpeg needed)."""
+    from maest.feature_extraction.audio import encode_audio
 
-    samples = torch.as_tensor(audio, dtype=torch.float32)
-    if samples.ndim == 1:
-        samples = samples[None]
-    AudioEncoder(samples, sample_rate=sampling_rate).to_file(str(path))
+    encode_audio(path, audio, sampling_rate)
     return Path(path)
 
 
