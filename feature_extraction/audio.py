@@ -15,7 +15,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -383,6 +383,105 @@ def track_segment_features(
     yield (torch.cat(pending) if pending else torch.zeros(0, length, feature_extractor.feature_size)), duration
 
 
+def segment_windows(
+    chunks: Iterable[torch.Tensor], feature_extractor, segment_frames: int, last_segment: str = "auto"
+) -> Iterator[tuple[torch.Tensor, int]]:
+    """The samples of each segment of a track, for computing its frames elsewhere (on the model's device):
+    `feature_extractor.segment_log_mel` of these windows equals `feature_extractor(audio, return_segments=True,
+    last_segment=...)`.
+
+    Segment `k` holds frames `[k L, (k + 1) L)`; frame `i` is centered on sample `i * hop`, so the segment needs the
+    `(L + 1) * hop` samples from `k L hop - hop` (zeros before and after the track). The last segment follows
+    `MAESTFeatureExtractor.segment`'s rule and carries how many of its frames are audio.
+
+    Args:
+        chunks: consecutive mono 16 kHz pieces of the track (the whole track as one piece, or `stream_audio`'s).
+
+    Yields:
+        `(window, frames)`: `window` of shape `((L + 1) * hop,)`, `frames` the number of its frames that are audio
+        (`L` but for a partial last segment). The generator's return value is the number of samples.
+    """
+    _check_feature_extractor(feature_extractor, segment_frames)
+    hop = feature_extractor.hop_size
+    segment_samples = segment_frames * hop
+    window_samples = segment_samples + hop
+    buffer = torch.zeros(hop)  # Essentia centers the first frame on sample 0: a hop of zeros before the track
+    num_samples = emitted = 0
+    for chunk in chunks:
+        num_samples += chunk.shape[0]
+        buffer = torch.cat([buffer, chunk])
+        while buffer.shape[0] >= window_samples:
+            yield buffer[:window_samples].clone(), segment_frames
+            emitted += 1
+            buffer = buffer[segment_samples:]
+    if num_samples == 0:
+        raise AudioDecodingError("no audio samples (empty track)")
+    # Up to Essentia's frame count 1 + ceil(n / hop): the last frames reach past the end (zero-padded).
+    tail_frames = feature_extractor.num_frames(num_samples) - emitted * segment_frames
+    while tail_frames >= segment_frames:
+        yield torch.nn.functional.pad(buffer[:window_samples], (0, max(0, window_samples - buffer.shape[0]))), segment_frames
+        emitted += 1
+        buffer = buffer[segment_samples:]
+        tail_frames -= segment_frames
+    keep_partial = tail_frames > 0 and (
+        emitted == 0 or last_segment == "pad" or (last_segment == "auto" and tail_frames * 2 >= segment_frames)
+    )
+    if keep_partial:
+        yield torch.nn.functional.pad(buffer[:window_samples], (0, window_samples - min(buffer.shape[0], window_samples))), tail_frames
+    return num_samples
+
+
+def track_segment_windows(
+    path,
+    feature_extractor,
+    segment_frames: int | None = None,
+    last_segment: str = "auto",
+    stream_threshold_seconds: float = DEFAULT_STREAM_THRESHOLD_SECONDS,
+    segments_per_chunk: int = 4,
+    min_duration_seconds: float = 0.0,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, float | None]]:
+    """`track_segment_features` without the front-end: each segment's samples (`segment_windows`), for a model
+    whose device computes the frames. Same decoding, streaming, segments and failures.
+
+    Yields:
+        `(windows, frames, duration)`: `windows` of shape `(chunk_size, (segment_frames + 1) * hop)`, `frames` of
+        shape `(chunk_size,)` (int64), `duration` `None` until the last chunk.
+    """
+    length = segment_frames or feature_extractor.max_length
+    rate = feature_extractor.sampling_rate
+    info = audio_info(path)
+    if info.duration_seconds is not None and info.duration_seconds < min_duration_seconds:
+        raise AudioDecodingError(_too_short(path, info.duration_seconds, min_duration_seconds))
+    if info.duration_seconds is not None and info.duration_seconds <= stream_threshold_seconds:
+        pieces = [load_audio(path, rate)]
+    else:
+        pieces = stream_audio(path, length * feature_extractor.hop_size, rate)
+    yield from _window_chunks(segment_windows(pieces, feature_extractor, length, last_segment), path, rate, segments_per_chunk, min_duration_seconds)
+
+
+def _window_chunks(windows, name, rate: int, segments_per_chunk: int, min_duration_seconds: float):
+    pending = []
+    while True:
+        try:
+            pending.append(next(windows))
+        except StopIteration as end:
+            num_samples = end.value
+            break
+        except AudioDecodingError as error:
+            message = str(error)
+            raise AudioDecodingError(message if message.startswith(str(name)) else f"{name}: {message}") from error
+        if len(pending) == segments_per_chunk:
+            yield torch.stack([w for w, _ in pending]), torch.tensor([f for _, f in pending]), None
+            pending = []
+    duration = num_samples / rate
+    if duration < min_duration_seconds:
+        raise AudioDecodingError(_too_short(name, duration, min_duration_seconds))
+    if pending:
+        yield torch.stack([w for w, _ in pending]), torch.tensor([f for _, f in pending]), duration
+    else:
+        yield torch.zeros(0, 0), torch.zeros(0, dtype=torch.int64), duration
+
+
 def _too_short(path, duration: float, minimum: float) -> str:
     return f"{path}: too short ({duration:.2f} s; the minimum is {minimum:g} s, see --min-duration)"
 
@@ -398,5 +497,7 @@ __all__ = [
     "load_audio",
     "stream_audio",
     "stream_segment_features",
+    "segment_windows",
     "track_segment_features",
+    "track_segment_windows",
 ]

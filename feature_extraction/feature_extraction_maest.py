@@ -248,6 +248,23 @@ class MAESTFeatureExtractor(SequenceFeatureExtractor):
             output.pop(name, None)
         return output
 
+    @classmethod
+    def from_dict(cls, feature_extractor_dict: dict, **kwargs):
+        """As `FeatureExtractionMixin.from_dict`. The `preprocessor_config.json` published with the AST-format
+        checkpoints (`mtg-upf/discogs-maest-*`) names this class (for its remote code) but holds the settings of that
+        AST-style extractor: the mel bands in `num_mel_bins` (`feature_size` is 1 there) and a `padding_value` in the
+        log-mel domain, before normalization. They are read as this front-end's settings for the same model: its
+        bands, `max_length`, `mean` and `std` (the window stays Essentia's symmetric one, the training features')."""
+        if "num_mel_bins" in feature_extractor_dict:
+            settings = dict(feature_extractor_dict)
+            settings["feature_size"] = settings.pop("num_mel_bins")
+            settings.pop("do_normalize", None)  # this front-end always normalizes, as MAEST was trained
+            mean = settings.get("mean", 2.06755686098554)
+            std = settings.get("std", 1.268292820667291)
+            settings["padding_value"] = (settings.get("padding_value", 0.0) - mean) / (2.0 * std)
+            feature_extractor_dict = settings
+        return super().from_dict(feature_extractor_dict, **kwargs)
+
     # ----------------------------------------------------------------------------------------------- time axis
     def frames_to_seconds(self, num_frames: int | float) -> float:
         """Time between frame `0` and frame `num_frames`: frames are `hop_size` samples apart at `sampling_rate` (the
@@ -387,6 +404,24 @@ class MAESTFeatureExtractor(SequenceFeatureExtractor):
         power = spectrum.real.square() + spectrum.imag.square()
         mel = power @ self._mel_filters.to(device=waveforms.device, dtype=dtype)
         return self.normalize(torch.log10(1.0 + self.log_multiplier * mel)).to(torch.float32)
+
+    def segment_log_mel(self, windows: torch.Tensor, num_frames: torch.Tensor) -> torch.Tensor:
+        """The frames of segments from their samples, on the windows' device: `log_mel(windows, centered=False)`,
+        with the frames past each segment's `num_frames` set to `padding_value` (as `segment` pads a partial last
+        segment). With `maest.feature_extraction.audio.segment_windows`, this equals the segments of `__call__`
+        (`return_segments=True`); it lets a GPU compute the front-end of a whole batch.
+
+        Args:
+            windows (`torch.Tensor` of shape `(batch, (length + 1) * hop_size)`): each segment's 16 kHz samples.
+            num_frames (`torch.Tensor` of shape `(batch,)`): how many of each segment's `length` frames are audio.
+
+        Returns:
+            `torch.Tensor` of shape `(batch, length, feature_size)`, float32, on the windows' device.
+        """
+        frames = self.log_mel(windows, centered=False)
+        positions = torch.arange(frames.shape[1], device=frames.device)
+        audio = positions[None, :, None] < num_frames.to(frames.device)[:, None, None]
+        return torch.where(audio, frames, torch.tensor(self.padding_value, dtype=frames.dtype, device=frames.device))
 
     def normalize(self, log_mel: torch.Tensor) -> torch.Tensor:
         # The factor 2 is MAEST's own (it is applied everywhere in the original).

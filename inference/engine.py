@@ -1,10 +1,15 @@
 """Whole-track MAEST inference over many tracks, with decoding and the front-end running in parallel with the model.
 
 Data flow: a `torch.utils.data.DataLoader` whose worker processes each take every `num_workers`-th track, decode it
-(torchcodec), compute its log-mel segments and send them on in chunks of a few segments (long tracks are streamed,
-so no process holds a whole hour of audio); the main process packs segments of consecutive tracks into batches of
+(PyAV), compute its log-mel segments and send them on in chunks of a few segments (long tracks are streamed, so
+no process holds a whole hour of audio); the main process packs segments of consecutive tracks into batches of
 `batch_size`, runs the model under `torch.inference_mode()`, and completes a track when its last segment is done:
 scores are the mean of the per-segment sigmoid activations, embeddings the mean of the per-segment embeddings.
+
+With the front-end on the model's device (the default on CUDA), the workers only decode and resample: they send
+each segment's samples (`segment_windows`, in pinned memory), and the log-mel frames of a whole batch are computed
+on the GPU by the same `log_mel` (`MAESTFeatureExtractor.segment_log_mel`), equal to the workers' CPU front-end.
+One CPU core computes the front-end of about 40 segments/s; a GPU, tens of thousands.
 """
 
 import functools
@@ -18,7 +23,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from maest.feature_extraction.audio import DEFAULT_STREAM_THRESHOLD_SECONDS, AudioDecodingError, track_segment_features
+from maest.feature_extraction.audio import (
+    DEFAULT_STREAM_THRESHOLD_SECONDS,
+    AudioDecodingError,
+    segment_windows,
+    track_segment_features,
+    track_segment_windows,
+)
 
 from .model import InferenceModel
 from .store import TrackResult
@@ -36,13 +47,15 @@ class TrackInput:
 @dataclass
 class SegmentChunk:
     """What a loader worker sends: some consecutive segments of track `index`; the last chunk of a track carries its
-    `duration`; a failed track sends one chunk with `error` set."""
+    `duration`; a failed track sends one chunk with `error` set. With the front-end on the model's device,
+    `segments` holds each segment's samples and `num_frames` how many of its frames are audio."""
 
     index: int
     segments: torch.Tensor | None
     duration: float | None = None
     last: bool = False
     error: str | None = None
+    num_frames: torch.Tensor | None = None
 
     def pin_memory(self):
         # Called by the DataLoader (pin_memory=True, for CUDA) so that copies to the GPU can overlap.
@@ -65,6 +78,8 @@ class FrontEndSettings:
     min_duration: float = 1.0
     stream_threshold_seconds: float = DEFAULT_STREAM_THRESHOLD_SECONDS
     segments_per_chunk: int = 4
+    # Workers send samples and the model's device computes the frames (`segment_windows` / `segment_log_mel`).
+    on_device: bool = False
 
 
 class TrackSegmentDataset(IterableDataset):
@@ -85,6 +100,9 @@ class TrackSegmentDataset(IterableDataset):
 
     def track_chunks(self, index: int):
         track = self.tracks[index]
+        if self.settings.on_device:
+            yield from self.track_windows(index)
+            return
         try:
             if track.audio is None:
                 chunks = track_segment_features(
@@ -104,6 +122,42 @@ class TrackSegmentDataset(IterableDataset):
         except Exception as error:  # one bad track never stops a collection
             reason = str(error) if isinstance(error, AudioDecodingError) else f"{track.name}: {type(error).__name__}: {error}"
             yield SegmentChunk(index, None, last=True, error=reason)
+
+    def track_windows(self, index: int):
+        """`track_chunks` for the front-end on the model's device: the segments' samples, checked as in
+        `track_chunks` (finite samples give finite features: `log_mel` switches to float64 for huge ones)."""
+        track, settings = self.tracks[index], self.settings
+        try:
+            if track.audio is None:
+                chunks = track_segment_windows(
+                    track.name,
+                    self.feature_extractor,
+                    segment_frames=settings.segment_frames,
+                    last_segment=settings.last_segment,
+                    stream_threshold_seconds=settings.stream_threshold_seconds,
+                    segments_per_chunk=settings.segments_per_chunk,
+                    min_duration_seconds=settings.min_duration,
+                )
+            else:
+                chunks = self._array_windows(track)
+            for windows, num_frames, duration in chunks:
+                yield SegmentChunk(index, windows, duration=duration, last=duration is not None, num_frames=num_frames)
+        except Exception as error:  # one bad track never stops a collection
+            reason = str(error) if isinstance(error, AudioDecodingError) else f"{track.name}: {type(error).__name__}: {error}"
+            yield SegmentChunk(index, None, last=True, error=reason)
+
+    def _array_windows(self, track: TrackInput):
+        from maest.feature_extraction.audio import _window_chunks
+
+        extractor = self.feature_extractor
+        clip = extractor.prepare_audio(track.audio, track.sampling_rate)[0]
+        duration = clip.shape[0] / extractor.sampling_rate
+        if duration < self.settings.min_duration:
+            raise AudioDecodingError(
+                f"{track.name}: too short ({duration:.2f} s; the minimum is {self.settings.min_duration:g} s)"
+            )
+        windows = segment_windows([clip], extractor, self.settings.segment_frames, self.settings.last_segment)
+        yield from _window_chunks(windows, track.name, extractor.sampling_rate, self.settings.segments_per_chunk, 0.0)
 
     def _array_chunks(self, track: TrackInput):
         extractor = self.feature_extractor
@@ -169,6 +223,8 @@ class CollectionRunner:
         batch_size: segments per model call (segments of several tracks share a batch).
         num_workers: loader processes for decoding and features (0: in this process).
         progress: show a tqdm bar (tracks, audio minutes per second, ETA) on stderr.
+        front_end_on_device: compute the log-mel frames on the model's device, batch by batch, with the workers only
+            decoding (None: on CUDA, for the torch back-end); the features equal the workers' CPU front-end.
     """
 
     def __init__(
@@ -184,6 +240,7 @@ class CollectionRunner:
         min_duration: float = 1.0,
         stream_threshold_seconds: float = DEFAULT_STREAM_THRESHOLD_SECONDS,
         progress: bool = False,
+        front_end_on_device: bool | None = None,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -204,7 +261,10 @@ class CollectionRunner:
             min_duration=min_duration,
             stream_threshold_seconds=stream_threshold_seconds,
             segments_per_chunk=max(1, min(batch_size, 4)),
+            on_device=inference_model.device.type == "cuda" if front_end_on_device is None else bool(front_end_on_device),
         )
+        if self.front_end.on_device and getattr(inference_model, "backend", "torch") != "torch":
+            self.front_end.on_device = False  # exported graphs take features on the CPU
         self.progress = progress
 
     def chunks(self, tracks: list[TrackInput]) -> Iterable[SegmentChunk]:
@@ -255,7 +315,8 @@ class _Batcher:
         self.on_failure = on_failure
         self.bar = bar
         self.states: dict[int, _TrackState] = {}
-        self.queue: list[tuple[int, torch.Tensor]] = []
+        # (track index, segments or their samples, frames of audio per segment with the front-end on the device)
+        self.queue: list[tuple[int, torch.Tensor, torch.Tensor | None]] = []
         self.queued = 0
         self.started = time.monotonic()
         self.audio_seconds = 0.0
@@ -272,7 +333,7 @@ class _Batcher:
             self.bar.update(1)
             return
         if len(chunk.segments):
-            self.queue.append((chunk.index, chunk.segments))
+            self.queue.append((chunk.index, chunk.segments, chunk.num_frames))
             self.queued += len(chunk.segments)
             state.expected += len(chunk.segments)
         if chunk.last:
@@ -280,40 +341,54 @@ class _Batcher:
             state.duration = chunk.duration
             self.settle(chunk.index)
 
-    def take(self, size: int) -> list[tuple[int, torch.Tensor]]:
+    def take(self, size: int) -> list[tuple[int, torch.Tensor, torch.Tensor | None]]:
         """Up to `size` queued segments, splitting a track's chunk where the batch ends."""
         taken, count = [], 0
         while self.queue and count < size:
-            index, segments = self.queue.pop(0)
+            index, segments, num_frames = self.queue.pop(0)
             if count + len(segments) > size:
-                self.queue.insert(0, (index, segments[size - count :]))
+                rest = None if num_frames is None else num_frames[size - count :]
+                self.queue.insert(0, (index, segments[size - count :], rest))
                 segments = segments[: size - count]
-            taken.append((index, segments))
+                num_frames = None if num_frames is None else num_frames[: size - count]
+            taken.append((index, segments, num_frames))
             count += len(segments)
         self.queued -= count
         return taken
 
     def run_batch(self, size: int) -> None:
         taken = self.take(size)
-        live = [(index, segments) for index, segments in taken if not self.states[index].failed]
+        live = [(index, segments, num_frames) for index, segments, num_frames in taken if not self.states[index].failed]
         if live:
             runner = self.runner
             outputs = runner.inference_model.run(
-                torch.cat([segments for _, segments in live]),
+                self.inputs(live),
                 scores=runner.scores,
                 embedding=runner.embedding,
                 block=runner.block,
                 tokens=runner.tokens,
             )
             offset = 0
-            for index, segments in live:
+            for index, segments, _ in live:
                 state = self.states[index]
                 for name, values in outputs.items():
                     state.outputs.setdefault(name, []).append(values[offset : offset + len(segments)])
                 state.received += len(segments)
                 offset += len(segments)
-        for index in dict.fromkeys(index for index, _ in taken):
+        for index in dict.fromkeys(index for index, _, _ in taken):
             self.settle(index)
+
+    def inputs(self, live) -> torch.Tensor:
+        """The model's input features of a batch: the workers' features, or (front-end on the device) the frames
+        computed on the model's device from the segments' samples. Each pinned chunk is copied on its own (a
+        concatenation on the host would not be pinned)."""
+        if not self.runner.front_end.on_device:
+            return torch.cat([segments for _, segments, _ in live])
+        model = self.runner.inference_model
+        device = model.device
+        windows = torch.cat([segments.to(device, non_blocking=True) for _, segments, _ in live])
+        num_frames = torch.cat([num_frames for _, _, num_frames in live]).to(device, non_blocking=True)
+        return model.feature_extractor.segment_log_mel(windows, num_frames)
 
     def settle(self, index: int) -> None:
         # A track is done once its last chunk arrived and all its segments went through the model; a failed track
@@ -322,7 +397,7 @@ class _Batcher:
         if state is None or not state.finished:
             return
         if state.failed:
-            if not any(queued_index == index for queued_index, _ in self.queue):
+            if not any(queued_index == index for queued_index, _, _ in self.queue):
                 self.states.pop(index)
         elif state.received == state.expected:
             self.complete(index)
