@@ -251,10 +251,10 @@ def runtime_matmul_calls(a: np.ndarray, b: np.ndarray, repeats: int) -> dict:
             if backends.runtime_version(runtime) is None:
                 continue
             if runtime == "onnxruntime":
-                session = backends.OnnxRuntimeSession(Path(path), torch.get_num_threads())
+                session = backends.OnnxRuntimeSession(Path(path), torch.get_num_threads(), cache=False)
                 run = lambda s=session: s.session.run(None, {"a": a, "b": b})  # noqa: E731
             else:
-                session = backends.OpenVINOSession(Path(path), torch.get_num_threads(), "float32")
+                session = backends.OpenVINOSession(Path(path), torch.get_num_threads(), "float32", cache=False)
                 run = lambda s=session: s.request.infer({"a": a, "b": b}, share_inputs=True)  # noqa: E731
             calls[runtime] = (lambda run=run: [run() for _ in range(repeats)])
     return calls

@@ -25,7 +25,7 @@ from maest.errors import MAESTError
 from maest.feature_extraction.audio import DEFAULT_STREAM_THRESHOLD_SECONDS, find_audio_files
 from maest.modeling import parse_embedding_tokens
 
-from .backends import BACKEND_CHOICES, load_backend
+from .backends import BACKEND_CHOICES, load_backend, weights_digest
 from .engine import CollectionRunner, TrackFailure, TrackInput
 from .model import DEFAULT_BACKEND, DEFAULT_MODEL, InferenceModel, load_model
 from .store import (
@@ -231,6 +231,9 @@ def model_settings(inference_model: InferenceModel, settings: CollectionSettings
         name = os.path.abspath(Path(name).expanduser())
     recorded = {
         "model": name,
+        # The model's identity by content (its weights and config): a directory whose weights changed in place is
+        # another model, and its rows are not mixed with the old ones.
+        "weights": getattr(inference_model, "weights_digest", None) or weights_digest(inference_model.model),
         "outputs": [name_ for name_, wanted in (("scores", settings.scores), ("embedding", settings.embedding)) if wanted],
         "dtype": inference_model.dtype,
         "inference_patchout_time_stride": inference_model.inference_patchout_time_stride,
@@ -272,6 +275,9 @@ def run_metadata(inference_model: InferenceModel, recorded: dict) -> dict:
         "sampling_rate": inference_model.feature_extractor.sampling_rate,
         "maest_version": maest.__version__,
     }
+    graphs = getattr(inference_model, "graph_digests", None)
+    if graphs:  # the exported graphs that ran, by cache key: their SHA-256
+        metadata["graphs"] = graphs
     if "scores" in recorded["outputs"]:
         metadata["labels"] = inference_model.labels
     return metadata

@@ -238,7 +238,16 @@ def read_output(path) -> pa.Table:
 
 def _settings_difference(expected: dict, found: dict) -> str:
     keys = sorted(set(expected) | set(found))
-    return ", ".join(f"{key}: {found.get(key)!r} there, {expected.get(key)!r} now" for key in keys if expected.get(key) != found.get(key))
+    return ", ".join(_setting_change(key, found.get(key), expected.get(key)) for key in keys if expected.get(key) != found.get(key))
+
+
+def _setting_change(key: str, there, now) -> str:
+    if key != "weights":
+        return f"{key}: {there!r} there, {now!r} now"
+    # The model's digest (`maest.inference.backends.weights_digest`): the model's name may be the same.
+    if there is None:
+        return f"weights: not recorded there (written by an older maest), sha256 {str(now)[:12]} now"
+    return f"weights: sha256 {str(there)[:12]} there, {str(now)[:12]} now (the model's weights or config changed)"
 
 
 # ------------------------------------------------------------------------------------------------------- failures

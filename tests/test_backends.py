@@ -2,8 +2,13 @@
 results through the same `run` contract; int8 stays close; the graph cache; `auto` and its fallback."""
 
 import copy
+import json
+import logging
+import os
 import warnings
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -91,16 +96,13 @@ def test_graphs_keep_inference_patchout(tiny_config, segments, cache_dir, stride
     assert not torch.allclose(expected, unstrided, atol=1e-5)  # the stride changes the result: it is in the graph
 
 
-def test_graph_cache_is_reused_and_keyed_by_settings(torch_model, segments, cache_dir):
-    if not INSTALLED:
-        pytest.skip("no exported-graph runtime installed")
-    first = load_backend(torch_model, INSTALLED[0], "float32", cache_dir=cache_dir)
-    first.run(segments, scores=True)
+def test_graph_cache_is_reused_and_keyed_by_settings(torch_model, segments, built_cache):
+    cache_dir = built_cache  # (its fixture built the scores graph)
     folders = {path.name for path in cache_dir.iterdir()}
     second = load_backend(torch_model, INSTALLED[0], "float32", cache_dir=cache_dir)
     second.run(segments, scores=True)
     assert {path.name for path in cache_dir.iterdir()} == folders  # read from the cache, not rebuilt
-    assert not any(name.startswith(".") for name in folders)  # no half-built folder left behind
+    assert not [name for name in folders if "building" in name]  # no half-built folder left behind
     key = next(iter(second.sessions))
     assert key.outputs == "scores" and key.quantizer == "" and key.torch == torch.__version__
     changed = backends.GraphKey(**{**key.__dict__, "time_stride": 2})
@@ -134,19 +136,18 @@ def test_auto_rule_and_fallback(monkeypatch):
         assert resolve_backend("auto", "int8") == "torch"
 
 
-def test_auto_follows_the_measured_order_per_dtype(monkeypatch):
-    # maest bench (README "Speed"): OpenVINO is the faster float32 runtime, ONNX Runtime the faster int8 one.
+def test_auto_measures_among_the_installed_runtimes(monkeypatch):
     installed = {"torch", "onnxruntime", "openvino"}
     monkeypatch.setattr(backends, "runtime_version", lambda name: "1" if name in installed else None)
     monkeypatch.setattr(backends, "_fallbacks_reported", set())
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing passed over, nothing said
-        assert resolve_backend("auto", "float32") == "openvino"
-        assert resolve_backend("auto", "int8") == "onnxruntime"
+        assert resolve_backend("auto", "float32") == "auto"  # decided on the loaded model, by measurement
+        assert backends.auto_candidates("float32") == ["onnxruntime", "openvino", "torch"]
     installed.discard("openvino")
-    with pytest.warns(UserWarning, match="backend auto: openvino not installed .* running on onnxruntime"):
-        assert resolve_backend("auto", "float32") == "onnxruntime"
-    assert resolve_backend("auto", "int8") == "onnxruntime"
+    with pytest.warns(UserWarning, match="backend auto: openvino not installed .* choosing among onnxruntime, torch"):
+        assert backends.auto_candidates("int8") == ["onnxruntime", "torch"]
+    assert backends.auto_candidates("bfloat16") == ["torch"] and backends.auto_candidates("float32", "cuda") == ["torch"]
 
 
 def test_torch_backend_is_the_model_itself(torch_model):
@@ -170,3 +171,216 @@ def test_bench_fastest_paths_pick_by_speed_and_accuracy():
     fastest = fastest_paths(ratios, accuracy)
     assert fastest["float32"] == {"variant": "onnxruntime-float32", "over_torch": 1.4}
     assert fastest["accurate"] == {"variant": "onnxruntime-int8-stride2", "over_torch": 3.9}
+
+
+# ---------------------------------------------------------------------------------------------------- identity
+def test_weights_digest_is_the_content_not_the_path(small_model_dir, tmp_path):
+    import shutil
+
+    first = MAESTForAudioClassification.from_pretrained(small_model_dir)
+    shutil.copytree(small_model_dir, tmp_path / "copy")
+    copied = MAESTForAudioClassification.from_pretrained(tmp_path / "copy")  # another path, the same model
+    assert backends.weights_digest(first) == backends.weights_digest(copied)
+    with torch.no_grad():
+        copied.maest.layers[0].attention.q_proj.weight[0, 0] += 1e-3  # one weight changed in place
+    assert backends.weights_digest(first) != backends.weights_digest(copied)
+    # torch's int8 model has a digest too (of its quantized weights), stable across calls.
+    int8 = load_backend(InferenceModel(first, None, "m", torch.device("cpu"), "float32"), "torch", "int8").model
+    assert backends.weights_digest(int8) == backends.weights_digest(int8) != backends.weights_digest(first)
+
+
+# ---------------------------------------------------------------------------------------------------- graph cache
+@pytest.fixture(scope="module")
+def built_cache(torch_model, tmp_path_factory):
+    """A cache holding the scores graph of `torch_model` (tests copy it, then damage their copy)."""
+    if not INSTALLED:
+        pytest.skip("no exported-graph runtime installed")
+    directory = tmp_path_factory.mktemp("built")
+    load_backend(torch_model, INSTALLED[0], "float32", cache_dir=directory).prepare(scores=True)
+    return directory
+
+
+def _copy_cache(built_cache, tmp_path):
+    import shutil
+
+    return Path(shutil.copytree(built_cache, tmp_path / "graphs"))
+
+
+@pytest.fixture
+def exports(built_cache, monkeypatch):
+    """Rebuilds counted, and made by copying the pristine graph of `torch_model` (exporting is tested above; here
+    what is tested is that the cache notices and rebuilds, and that the runtimes then run the rebuilt graph)."""
+    import shutil
+
+    pristine = _entry(built_cache) / "model.onnx"
+    calls = []
+
+    def export(model, out, *args, **kwargs):
+        calls.append(out)
+        shutil.copyfile(pristine, out)
+
+    monkeypatch.setattr(backends, "export_graph", export)
+    return calls
+
+
+def _entry(cache):
+    return next(path for path in cache.iterdir() if not path.name.startswith("."))
+
+
+def _damage(graph, damage: str) -> None:
+    data = graph.read_bytes()
+    graph.write_bytes({"truncated": data[: len(data) // 2], "garbage": os.urandom(len(data)), "empty": b""}[damage])
+
+
+def _assert_torchs_scores(exported, torch_model, segments):
+    logits = torch.logit(exported.run(segments, scores=True)["scores"].double(), eps=1e-12)
+    expected = torch.logit(torch_model.run(segments, scores=True)["scores"].double(), eps=1e-12)
+    assert (logits - expected).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_a_damaged_cached_graph_is_rebuilt_by_itself(torch_model, segments, built_cache, exports, tmp_path, caplog, backend, damage):
+    if backend not in INSTALLED:
+        pytest.skip(f"{backend} is not installed")
+    cache = _copy_cache(built_cache, tmp_path)
+    entry = _entry(cache)
+    _damage(entry / "model.onnx", damage)
+    with caplog.at_level(logging.WARNING, logger="maest.inference.backends"):
+        exported = load_backend(torch_model, backend, "float32", cache_dir=cache)
+        _assert_torchs_scores(exported, torch_model, segments)
+    assert f"{entry} is not usable" in caplog.text and "rebuilding it" in caplog.text and len(exports) == 1
+    assert backends.GraphCache(cache).check(next(iter(exported.sessions))) is None  # rebuilt in place, checked
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="maest.inference.backends"):  # the next process: no more repairs
+        _assert_torchs_scores(load_backend(torch_model, backend, "float32", cache_dir=cache), torch_model, segments)
+    assert "not usable" not in caplog.text and len(exports) == 1
+
+
+@pytest.fixture(scope="module")
+def foreign_cache(torch_model, tiny_config, tmp_path_factory):
+    """The cache of another model of the same shape (its graph has the same size as `torch_model`'s)."""
+    if not INSTALLED:
+        pytest.skip("no exported-graph runtime installed")
+    torch.manual_seed(1)
+    other = MAESTForAudioClassification(copy.deepcopy(tiny_config)).eval()
+    other = InferenceModel(other, torch_model.feature_extractor, "other", torch.device("cpu"), "float32")
+    directory = tmp_path_factory.mktemp("foreign")
+    load_backend(other, INSTALLED[0], "float32", cache_dir=directory).prepare(scores=True)
+    return directory
+
+
+@pytest.mark.parametrize("copied", ["entry", "graph file"])
+def test_a_foreign_graph_copied_over_an_entry_is_detected_and_rebuilt(torch_model, segments, built_cache, foreign_cache, exports, tmp_path, caplog, copied):
+    import shutil
+
+    cache = _copy_cache(built_cache, tmp_path)
+    entry = _entry(cache)
+    foreign = _entry(foreign_cache)
+    if copied == "entry":  # the whole folder, key file included
+        shutil.rmtree(entry)
+        shutil.copytree(foreign, entry)
+    else:
+        shutil.copyfile(foreign / "model.onnx", entry / "model.onnx")
+    assert (entry / "model.onnx").stat().st_size == (foreign / "model.onnx").stat().st_size
+    with caplog.at_level(logging.WARNING, logger="maest.inference.backends"):
+        exported = load_backend(torch_model, INSTALLED[0], "float32", cache_dir=cache)
+        _assert_torchs_scores(exported, torch_model, segments)  # this model's numbers, not the other's
+    expected = "names another graph" if copied == "entry" else "SHA-256 differs"
+    assert expected in caplog.text and "rebuilding it" in caplog.text and len(exports) == 1
+
+
+def test_the_temporary_folder_of_a_killed_build_is_removed(torch_model, segments, built_cache, exports, tmp_path):
+    import fcntl
+
+    cache = _copy_cache(built_cache, tmp_path)
+    name = _entry(cache).name
+    killed = cache / f".{name}.building-x1"  # what a build killed mid-export leaves
+    killed.mkdir()
+    (killed / "model.onnx").write_bytes(b"half a graph")
+    running = cache / ".another.building-x2"  # a build that is still running (its lock is held)
+    running.mkdir()
+    with open(cache / ".another.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _assert_torchs_scores(load_backend(torch_model, INSTALLED[0], "float32", cache_dir=cache), torch_model, segments)
+        assert not killed.exists() and running.exists()
+    assert backends.GraphCache(cache).remove_stale_builds() == [running]  # once its build is gone
+
+
+def test_a_cache_that_cannot_be_written_falls_back_to_a_temporary_one(torch_model, segments, exports, tmp_path, caplog):
+    not_a_folder = tmp_path / "cache-file"
+    not_a_folder.write_text("a file where the cache folder should be")
+    with caplog.at_level(logging.WARNING, logger="maest.inference.backends"):
+        exported = load_backend(torch_model, INSTALLED[0], "float32", cache_dir=not_a_folder / "graphs")
+        _assert_torchs_scores(exported, torch_model, segments)
+    warnings_ = [record.getMessage() for record in caplog.records if "cannot be written" in record.getMessage()]
+    assert len(warnings_) == 1 and "using a temporary cache for this process" in warnings_[0]
+    assert exported.graph_cache.directory == backends._temporary_cache()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_cache_falls_back_to_a_temporary_one(torch_model, segments, exports, tmp_path, caplog):
+    cache = tmp_path / "read-only"
+    cache.mkdir()
+    cache.chmod(0o555)
+    with caplog.at_level(logging.WARNING, logger="maest.inference.backends"):
+        _assert_torchs_scores(load_backend(torch_model, INSTALLED[0], "float32", cache_dir=cache), torch_model, segments)
+    assert "cannot be written" in caplog.text and not list(cache.iterdir())
+
+
+@pytest.mark.skipif("onnxruntime" not in INSTALLED, reason="onnxruntime is not installed")
+def test_onnxruntimes_optimized_model_is_cached_and_checked(built_cache, tmp_path, monkeypatch, caplog):
+    import onnxruntime
+
+    cache = _copy_cache(built_cache, tmp_path)
+    graph = _entry(cache) / "model.onnx"
+    backends.OnnxRuntimeSession(graph, 1)
+    optimized = [path for path in graph.parent.iterdir() if path.name.startswith("onnxruntime-")]
+    assert sorted(path.suffix for path in optimized) == [".json", ".onnx"]
+    opened = []
+    original = onnxruntime.InferenceSession
+    monkeypatch.setattr(onnxruntime, "InferenceSession", lambda path, *args, **kwargs: opened.append(Path(path).name) or original(path, *args, **kwargs))
+    backends.OnnxRuntimeSession(graph, 1)  # a second process: the optimized model, not the graph
+    assert opened == [next(path.name for path in optimized if path.suffix == ".onnx")]
+    _damage(next(path for path in optimized if path.suffix == ".onnx"), "garbage")
+    with caplog.at_level(logging.WARNING, logger="maest.inference.backends"):
+        session = backends.OnnxRuntimeSession(graph, 1)
+    assert "is not usable" in caplog.text and "optimizing again" in caplog.text
+    assert session(np.zeros((1, 100, 96), np.float32))[0].shape[0] == 1  # the re-optimized model runs
+
+
+# ---------------------------------------------------------------------------------------------------- auto
+def test_auto_measures_once_per_machine_and_model_then_reads_its_choice(torch_model, segments, built_cache, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("MAEST_CACHE", str(tmp_path / "maest-cache"))
+    cache = _copy_cache(built_cache, tmp_path)
+    with caplog.at_level(logging.WARNING, logger="maest.inference.backends"):
+        chosen = load_backend(torch_model, "auto", "float32", cache_dir=cache)
+        assert chosen.backend == "auto"  # until its first graph
+        _assert_torchs_scores(chosen, torch_model, segments)
+    assert chosen.backend in backends.auto_candidates("float32")
+    said = [record.getMessage() for record in caplog.records if record.getMessage().startswith("backend auto:")]
+    assert len(said) == 1 and said[0].startswith(f"backend auto: {chosen.backend} (") and "per segment, measured here" in said[0]
+    choices = list((tmp_path / "maest-cache" / "backend-choice").iterdir())
+    record = json.loads(choices[0].read_text())
+    assert len(choices) == 1 and record["choice"] == chosen.backend
+    assert set(record["seconds"]) == set(backends.auto_candidates("float32"))
+    assert record["seconds"][chosen.backend] == min(record["seconds"].values())
+    # The next process reads the choice instead of measuring.
+    monkeypatch.setattr(ExportedInferenceModel, "_measure", lambda *args: pytest.fail("measured again"))
+    again = load_backend(torch_model, "auto", "float32", cache_dir=cache)
+    _assert_torchs_scores(again, torch_model, segments)
+    assert again.backend == chosen.backend
+
+
+def test_auto_takes_the_fixed_order_when_it_cannot_measure(torch_model, segments, built_cache, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("MAEST_CACHE", str(tmp_path / "maest-cache"))
+
+    def cannot_measure(*args):
+        raise RuntimeError("no timer")
+
+    monkeypatch.setattr(ExportedInferenceModel, "_measure", cannot_measure)
+    with caplog.at_level(logging.WARNING, logger="maest.inference.backends"):
+        chosen = load_backend(torch_model, "auto", "float32", cache_dir=_copy_cache(built_cache, tmp_path))
+        _assert_torchs_scores(chosen, torch_model, segments)
+    assert chosen.backend == backends.auto_candidates("float32")[0]
+    assert f"could not measure the back-ends here (no timer); running on {chosen.backend}" in caplog.text
