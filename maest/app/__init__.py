@@ -217,6 +217,8 @@ def build_app(model: str | None = None, index=None, top_k: int = 5, analyzer: Tr
               files: AppFiles | None = None):
     """The Gradio app (a `gradio.Blocks`; `launch_app` serves it). `files`: the app's temporary folder (by default
     a new one bounded to `DEFAULT_TEMP_LIMIT_MB`; `app.maest_files`), made Gradio's upload folder."""
+    files = files or AppFiles(DEFAULT_TEMP_LIMIT_MB * 2**20)
+    files.use_for_gradio()  # before gradio is imported: some of its modules read the folder at import
     try:
         # imported here: an optional extra (`pip install "maest[app]"`)
         import gradio as gr
@@ -224,8 +226,6 @@ def build_app(model: str | None = None, index=None, top_k: int = 5, analyzer: Tr
         raise MAESTError('the web app needs Gradio: pip install "maest[app]"') from error
 
     analyzer = analyzer or TrackAnalyzer(model, index, top_k)
-    files = files or AppFiles(DEFAULT_TEMP_LIMIT_MB * 2**20)
-    files.use_for_gradio()
     players = min(top_k, MAX_NEIGHBOUR_PLAYERS) if analyzer.index is not None else 0
 
     def run(audio_path, progress=gr.Progress(track_tqdm=True)):
