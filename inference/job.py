@@ -61,7 +61,9 @@ class CollectionSettings:
         inference_patchout_time_stride: keep every K-th patch column (None: the model's).
         last_segment: `"auto"`, `"pad"` or `"drop"` (see `tag`); min_duration: shorter tracks fail (seconds).
         batch_size: segments per model call; num_workers: decoding/front-end processes (None: by device).
-        device: `cpu`, `cuda` or `cuda:N` (None: CUDA when available); dtype: `float32`, `bfloat16` or `int8`.
+        device: `cpu`, `cuda` or `cuda:N` (None: CUDA when available); dtype: `auto` (bfloat16 on a CUDA GPU that
+            supports it, else float32; the resolved dtype is recorded), `float32`, `bfloat16` or `int8`.
+        compile: compile the torch model (`torch.compile(fullgraph=True)`); pays on GPUs for long runs.
         backend: what runs the model: `torch`, `onnxruntime`, `openvino` (exported graphs, CPU) or `auto` (see
             `maest.inference.load_model`); None: `DEFAULT_BACKEND` for a model name, a loaded model's own.
         progress: a progress bar on stderr; overwrite: discard an output or progress made with other settings.
@@ -82,7 +84,8 @@ class CollectionSettings:
     batch_size: int = 8
     num_workers: int | None = None
     device: str | None = None
-    dtype: str = "float32"
+    dtype: str = "auto"
+    compile: bool = False
     backend: str | None = None
     progress: bool = False
     overwrite: bool = False
@@ -215,7 +218,7 @@ def load_run_model(settings: CollectionSettings, device: str | None = None) -> I
     else:
         device = device or settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
         model = load_model(
-            settings.model, device=device, dtype=settings.dtype,
+            settings.model, device=device, dtype=settings.dtype, compile=settings.compile,
             inference_patchout_time_stride=settings.inference_patchout_time_stride,
             backend=settings.backend or DEFAULT_BACKEND,
         )  # fmt: skip

@@ -11,7 +11,7 @@ from maest.modeling import load_maest, validate_block_index
 from maest.modeling.conversion import ModelNotAvailableError
 from maest.modeling.modeling_maest import parse_embedding_tokens
 
-from .precision import input_dtype, prepare_model
+from .precision import compile_model, input_dtype, prepare_model, resolve_dtype
 
 
 DEFAULT_MODEL = "mtg-upf/discogs-maest-30s-pw-129e-519l"
@@ -149,9 +149,10 @@ def load_feature_extractor(source: str, max_length: int):
 def load_model(
     name_or_path: str = DEFAULT_MODEL,
     device: str = "cpu",
-    dtype: str = "float32",
+    dtype: str = "auto",
     inference_patchout_time_stride: int | None = None,
     backend: str = DEFAULT_BACKEND,
+    compile: bool = False,
 ) -> InferenceModel:
     """Loads a MAEST classifier for inference, through `maest.modeling.load_maest` (the one loader of every
     published layout).
@@ -161,13 +162,15 @@ def load_model(
             read by `from_pretrained` through the checkpoint conversion mapping), or an original checkpoint file
             (`*.ckpt`, `*.pt`). Defaults to the 519-style 30 s model.
         device: ``"cpu"`` or ``"cuda"``.
-        dtype: ``"float32"``, ``"bfloat16"`` or ``"int8"`` (see `maest.inference.precision.prepare_model`).
+        dtype: ``"auto"`` (default: bfloat16 on a CUDA GPU that supports it, else float32), ``"float32"``,
+            ``"bfloat16"`` or ``"int8"`` (see `maest.inference.precision.prepare_model`).
         inference_patchout_time_stride: keep every k-th patch column at inference (1: all, the default of the
             model's config when None).
         backend: what runs the model: ``"torch"`` (default), ``"onnxruntime"`` or ``"openvino"`` (an exported graph,
             CPU only, built on first use and cached; see `maest.inference.backends`), or ``"auto"`` (the fastest
             installed one for `dtype` on `device`). For an exported back-end the torch model is loaded at float32
             (the graph's source) and the graph runs `dtype`.
+        compile: compile the torch model (`torch.compile(fullgraph=True)`; the first batch of each size compiles).
 
     Raises:
         ModelNotAvailableError: a Hub id that is not cached while offline (or without network).
@@ -178,6 +181,7 @@ def load_model(
     """
     from .backends import load_backend, resolve_backend  # (backends builds on this module)
 
+    dtype = resolve_dtype(dtype, device)
     chosen = resolve_backend(backend, dtype, device)  # before the weights are read: a wrong choice fails at once
 
     name = str(name_or_path)
@@ -193,6 +197,8 @@ def load_model(
     feature_extractor = load_feature_extractor(source, model.config.max_length)
     torch_dtype = dtype if chosen == "torch" else "float32"  # an exported graph is made from the float32 model
     model = prepare_model(model, dtype=torch_dtype, device=device)
+    if compile and chosen == "torch":
+        compile_model(model)
     inference_model = InferenceModel(model, feature_extractor, name, torch.device(device), torch_dtype)
     inference_model.inference_patchout_time_stride = model.config.inference_patchout_time_stride
     return load_backend(inference_model, chosen, dtype)

@@ -25,7 +25,7 @@ from transformers.models.audio_spectrogram_transformer.modeling_audio_spectrogra
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs, logging
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
-from transformers.utils.output_capturing import capture_outputs
+from transformers.utils.output_capturing import capture_outputs, maybe_install_capturing_hooks
 
 from .configuration_maest import MAESTConfig
 
@@ -166,6 +166,7 @@ class MAESTPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
     _can_record_outputs = {"hidden_states": ASTLayer, "attentions": ASTAttention}
+    _can_compile_fullgraph = True  # the inference forward traces as one graph (tested)
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -192,6 +193,9 @@ class MAESTModel(MAESTPreTrainedModel):
         self.layers = nn.ModuleList([ASTLayer(config) for _ in range(config.num_hidden_layers)])
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.post_init()
+        # transformers installs the output-capturing hooks at the first forward, under a threading lock that
+        # torch.compile cannot trace: installed here, `torch.compile(model, fullgraph=True)` has no graph break.
+        maybe_install_capturing_hooks(self)
 
     def get_input_embeddings(self) -> MAESTPatchEmbeddings:
         return self.embeddings.patch_embeddings

@@ -154,3 +154,47 @@ def test_cuda_outputs_match_cpu(tiny_model, tiny_inputs, dtype):
         embeddings = model.maest.embed(tiny_inputs.to("cuda", input_dtype(dtype))).cpu()
         reference = tiny_model.maest.embed(tiny_inputs)
     assert _cosine(reference, embeddings).min() > 0.995
+
+
+def test_auto_dtype_is_bfloat16_on_a_gpu_with_bf16_and_float32_elsewhere(monkeypatch):
+    assert precision.resolve_dtype("auto", "cpu") == "float32"
+    assert precision.resolve_dtype("int8", "cpu") == "int8"
+    with pytest.raises(ValueError, match="Unsupported dtype 'float16'"):
+        precision.resolve_dtype("float16", "cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: not including_emulation)
+    assert precision.resolve_dtype("auto", "cuda:0") == "bfloat16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)  # a pre-Ampere GPU
+    assert precision.resolve_dtype("auto", "cuda") == "float32"
+
+
+def test_load_model_defaults_to_auto_and_records_what_it_resolved_to(small_model_dir):
+    from maest.inference import load_model
+
+    model = load_model(str(small_model_dir))
+    assert model.dtype == "float32" and next(model.model.parameters()).dtype == torch.float32
+
+
+def test_the_inference_forward_compiles_as_one_graph(tiny_model, tiny_inputs):
+    """`torch.compile(fullgraph=True)` raises at the first graph break: output capture (hidden states for the
+    embedding), the input checks and inference patchout must all trace. The eager back-end keeps this fast; the
+    graph is the same one inductor compiles."""
+    model = copy.deepcopy(tiny_model)
+    model.config.inference_patchout_time_stride = 2
+    compiled = torch.compile(model, fullgraph=True, backend="eager", dynamic=False)
+    with torch.inference_mode():
+        expected = tiny_model(tiny_inputs, output_hidden_states=True)
+        actual = compiled(tiny_inputs, output_hidden_states=True)
+        embedding = torch.compile(model.maest.embed, fullgraph=True, backend="eager")(tiny_inputs, block=1)
+        expected_embedding = model.maest.embed(tiny_inputs, block=1)
+    assert actual.logits.shape == expected.logits.shape and len(actual.hidden_states) == len(expected.hidden_states)
+    model.config.inference_patchout_time_stride = 1
+    with torch.inference_mode():
+        unstrided = tiny_model(tiny_inputs).logits
+    # The stride reached the compiled graph: its logits differ from the unstrided model's and equal the strided one's.
+    assert not torch.allclose(actual.logits, unstrided)
+    model.config.inference_patchout_time_stride = 2
+    with torch.inference_mode():
+        torch.testing.assert_close(actual.logits, model(tiny_inputs).logits)
+    torch.testing.assert_close(embedding, expected_embedding)
+    assert model._can_compile_fullgraph

@@ -55,7 +55,15 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--batch-size", type=int, default=8, help="segments per model call (default 8)")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16", "int8"), default="float32", help="inference precision")
+    parser.add_argument(
+        "--dtype", choices=("auto", "float32", "bfloat16", "int8"), default="auto",
+        help="inference precision (default auto: bfloat16 on a CUDA GPU that supports it, else float32; float32 on "
+        "CUDA uses TF32); the dtype used is recorded in the output's settings",
+    )  # fmt: skip
+    parser.add_argument(
+        "--compile", action="store_true",
+        help="compile the model (torch.compile, one graph): pays on a GPU for runs of many batches (see README, Speed)",
+    )
     parser.add_argument(
         "--backend", default=DEFAULT_BACKEND, metavar="{" + ",".join(BACKEND_CHOICES) + "}",
         help=f"what runs the model (default {DEFAULT_BACKEND}): onnxruntime / openvino run an exported graph on CPU "
@@ -133,7 +141,7 @@ def _settings(args, **task) -> dict:
     return dict(
         per_segment=args.per_segment, inference_patchout_time_stride=args.inference_patchout_time_stride,
         last_segment=args.last_segment, min_duration=args.min_duration, batch_size=args.batch_size,
-        num_workers=args.num_workers, device=args.device, dtype=args.dtype, backend=args.backend,
+        num_workers=args.num_workers, device=args.device, dtype=args.dtype, compile=args.compile, backend=args.backend,
         progress=not args.quiet, overwrite=args.overwrite, flush_every_tracks=args.flush_every, **task,
     )
 
