@@ -128,3 +128,19 @@ def test_cuda_log_mel_equals_the_cpu():
         expected = extractor(audio, sampling_rate=16000, return_segments=True, last_segment=last_segment, max_length=SEGMENT_FRAMES)
         actual = windowed_features(extractor, audio, last_segment, device="cuda")
         torch.testing.assert_close(actual, expected["input_values"], rtol=0, atol=1e-5)
+
+
+def test_pretraining_defaults_to_bf16_autocast_on_a_cuda_gpu_only(monkeypatch):
+    from maest.training.config import PretrainConfig
+    from maest.training.pretrain import resolve_mixed_precision
+
+    assert PretrainConfig().mixed_precision == "auto"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert resolve_mixed_precision("auto") == "bf16"
+    assert resolve_mixed_precision("no") == "no" and resolve_mixed_precision("fp16") == "fp16"
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "1")  # training forced onto the CPU of a GPU machine
+    assert resolve_mixed_precision("auto") == "no"
+    monkeypatch.delenv("ACCELERATE_USE_CPU")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_mixed_precision("auto") == "no"

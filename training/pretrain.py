@@ -89,6 +89,17 @@ def one_line(error: BaseException) -> str:
     return " ".join(str(error).split())[:300] or type(error).__name__
 
 
+def resolve_mixed_precision(setting: str) -> str:
+    """What `mixed_precision: auto` (the default) stands for: bf16 autocast where training runs on a CUDA GPU with
+    bf16 (compute capability 8.0 and up), `no` elsewhere (CPUs, `ACCELERATE_USE_CPU=1`). Other settings as given."""
+    if setting != "auto":
+        return setting
+    on_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    if not on_cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False):
+        return "bf16"
+    return "no"
+
+
 class Pretrainer:
     """Runs one pre-training job described by a [`PretrainConfig`]; `run()` returns the export directory."""
 
@@ -97,8 +108,9 @@ class Pretrainer:
             raise ConfigError("set train_data (a Hub dataset id, an audiofolder directory, or tar/parquet files)")
         self.config = config
         self.output_dir = Path(config.output_dir)
+        self.mixed_precision = resolve_mixed_precision(config.mixed_precision)
         self.accelerator = Accelerator(
-            mixed_precision=config.mixed_precision,
+            mixed_precision=self.mixed_precision,
             gradient_accumulation_steps=config.gradient_accumulation_steps,
             step_scheduler_with_optimizer=False,
             log_with="tensorboard" if config.report_to == "tensorboard" else None,
@@ -432,7 +444,7 @@ class Pretrainer:
                     "mixup_alpha": config.mixup_alpha, "train_patchout_time": unwrapped.config.train_patchout_time,
                     "class_balanced_sampling": config.class_balanced_sampling,
                     "teacher_student": bool(config.teacher_model or config.teacher_logits_column),
-                    "mixed_precision": config.mixed_precision,
+                    "mixed_precision": self.mixed_precision,
                 },
                 "data": format_data_report(counts),
                 "wall_time_seconds": round(elapsed, 1),
