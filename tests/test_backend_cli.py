@@ -2,6 +2,7 @@
 torch model's numbers (the torch model run by hand on the feature extractor's segments is the truth), `auto` passes
 over a missing runtime with one warning, and wrong choices are one-line errors."""
 
+import logging
 import warnings
 
 import numpy as np
@@ -108,6 +109,26 @@ def test_api_tag_openvino_gives_the_torch_models_logits(small_model_dir, tracks,
     for path, scores in zip(results.paths, results.segment_scores):
         logits = torch.logit(torch.tensor(scores, dtype=torch.float64), eps=1e-12)
         assert (logits - truth[path][0]).abs().max() < 1e-4
+
+
+@pytest.mark.slow  # exports a graph
+@pytest.mark.skipif(not [name for name in ("onnxruntime", "openvino") if backends.runtime_version(name)], reason="no exported-graph runtime")
+def test_embed_cli_auto_chooses_by_measurement_once_and_gives_the_torch_models_embeddings(small_model_dir, tracks, truth, tmp_path, capsys, caplog, monkeypatch):
+    monkeypatch.setenv("MAEST_CACHE", str(tmp_path / "cache"))
+    chosen = []
+    for run in range(2):  # the second process reads the measurement
+        out = tmp_path / f"auto{run}.parquet"
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="maest.inference.backends"):
+            status, _, err = run_cli(["embed", *tracks, "--model", small_model_dir, "--out", out, "-q", "--backend", "auto"], capsys)
+        assert status == 0, err
+        results = read_output(out)
+        chosen.append(table_metadata(results)["backend"])
+        said = [record.getMessage() for record in caplog.records if record.getMessage().startswith("backend auto:")]
+        assert len(said) == 1 and said[0].startswith(f"backend auto: {chosen[-1]} (")
+        for path, embedding in zip(results.column("path").to_pylist(), results.column("embedding").to_pylist()):
+            assert _cosine(embedding, truth[path][1]) >= 0.99999
+    assert chosen[0] == chosen[1] and len(list((tmp_path / "cache" / "backend-choice").iterdir())) == 1
 
 
 def test_auto_falls_back_to_torch_with_one_warning(small_model_dir, tracks, truth, monkeypatch):

@@ -405,3 +405,25 @@ def test_cli_default_model_matches_the_library(small_model_dir):
     from maest.inference import DEFAULT_MODEL
 
     assert collection.DEFAULT_MODEL == DEFAULT_MODEL
+
+
+def test_weights_changed_in_place_are_refused_on_the_same_output(good_wav, small_model_dir, tmp_path, capsys):
+    from maest import MAESTConfig, MAESTForAudioClassification
+
+    model_dir = shutil.copytree(small_model_dir, tmp_path / "model")
+    out = tmp_path / "out.parquet"
+    argv = ["embed", good_wav, "--model", model_dir, "--out", out, "-q"]
+    status, _, err = run_cli(argv, capsys)
+    assert status == 0, err
+    written = read_output(out)
+    # Other weights under the same directory name (a fine-tuning saved over the model, a changed download).
+    torch.manual_seed(7)
+    MAESTForAudioClassification(MAESTConfig.from_pretrained(model_dir)).save_pretrained(model_dir)
+    before = out.read_bytes()
+    other = tmp_path / "other.wav"
+    shutil.copyfile(good_wav, other)
+    status, _, err = run_cli([*argv[:2], other, *argv[2:]], capsys)  # a new track would be added with the new model
+    assert status == 2 and len(err.strip().splitlines()) == 1
+    digest = written.schema.metadata and json.loads(written.schema.metadata[b"maest"])["settings"]["weights"]
+    assert f"weights: sha256 {digest[:12]} there" in err and "the model's weights or config changed" in err
+    assert out.read_bytes() == before  # nothing mixed in, nothing lost
