@@ -41,6 +41,7 @@ DEFAULT_MAX_UPLOAD_MB = 200
 DEFAULT_TEMP_LIMIT_MB = 1024
 TEMP_MAX_AGE_SECONDS = 3600  # an analysis's results and players stay this long (or until the size bound needs room)
 PRUNE_EVERY_SECONDS = 2.0  # how often uploads (which no analysis may follow) are checked against the bound
+EMPTY_FOLDER_GRACE_SECONDS = 60.0  # an empty folder younger than this may be about to receive files: kept
 AUTH_ENVIRONMENT = "MAEST_APP_AUTH"
 
 
@@ -172,11 +173,14 @@ class AppFiles:
                     except OSError:
                         pass
             for folder, _, _ in sorted(os.walk(self.root), key=lambda item: -len(item[0])):
-                if Path(folder) not in (self.root, self.results):
-                    try:
-                        os.rmdir(folder)  # only empty ones
-                    except OSError:
-                        pass
+                folder = Path(folder)
+                if folder in (self.root, self.results) or folder == keep:
+                    continue
+                try:
+                    if now - folder.stat().st_mtime > EMPTY_FOLDER_GRACE_SECONDS:  # not one just made for new files
+                        folder.rmdir()  # only empty ones
+                except OSError:
+                    pass
             return removed
 
     def remove(self) -> None:
@@ -217,6 +221,7 @@ def build_app(model: str | None = None, index=None, top_k: int = 5, analyzer: Tr
               files: AppFiles | None = None):
     """The Gradio app (a `gradio.Blocks`; `launch_app` serves it). `files`: the app's temporary folder (by default
     a new one bounded to `DEFAULT_TEMP_LIMIT_MB`; `app.maest_files`), made Gradio's upload folder."""
+    analyzer = analyzer or TrackAnalyzer(model, index, top_k)  # first: a bad index fails before anything else
     files = files or AppFiles(DEFAULT_TEMP_LIMIT_MB * 2**20)
     files.use_for_gradio()  # before gradio is imported: some of its modules read the folder at import
     try:
@@ -225,7 +230,6 @@ def build_app(model: str | None = None, index=None, top_k: int = 5, analyzer: Tr
     except ImportError as error:
         raise MAESTError('the web app needs Gradio: pip install "maest[app]"') from error
 
-    analyzer = analyzer or TrackAnalyzer(model, index, top_k)
     players = min(top_k, MAX_NEIGHBOUR_PLAYERS) if analyzer.index is not None else 0
 
     def run(audio_path, progress=gr.Progress(track_tqdm=True)):
@@ -336,7 +340,8 @@ def launch_app(
     if auth is None and not allow_unauthenticated and not is_loopback(host):
         raise AppSetupError(
             f"--host {host} serves the app to other machines: give a login with --auth USER:PASSWORD (or "
-            f"${AUTH_ENVIRONMENT}), or pass --no-auth to serve it to anyone who can reach the port"
+            f"${AUTH_ENVIRONMENT}), or pass --no-auth (a Space: MAEST_APP_PUBLIC=1) to serve it to anyone who can "
+            f"reach the port"
         )
     for name, value in (("--max-upload-mb", max_upload_mb), ("--temp-limit-mb", temp_limit_mb)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
