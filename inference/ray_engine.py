@@ -61,8 +61,6 @@ from .store import TrackResult, display_path, rows_to_table
 
 
 ENGINE_CHOICES = ("local", "ray")
-# Test hook: stop the driver (as a Ctrl-C does) after it stored this many batches.
-STOP_AFTER_BATCHES_ENVIRONMENT_VARIABLE = "MAEST_TEST_RAY_STOP_AFTER_BATCHES"
 
 
 class RayEngineError(MAESTError):
@@ -120,7 +118,13 @@ def expand_ray_inputs(inputs) -> CollectionInputs:
     if _is_ray_dataset(inputs):
         if "path" not in inputs.columns():
             raise CollectionError(f"the Ray Dataset has no 'path' column (columns: {', '.join(inputs.columns())})")
-        inputs = [row["path"] for row in inputs.select_columns(["path"]).iter_rows()]
+        context = sys.modules["ray.data"].DataContext.get_current()
+        keep_order = context.execution_options.preserve_order
+        context.execution_options.preserve_order = True  # results follow the dataset's order, as they follow a list's
+        try:
+            inputs = [row["path"] for row in inputs.select_columns(["path"]).iter_rows()]
+        finally:
+            context.execution_options.preserve_order = keep_order
     if isinstance(inputs, (str, bytes, os.PathLike)):
         inputs = [inputs]
     tracks, unreadable, seen, local = [], [], set(), []
@@ -201,9 +205,9 @@ def _readable_copy(name: str):
 _DECODING_PROCESS_READY = False
 
 
-def decode_track(row: dict, feature_extractor, front_end: FrontEndSettings, low_priority: bool) -> dict:
+def decode_track(row: dict, feature_extractor, front_end: FrontEndSettings, low_priority: bool) -> list[dict]:
     """A Ray decoding task: one track's segments (the one-process loader's `track_chunks`, whole track) or its failure
-    reason. Row in: `index`, `path` (the name's bytes); row out adds `segments` `(n, frames, mels)` float32,
+    reason. Row in: `index`, `path` (the name's bytes); the one row out adds `segments` `(n, frames, mels)` float32,
     `duration` and `error` (empty when the track decoded)."""
     global _DECODING_PROCESS_READY
     if not _DECODING_PROCESS_READY:
@@ -230,7 +234,7 @@ def decode_track(row: dict, feature_extractor, front_end: FrontEndSettings, low_
     if error:
         pieces = []
     segments = torch.cat(pieces) if pieces else torch.zeros(0, front_end.segment_frames, feature_extractor.feature_size)
-    return {"index": row["index"], "path": row["path"], "segments": segments.numpy(), "duration": duration, "error": error}
+    return [{"index": row["index"], "path": row["path"], "segments": segments.numpy(), "duration": duration, "error": error}]
 
 
 # ------------------------------------------------------------------------------------------------------ model actors
@@ -245,7 +249,9 @@ class ModelActor:
         self.model = load_run_model(settings)
         found = model_settings(self.model, settings)
         if found != expected_settings:  # e.g. backend "auto" resolving to another runtime on this actor's device
-            raise CollectionError(f"a Ray actor's model settings differ from the driver's: {found} vs {expected_settings}")
+            keys = sorted(key for key in set(found) | set(expected_settings) if found.get(key) != expected_settings.get(key))
+            differences = ", ".join(f"{key}: {found.get(key)!r} there, {expected_settings.get(key)!r} on the driver" for key in keys)
+            raise CollectionError(f"a Ray actor's model settings differ from the driver's ({differences})")
         self.runner = make_runner(self.model, settings, num_workers=0, progress=False)
         self.dims = output_dims(self.model, settings)
         self.per_segment = settings.per_segment
@@ -374,7 +380,10 @@ def build_pipeline(ray, names: list[str], settings: CollectionSettings, driver_m
     items = [{"index": index, "path": os.fsencode(name)} for index, name in enumerate(names)]
     # About one block per batch of tracks, so that decoding streams ahead of the actors instead of in one block.
     dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), math.ceil(len(items) / tracks_per_batch))))
-    dataset = dataset.map(
+    # flat_map (one row per track all the same): Ray Data does not fuse a stage that may change the number of rows
+    # into a batching stage after it, so decoding stays on tasks of its own instead of running inside the model
+    # actors on their few CPUs (tested).
+    dataset = dataset.flat_map(
         decode_track,
         fn_kwargs=dict(feature_extractor=driver_model.feature_extractor, front_end=front_end, low_priority=device == "cpu"),
         num_cpus=resources.decode_cpus,
@@ -387,10 +396,6 @@ def build_pipeline(ray, names: list[str], settings: CollectionSettings, driver_m
         compute=ray.data.ActorPoolStrategy(size=actors),
         num_gpus=num_gpus,
         num_cpus=num_cpus,
-        # An actor lost with its machine is started again elsewhere (Ray Data's default, stated): machines come and
-        # go. Being remote arguments that the decoding tasks do not have, this also keeps Ray Data from fusing the
-        # decoding into the actors' processes: decoding scales on CPUs of its own (tested).
-        max_restarts=-1,
     )
 
 
@@ -453,7 +458,6 @@ def analyze_with_ray(
 def _run_job(job: CollectionJob, driver_model: InferenceModel, resources: RayResources, on_failure) -> int:
     settings = job.settings
     store = job.store
-    stop_after = int(os.environ.get(STOP_AFTER_BATCHES_ENVIRONMENT_VARIABLE, "0") or 0)
     processed = 0
 
     def store_batch(rows) -> None:
@@ -468,7 +472,7 @@ def _run_job(job: CollectionJob, driver_model: InferenceModel, resources: RayRes
             processed += 1
         store.flush()  # one part file per batch: a killed run loses only the batches in flight
 
-    _stream(job.plan.todo, settings, driver_model, job.plan.settings, resources, store_batch, stop_after)
+    _stream(job.plan.todo, settings, driver_model, job.plan.settings, resources, store_batch)
     return processed
 
 
@@ -486,7 +490,7 @@ def _run_in_memory(settings, collection: CollectionInputs, driver_model, recorde
             else:
                 results[row.index] = row
 
-    _stream(names, settings, driver_model, recorded, resources, keep, 0)
+    _stream(names, settings, driver_model, recorded, resources, keep)
     dims = output_dims(driver_model, settings)
     table = rows_to_table([results[index] for index in sorted(results)], dims, settings.per_segment)
     failed = [{"path": folder, "reason": f"{display_path(folder)}: {reason}"} for folder, reason in collection.unreadable]
@@ -495,7 +499,7 @@ def _run_in_memory(settings, collection: CollectionInputs, driver_model, recorde
     return InferenceResults(table, dict(metadata, failed=failed), failed, processed=len(names))
 
 
-def _stream(names, settings, driver_model, recorded, resources, consume, stop_after: int) -> None:
+def _stream(names, settings, driver_model, recorded, resources, consume) -> None:
     """Runs `names` through the pipeline and hands each batch's rows to `consume`, as batches finish."""
     if not names:
         return
@@ -506,7 +510,7 @@ def _stream(names, settings, driver_model, recorded, resources, consume, stop_af
         _quiet_ray_data(ray)
         dataset = build_pipeline(ray, names, settings, driver_model, recorded, resources)
         bar = tqdm(total=len(names), unit="track", file=sys.stderr, disable=not settings.progress, dynamic_ncols=True)
-        started, audio_seconds, batches = time.monotonic(), 0.0, 0
+        started, audio_seconds = time.monotonic(), 0.0
         try:
             for batch in dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
                 rows = list(_batch_rows(batch, dims, settings.per_segment))
@@ -514,9 +518,6 @@ def _stream(names, settings, driver_model, recorded, resources, consume, stop_af
                 audio_seconds += sum(row.duration for row in rows if isinstance(row, TrackResult))
                 bar.set_postfix_str(f"{audio_seconds / 60 / max(time.monotonic() - started, 1e-9):.2f} audio min/s", refresh=False)
                 bar.update(len(rows))
-                batches += 1
-                if stop_after and batches >= stop_after:
-                    raise KeyboardInterrupt
                 check_interrupted()
         except ray.exceptions.RayError as error:
             raise RayEngineError(f"the Ray job stopped: {_cause(error)}; finished tracks are kept, rerun to continue") from error
