@@ -68,10 +68,12 @@ RECALL_QUERIES = 200
 # The approximate index is retrained from scratch when it has grown this many times past the size it was trained
 # at (its lists no longer fit the data); smaller additions only add rows.
 RETRAIN_GROWTH = 4.0
-# The settings that change embedding vectors: two sets of embeddings are comparable when these agree.
+# The settings that change embedding vectors: two sets of embeddings are comparable when these agree. `weights` is
+# the model's identity by content (`maest.inference.backends.weights_digest`: weights changed in place in the same
+# directory are another model); `backend` is recorded only where a runtime's numbers differ from torch's.
 EMBEDDING_SETTINGS = (
-    "model", "dtype", "inference_patchout_time_stride", "segment_frames", "last_segment", "min_duration", "block",
-    "tokens",
+    "model", "weights", "dtype", "backend", "inference_patchout_time_stride", "segment_frames", "last_segment",
+    "min_duration", "block", "tokens",
 )
 READ_BATCH_ROWS = 4096
 # `maest embed`'s path columns: `path` (text) and `path_bytes` (the exact bytes of names that are not UTF-8).
@@ -635,7 +637,6 @@ def build_index(
             f"index trains its lists on the vectors it holds), got {exact_max_vectors!r}"
         )
     out = Path(out)
-    _check_index_folder(out)
     metadata = read_embeddings_metadata(embeddings)
     rows_to_index = embedding_rows(embeddings)
     if rows_to_index.tracks == 0:
@@ -648,6 +649,7 @@ def build_index(
     except OSError as error:
         raise SimilarityIndexError(f"cannot create the index {out} ({error.strerror or error})") from error
     with OutputLock(out):
+        _check_index_folder(out)  # under the lock: a build in progress has files and not yet a manifest
         update = _build_locked(embeddings, out, source, rows_to_index, overwrite, exact_max_vectors, recall_target)
     update.duplicates = rows_to_index.duplicates
     return _finished(update, started)
@@ -658,14 +660,18 @@ def _check_index_folder(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise SimilarityIndexError(f"{out}: is a file; --out names the index folder (new, or holding an index)")
     if out.is_dir() and not (out / "manifest.json").exists():
-        try:
-            others = next(iter(out.iterdir()), None)
+        try:  # (a killed first build may have left the temporary file of its first manifest: the index's own)
+            others = next((file for file in out.iterdir() if not _is_manifest_temporary(file.name)), None)
         except OSError as error:
             raise SimilarityIndexError(f"{out}: cannot be read ({error.strerror or error})") from error
         if others is not None:
             raise SimilarityIndexError(
                 f"{out}: is a folder of other files ({others.name}...), not a similarity index; give --out a new or empty folder"
             )
+
+
+def _is_manifest_temporary(name: str) -> bool:
+    return name.startswith(".manifest.json.") and name.endswith(".tmp")  # `atomic_write`'s temporary name
 
 
 def _build_locked(embeddings, out: Path, source: dict, rows_to_index: EmbeddingRows, overwrite: bool,

@@ -308,3 +308,26 @@ def test_help_says_how_to_log_in():
     text = " ".join(done.stdout.split())
     assert "--auth USER:PASSWORD" in text and "$MAEST_APP_AUTH" in text and "--no-auth" in text
     assert "other host needs --auth" in text
+
+
+def test_weights_changed_in_place_under_the_index_model_path_are_refused(collection, small_model_dir, capsys, private_temp, tmp_path):
+    # The index records the weights' digest: a model directory whose weights were replaced is another model.
+    import torch
+    from maest import MAESTForAudioClassification
+
+    root, _ = collection
+    model_dir = tmp_path / "model"
+    shutil.copytree(small_model_dir, model_dir)
+    torch.manual_seed(1)
+    model = MAESTForAudioClassification.from_pretrained(model_dir)
+    for parameter in model.parameters():
+        torch.nn.init.normal_(parameter, std=0.02)
+    model.save_pretrained(model_dir)
+    index = tmp_path / "index"
+    shutil.copytree(root / "index", index)
+    manifest = json.loads((index / "manifest.json").read_text())
+    manifest["settings"]["model"] = str(model_dir)  # as if the index had been built from this directory before
+    (index / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["app", "--index", str(index), "--port", str(free_port())]) == 2
+    err = one_line_error(capsys.readouterr().err)
+    assert f"embeddings of the model now in {model_dir} were made with other settings than the index (weights: " in err

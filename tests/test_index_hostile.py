@@ -18,7 +18,7 @@ import pytest
 from conftest import synth_music, write_audio
 from maest.cli import main
 from maest.inference.store import OutputLock, OutputLockedError, TrackResult, rows_to_table, write_failures, write_output
-from maest.similarity import SimilarityIndex, build_index, normalize
+from maest.similarity import IndexSettingsMismatchError, SimilarityIndex, build_index, normalize
 from test_similarity import SETTINGS, clustered_vectors, write_embeddings
 
 pytest.importorskip("faiss")
@@ -244,6 +244,22 @@ def test_an_index_without_checksums_still_reports_a_truncated_file(tmp_path, cap
     damage_data("vectors", "truncated")(index)
     status, _, err = cli(capsys, "similar", "/music/track3.wav", "--index", index)
     assert status == 2 and "cannot be read as a FAISS index" in one_line_error(err)
+
+
+# --------------------------------------------------------------------------- 9. the model's identity by content
+def test_embeddings_of_other_weights_under_the_same_model_path_are_refused(tmp_path, capsys):
+    # `maest embed` records the weights' digest (`weights`): weights replaced in the model's directory are another
+    # model, for the index as for the collection job.
+    vectors = clustered_vectors(20)
+    write_embeddings(tmp_path / "e.parquet", vectors, settings=dict(SETTINGS, weights="a" * 64))
+    build_index(tmp_path / "e.parquet", tmp_path / "index")
+    write_embeddings(tmp_path / "changed.parquet", vectors, settings=dict(SETTINGS, weights="b" * 64))
+    status, _, err = cli(capsys, "index", tmp_path / "changed.parquet", "--out", tmp_path / "index")
+    assert status == 2 and f"weights: '{'b' * 64}' there, '{'a' * 64}' in the index" in one_line_error(err)
+    index = SimilarityIndex.open(tmp_path / "index")
+    with pytest.raises(IndexSettingsMismatchError, match="weights"):
+        index.search(vectors[3], settings=dict(SETTINGS, weights="b" * 64))
+    assert index.search(vectors[3], k=1, settings=dict(SETTINGS, weights="a" * 64))[0].path == "/music/track3.wav"
 
 
 # ------------------------------------------------------------------------------- reading while an update runs
