@@ -41,7 +41,7 @@ from torch import nn
 from maest import MAESTFeatureExtractor
 from maest.errors import MAESTError
 from maest.inference.model import InferenceModel
-from maest.inference.precision import cpu_precision_summary, prepare_model
+from maest.inference.precision import compile_model, cpu_precision_summary, prepare_model
 
 
 # The paper's structured patchout for the 30 s model: 90 of the 186 time columns of an 1875-frame crop are dropped.
@@ -65,6 +65,18 @@ TARGETS = {
     "fastest_accurate_over_torch": 4.0,
 }
 ACCURATE_COSINE = 0.998
+# Issue 18 (the GPU path), on CUDA: end to end (audio files -> embeddings, bfloat16) over model-only; model-only
+# bfloat16 (eager or compiled, the faster) over the bf16 matmul rate measured in the same run; the training step with
+# patchout on the CUDA defaults (bf16 autocast) over the float32 step; bfloat16 against float32 (block-6 embedding
+# cosine, top-5 agreement).
+CUDA_TARGETS = {
+    "maest_over_ast": 1.0,
+    "end_to_end_over_model_only": 0.8,
+    "bfloat16_fraction_of_bf16_peak": 0.55,
+    "training_default_over_float32": 5.0,
+    "bfloat16_embedding_cosine": 0.9999,
+    "bfloat16_top5_agreement": 0.99,
+}
 # The float32 variants that compute torch float32's function without patchout (candidates for the first target and
 # for the end-to-end back-end).
 FLOAT32_PATHS = ("float32", "float32-compiled", "onnxruntime-float32", "openvino-float32")
@@ -223,6 +235,14 @@ def matmul_peak_calls(device: torch.device, size: int | None = None) -> dict:
 
     flops = 2 * size**3 * repeats
     calls = {"torch": (torch_call, flops)}
+    if device.type == "cuda":
+        a16, b16 = a.to(torch.bfloat16), b.to(torch.bfloat16)
+
+        def bfloat16_call():
+            for _ in range(repeats):
+                torch.matmul(a16, b16)
+
+        calls[BF16_PEAK] = (bfloat16_call, flops)
     if device.type == "cpu":
         calls.update({name: (call, flops) for name, call in runtime_matmul_calls(a.numpy(), b.numpy(), repeats).items()})
     return calls
@@ -260,11 +280,17 @@ def runtime_matmul_calls(a: np.ndarray, b: np.ndarray, repeats: int) -> dict:
     return calls
 
 
+BF16_PEAK = "torch-bfloat16"  # the bf16 matmul rate on CUDA (not a float32 peak candidate)
+
+
 def peak_section(peak_times: dict, peak_flops: dict) -> dict:
-    """The GEMM peak: per round, the best GFLOP/s of the runtimes' matmuls; per runtime, its median."""
+    """The GEMM peak: per round, the best GFLOP/s of the runtimes' float32 matmuls; per runtime, its median; on
+    CUDA also the bf16 matmul rate."""
     per_runtime = {name: [peak_flops[name] / t / 1e9 for t in seconds] for name, seconds in peak_times.items()}
+    bf16 = per_runtime.pop(BF16_PEAK, None)
     best_rounds = [max(values) for values in zip(*per_runtime.values())]
-    return {
+    extra = {} if bf16 is None else {"bf16_matmul_peak_gflops": _median(bf16), "bf16_matmul_peak_gflops_rounds": bf16}
+    return extra | {
         "matmul_peak_gflops": _median(best_rounds),
         "matmul_peak_gflops_rounds": best_rounds,
         "matmul_peak_gflops_by_runtime": {name: _median(values) for name, values in per_runtime.items()},
@@ -391,6 +417,18 @@ def torch_variant(model, inputs, name: str, device, log) -> Variant:
         return Variant(lambda: peer(inputs), flops, lambda: (None, peer(inputs).logits))
     if name == "float32-compiled":
         return compiled_variant(model, inputs, device, log)
+    if name == "bfloat16-compiled":
+        # What `maest tag/embed --compile` runs on a GPU: `compile_model` (inductor, fullgraph, static shapes).
+        variant = compile_model(prepare_model(copy.deepcopy(model), "bfloat16", device))
+        half = inputs.to(torch.bfloat16)
+        start = time.perf_counter()
+        try:
+            with torch.inference_mode():
+                variant(half)
+        except Exception as error:  # no C++ compiler / Triton...
+            raise VariantSkipped(f"torch.compile failed: {type(error).__name__}: {str(error).splitlines()[0][:200]}")
+        log(f"compiled bfloat16 model in {time.perf_counter() - start:.1f} s")
+        return Variant(lambda: variant(half), flops, lambda: (variant.maest.embed(half), variant(half).logits))
     raise ValueError(f"unknown variant {name!r}")
 
 
@@ -478,6 +516,11 @@ def benchmark_inference(
     if "float32" in times:
         results["flop_bound"] = flop_bound(model.config, inputs.shape, times["float32"], results["matmul_peak_gflops_rounds"])
     results["ratios"] = speed_ratios(times, results)
+    if "bf16_matmul_peak_gflops" in results:
+        for name in ("bfloat16", "bfloat16-compiled"):
+            if name in results["model_only"]:
+                achieved = results["model_only"][name]["achieved_gflops_per_second"]
+                results["ratios"][f"{name}_fraction_of_bf16_peak"] = achieved / results["bf16_matmul_peak_gflops"]
     log("accuracy against torch float32 without patchout ...")
     with torch.inference_mode():
         results["accuracy"] = accuracy_report(variants)
@@ -628,15 +671,32 @@ def benchmark_training(model, device, batch_size: int, rounds: int, patchout_tim
 
         return call
 
+    steps = {"no_patchout": step(0), "patchout": step(patchout_time)}
+    if device.type == "cuda":
+        # The CUDA default of `maest pretrain` (mixed_precision auto -> bf16): accelerate's autocast, float32 weights.
+        patchout_step = step(patchout_time)
+
+        def default_step():
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                patchout_step()
+
+        steps["patchout_bf16_autocast"] = default_step
     log(f"timing training steps x {rounds} rounds, batch {batch_size}, crop {crop} frames ...")
     times = interleaved_rounds(
-        {"no_patchout": step(0), "patchout": step(patchout_time)},
+        steps,
         rounds,
         device,
         progress=lambda r, n: log(f"  round {r}/{n}"),
     )
     speedups = [n / p for n, p in zip(times["no_patchout"], times["patchout"])]
-    return {
+    extra = {}
+    if "patchout_bf16_autocast" in times:
+        extra = {
+            "steps_per_second_patchout_bf16_autocast": 1 / _median(times["patchout_bf16_autocast"]),
+            "default_over_float32": round_ratio(times, "patchout_bf16_autocast", "patchout"),
+            "peak_memory_gb": torch.cuda.max_memory_allocated(device) / 1e9,
+        }
+    return extra | {
         "optimizer": "AdamW(fused=True)",
         "batch_size": batch_size,
         "crop_frames": crop,
@@ -753,33 +813,164 @@ def benchmark_end_to_end(
     }
 
 
-def _write_audio(path: Path, audio: np.ndarray, sampling_rate: int) -> None:
-    from torchcodec.encoders import AudioEncoder
+def benchmark_end_to_end_cuda(
+    model, device, batch_size: int, rounds: int, num_files: int, log, num_workers: Optional[int] = None,
+    track_minutes: float = 3.0, distinct_tracks: int = 2, compile: bool = False,
+) -> dict:
+    """MP3 files -> track embeddings on a GPU through `maest.inference.embed` with the CUDA defaults (bfloat16, the
+    front-end on the GPU, loader workers decoding), against the model-only time of the same segments in the same
+    batches (inputs already on the GPU); and where the time goes: decoding and resampling in a worker (per core),
+    the copy of a pinned batch of samples to the GPU, the front-end on the GPU, and the model.
 
-    AudioEncoder(torch.from_numpy(audio)[None], sample_rate=sampling_rate).to_file(str(path))
+    The files are `distinct_tracks` synthetic 44.1 kHz stereo tracks of `track_minutes`, copied to `num_files` files
+    (synthesizing hours of audio would take longer than the measurement; each copy is decoded for real). The loader
+    workers are one per core but one (`num_workers`), as decoding is what bounds the run.
+    """
+    import shutil
+
+    from maest.feature_extraction.audio import track_segment_windows
+    from maest.inference import embed, load_model
+    # Decoding bounds a GPU run: one loader worker per core but the main process's.
+    num_workers = max(1, (os.cpu_count() or 2) - 1) if num_workers is None else num_workers
+    extractor = MAESTFeatureExtractor(max_length=model.config.max_length)
+    segment_seconds = extractor_seconds(extractor, model.config.max_length)
+    with tempfile.TemporaryDirectory(prefix="maest-bench-cuda-") as directory:
+        directory = Path(directory)
+        model.save_pretrained(directory / "model")
+        extractor.save_pretrained(directory / "model")
+        inference_model = load_model(str(directory / "model"), device=str(device), dtype="auto", compile=compile)
+        inference_model.inference_patchout_time_stride = 1
+        log(f"end-to-end (cuda): writing {distinct_tracks} MP3 tracks of {track_minutes:g} min, {num_files} files ...")
+        sources = []
+        for index in range(distinct_tracks):
+            # A 20 s synthetic clip repeated with other gains and shifts (synthesizing minutes costs minutes; the
+            # decoder's work does not depend on the music).
+            clip = synthetic_track(20.0, 44100, seed=200 + index)
+            repeats = math.ceil(60.0 * track_minutes / 20.0)
+            audio = np.concatenate([np.roll(clip, 977 * k) * (0.5 + 0.2 * (k % 3)) for k in range(repeats)])
+            audio = audio[: int(60.0 * track_minutes * 44100)].astype(np.float32)
+            path = directory / f"source{index}.mp3"
+            _write_audio(path, np.stack([audio, np.roll(audio, 441)]), 44100)
+            sources.append(path)
+        files = []
+        for index in range(num_files):
+            files.append(str(shutil.copyfile(sources[index % distinct_tracks], directory / f"track{index:03d}.mp3")))
+
+        def end_to_end():
+            results = embed(files, model=inference_model, batch_size=batch_size, num_workers=num_workers)
+            if len(results.failed):
+                raise RuntimeError(f"end-to-end benchmark: tracks failed: {results.failed}")
+            return results
+
+        warm_up = end_to_end()
+        num_segments = int(np.sum(warm_up.num_segments))
+        total_seconds = float(np.sum(warm_up.durations))
+        sizes = [batch_size] * (num_segments // batch_size) + ([num_segments % batch_size] if num_segments % batch_size else [])
+        generator = torch.Generator().manual_seed(0)
+        batches = [
+            torch.randn(size, model.config.max_length, model.config.num_mel_bins, generator=generator).to(device)
+            for size in sizes
+        ]
+
+        def model_only():
+            for batch in batches:
+                inference_model.run(batch, scores=False, embedding=True)
+
+        model_only()
+        log(f"end-to-end (cuda): {num_segments} segments, batch {batch_size}, {num_workers} workers, {rounds} rounds ...")
+        times = interleaved_rounds(
+            {"end_to_end": end_to_end, "model_only": model_only}, rounds, device,
+            progress=lambda r, n: log(f"  round {r}/{n}"), warm_up=False,
+        )  # fmt: skip
+
+        # Where the time goes, per batch of `batch_size` segments.
+        log("end-to-end (cuda): where the time goes ...")
+        start = time.perf_counter()
+        windows, frames = [], []
+        for source in sources:  # one process, one thread: what one loader worker does
+            for chunk, chunk_frames, _ in track_segment_windows(source, extractor, segments_per_chunk=4):
+                windows.append(chunk)
+                frames.append(chunk_frames)
+        decode_seconds = time.perf_counter() - start
+        windows, frames = torch.cat(windows), torch.cat(frames)
+        decode_per_segment = decode_seconds / len(windows)
+        repeat = (batch_size + len(windows) - 1) // len(windows)
+        pinned = windows.repeat(repeat, 1)[:batch_size]
+        pinned = pinned.pin_memory() if device.type == "cuda" else pinned
+        batch_frames = frames.repeat(repeat)[:batch_size]
+        on_device = pinned.to(device)
+        features = extractor.segment_log_mel(on_device, batch_frames)
+        stages = {
+            "transfer": lambda: pinned.to(device, non_blocking=True),
+            "front_end": lambda: extractor.segment_log_mel(on_device, batch_frames),
+            "model": lambda: inference_model.run(features, scores=False, embedding=True),
+        }
+        stage_times = interleaved_rounds(stages, max(rounds, 3), device)
+    per_batch = {name: _median(values) for name, values in stage_times.items()}
+    per_batch["decode_one_core"] = decode_per_segment * batch_size
+    per_batch["decode_all_workers"] = per_batch["decode_one_core"] / max(num_workers, 1)
+    ratios = [m / e for m, e in zip(times["model_only"], times["end_to_end"])]
+    return {
+        "format": "mp3 44.1 kHz stereo",
+        "num_files": num_files,
+        "audio_minutes": total_seconds / 60,
+        "segments": num_segments,
+        "batch_size": batch_size,
+        "backend": "torch",
+        "dtype": inference_model.dtype,
+        "compiled": bool(compile),
+        "front_end": f"on the model's device ({device.type})",
+        "num_workers": num_workers,
+        "end_to_end_segments_per_second": num_segments / _median(times["end_to_end"]),
+        "model_only_segments_per_second": num_segments / _median(times["model_only"]),
+        "end_to_end_minutes_audio_per_second": total_seconds / 60 / _median(times["end_to_end"]),
+        "model_only_minutes_audio_per_second": num_segments * segment_seconds / 60 / _median(times["model_only"]),
+        "seconds_rounds": times,
+        "end_to_end_over_model_only": _median(ratios),
+        "seconds_per_batch": per_batch,
+        "decode_real_time_factor_one_core": segment_seconds / decode_per_segment,
+        "decode_bound_segments_per_second": max(num_workers, 1) / decode_per_segment,
+    }
+
+
+def _write_audio(path: Path, audio: np.ndarray, sampling_rate: int) -> None:
+    from maest.feature_extraction.audio import encode_audio
+
+    encode_audio(path, audio, sampling_rate)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Report
 
 
-def check_targets(results: dict, bf16_hardware: bool) -> dict:
+def check_targets(results: dict, bf16_hardware: bool, cuda: bool = False) -> dict:
     ratios = results.get("inference", {}).get("ratios", {})
     accuracy = results.get("inference", {}).get("accuracy", {})
     values = dict(ratios)
+    notes = {}
+    if cuda:
+        fractions = {name: ratios.get(f"{name}_fraction_of_bf16_peak") for name in ("bfloat16", "bfloat16-compiled")}
+        fractions = {name: value for name, value in fractions.items() if value is not None}
+        if fractions:
+            best = max(fractions, key=fractions.get)
+            values["bfloat16_fraction_of_bf16_peak"] = fractions[best]
+            notes["bfloat16_fraction_of_bf16_peak"] = best
+        if "bfloat16" in accuracy:
+            values["bfloat16_embedding_cosine"] = accuracy["bfloat16"]["embedding_cosine_min"]
+            values["bfloat16_top5_agreement"] = accuracy["bfloat16"]["top5_agreement"]
+        values["training_default_over_float32"] = results.get("training", {}).get("default_over_float32")
     if "int8" in accuracy:
         values["int8_embedding_cosine"] = accuracy["int8"]["embedding_cosine_min"]
     end_to_end = results.get("end_to_end", {})
     values["end_to_end_over_model_only"] = end_to_end.get("end_to_end_over_model_only")
     values["training_patchout_speedup"] = results.get("training", {}).get("patchout_speedup")
-    notes = {}
     if end_to_end.get("backend"):
         notes["end_to_end_over_model_only"] = f"{end_to_end['backend']} {end_to_end['dtype']}"
     for kind, entry in results.get("inference", {}).get("fastest", {}).items():
         values[f"fastest_{kind}_over_torch"] = entry["over_torch"]
         notes[f"fastest_{kind}_over_torch"] = entry["variant"]
     report = {}
-    for name, target in TARGETS.items():
+    for name, target in (CUDA_TARGETS if cuda else TARGETS).items():
         value = values.get(name)
         if value is None:
             continue
@@ -846,8 +1037,13 @@ def run_benchmark(args, log=None) -> dict:
         raise MAESTError("--device cuda was asked for, but no CUDA GPU is available")
     if args.threads:
         torch.set_num_threads(args.threads)
+    cuda = device.type == "cuda"
+    if cuda:
+        # The float32 reference runs without TF32 (loading a float32 model for inference allows it).
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     model, source = _load_or_build(args, device)
-    batch_size = args.batch_size or (1 if args.quick else 2)
+    batch_size = args.batch_size or (64 if cuda else 1 if args.quick else 2)
     rounds = args.rounds or (3 if args.quick else 7)
     num_frames = model.config.max_length
     results = {
@@ -864,6 +1060,8 @@ def run_benchmark(args, log=None) -> dict:
             "embedding_block": model.config.embedding_block,
         },
     }
+    if cuda:
+        results["settings"]["float32_tf32"] = False
     inputs = music_features(model.config, batch_size, seed=args.seed).to(device)
     variants = ["float32", "bfloat16", "int8", "stride2", "stride3", "ast"] + list(args.extra_variants or [])
     variants += backend_variant_names(getattr(args, "backends", None), getattr(args, "dtypes", None), getattr(args, "strides", None))
@@ -874,11 +1072,17 @@ def run_benchmark(args, log=None) -> dict:
         results["training"] = {"skipped": "--skip-training"}
     else:
         training_rounds = args.training_rounds or (2 if args.quick else 4)
-        results["training"] = benchmark_training(
-            model, device, args.training_batch_size or (1 if args.quick else 2), training_rounds, None, log
-        )
+        training_batch = args.training_batch_size or (64 if cuda and not args.quick else 16 if cuda else 1 if args.quick else 2)
+        results["training"] = benchmark_training(model, device, training_batch, training_rounds, None, log)
     if args.skip_e2e:
         results["end_to_end"] = {"skipped": "--skip-e2e"}
+    elif cuda:
+        results["end_to_end"] = benchmark_end_to_end_cuda(
+            model, device, batch_size, getattr(args, "e2e_rounds", None) or 2,
+            args.e2e_files or (24 if args.quick else 160), log,
+            num_workers=getattr(args, "e2e_workers", None),
+            track_minutes=2.0 if args.quick else 3.0,
+        )  # fmt: skip
     else:
         backend = getattr(args, "e2e_backend", None) or end_to_end_backend(results["inference"])
         minutes = getattr(args, "e2e_minutes", None) or ((None, None) if args.quick else (1.0, 2.0))
@@ -888,5 +1092,5 @@ def run_benchmark(args, log=None) -> dict:
             cache_dir=getattr(args, "graph_cache", None),
         )  # fmt: skip
     bf16_hardware = device.type == "cuda" or cpu_precision_summary()["amx_bf16"] or cpu_precision_summary()["avx512_bf16"]
-    results["targets"] = check_targets(results, bool(bf16_hardware))
+    results["targets"] = check_targets(results, bool(bf16_hardware), cuda=device.type == "cuda")
     return results

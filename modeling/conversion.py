@@ -36,6 +36,7 @@ from safetensors.torch import load_file as load_safetensors
 from transformers import ASTConfig, ASTForAudioClassification, PreTrainedConfig
 from transformers.conversion_mapping import register_checkpoint_conversion_mapping
 from transformers.core_model_loading import ConversionOps, WeightConverter, WeightRenaming
+from transformers.utils import logging as transformers_logging
 
 from ..errors import MAESTError
 from .configuration_maest import AST_MODEL_TYPE, MAEST_PRESETS, MAESTConfig, MAESTConfigError
@@ -550,22 +551,25 @@ def _refuse_pickled_weights(directory: Path) -> None:
 
 
 class _LoadReportFilter(logging.Filter):
-    """Holds back transformers' load report (a table on stderr): `_from_pretrained` checks the same facts and raises
-    or logs them itself, in one line."""
-
     def filter(self, record: logging.LogRecord) -> bool:
         return "LOAD REPORT" not in str(record.msg)
 
 
 @contextlib.contextmanager
 def _quiet_load_report():
+    """Holds back transformers' load report (a table on stderr) and its "Loading weights" bar: `_from_pretrained`
+    checks the report's facts and raises or logs them itself, in one line (a command's error stays one line)."""
     report_logger = logging.getLogger("transformers.modeling_utils")
     report_filter = _LoadReportFilter()
     report_logger.addFilter(report_filter)
+    bar_was_enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
     try:
         yield
     finally:
         report_logger.removeFilter(report_filter)
+        if bar_was_enabled:
+            transformers_logging.enable_progress_bar()
 
 
 def _from_pretrained(model_class, source: str, kwargs: dict):
