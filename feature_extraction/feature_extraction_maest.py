@@ -265,23 +265,6 @@ class MAESTFeatureExtractor(SequenceFeatureExtractor):
             feature_extractor_dict = settings
         return super().from_dict(feature_extractor_dict, **kwargs)
 
-    @classmethod
-    def from_dict(cls, feature_extractor_dict: dict, **kwargs):
-        """As `FeatureExtractionMixin.from_dict`. The `preprocessor_config.json` published with the AST-format
-        checkpoints (`mtg-upf/discogs-maest-*`) names this class (for its remote code) but holds the settings of that
-        AST-style extractor: the mel bands in `num_mel_bins` (`feature_size` is 1 there) and a `padding_value` in the
-        log-mel domain, before normalization. They are read as this front-end's settings for the same model: its
-        bands, `max_length`, `mean` and `std` (the window stays Essentia's symmetric one, the training features')."""
-        if "num_mel_bins" in feature_extractor_dict:
-            settings = dict(feature_extractor_dict)
-            settings["feature_size"] = settings.pop("num_mel_bins")
-            settings.pop("do_normalize", None)  # this front-end always normalizes, as MAEST was trained
-            mean = settings.get("mean", 2.06755686098554)
-            std = settings.get("std", 1.268292820667291)
-            settings["padding_value"] = (settings.get("padding_value", 0.0) - mean) / (2.0 * std)
-            feature_extractor_dict = settings
-        return super().from_dict(feature_extractor_dict, **kwargs)
-
     # ----------------------------------------------------------------------------------------------- time axis
     def frames_to_seconds(self, num_frames: int | float) -> float:
         """Time between frame `0` and frame `num_frames`: frames are `hop_size` samples apart at `sampling_rate` (the
