@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup ffmpeg browser demo test test-fast bench clean
+.PHONY: setup ffmpeg browser demo test test-fast bench gpu-check clean
 
 setup: ffmpeg $(INSTALLED)
 
@@ -14,7 +14,7 @@ ffmpeg:
 	@if command -v ffmpeg >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ffmpeg >/dev/null; \
 	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ffmpeg >/dev/null; \
-	else echo "WARNING: FFmpeg is missing and cannot be installed without root: audio files will not decode (apt-get install ffmpeg)"; fi
+	else echo "note: no system FFmpeg (and no root to install it): maest decodes audio files with PyAV's own FFmpeg; only datasets' Audio feature (examples/finetune.py) needs the system one"; fi
 
 # The HEAR 2021 validator (tests/test_hear.py) declares TensorFlow but needs it only to recognise TensorFlow models:
 # it is installed without dependencies; the test runs it with a stand-in module (tests/fixtures/hear_stand_in).
@@ -43,6 +43,12 @@ test-fast: setup
 
 bench: setup
 	$(VENV)/bin/maest bench --output benchmarks/results.json --markdown benchmarks/results.md
+
+# The CUDA tests and `maest bench --device cuda` on short inputs, on one GPU (a few minutes): gpu-check.json. With
+# no .venv (a machine with only the wheel and its dependencies) it runs under python3.
+GPU_PYTHON := $(if $(wildcard $(PYTHON)),$(PYTHON),python3)
+gpu-check:
+	$(GPU_PYTHON) -m maest.benchmarks.gpu_check --output gpu-check.json
 
 clean:
 	rm -rf $(VENV) demo_output build *.egg-info

@@ -50,6 +50,13 @@ def summary_lines(results: dict) -> list[str]:
             f"GEMM peak {inference['matmul_peak_gflops']:.1f} GFLOP/s (best of {by_runtime}); MAEST "
             f"{bound['float32_gflops_per_input']:.1f} GFLOP per input -> FLOP bound {bound['minutes_audio_per_second']:.3f} min audio/s"
         )
+    if "bf16_matmul_peak_gflops" in inference:
+        fractions = ", ".join(
+            f"{name} {inference['ratios'][key]:.0%}"
+            for name in ("bfloat16", "bfloat16-compiled")
+            if (key := f"{name}_fraction_of_bf16_peak") in inference.get("ratios", {})
+        )
+        lines.append(f"bf16 matmul rate {inference['bf16_matmul_peak_gflops'] / 1000:.0f} TFLOP/s; MAEST reaches {fractions} of it")
     for name, reason in inference.get("skipped_variants", {}).items():
         lines.append(f"{name}: skipped ({reason})")
     training = results.get("training") or {}
@@ -60,6 +67,11 @@ def summary_lines(results: dict) -> list[str]:
             f"{training['steps_per_second_patchout']:.3f} with {training['train_patchout_time']} of "
             f"{training['time_columns']} columns dropped"
         )
+        if "default_over_float32" in training:
+            lines.append(
+                f"training on the CUDA default (bf16 autocast, patchout): {training['steps_per_second_patchout_bf16_autocast']:.3f} "
+                f"steps/s, {training['default_over_float32']:.2f}x the float32 step; peak memory {training['peak_memory_gb']:.1f} GB"
+            )
     end_to_end = results.get("end_to_end") or {}
     if end_to_end and "skipped" not in end_to_end:
         lines.append(
@@ -68,6 +80,16 @@ def summary_lines(results: dict) -> list[str]:
             f"{end_to_end['batch_size']}): {end_to_end['end_to_end_minutes_audio_per_second']:.3f} min audio/s vs "
             f"model-only embed {end_to_end['model_only_minutes_audio_per_second']:.3f}"
         )
+        if "seconds_per_batch" in end_to_end:
+            stages = end_to_end["seconds_per_batch"]
+            lines.append(
+                f"end-to-end on the GPU: {end_to_end['end_to_end_segments_per_second']:.0f} segments/s vs model-only "
+                f"{end_to_end['model_only_segments_per_second']:.0f} ({end_to_end['end_to_end_over_model_only']:.2f}); per batch "
+                f"of {end_to_end['batch_size']}: decode+resample {stages['decode_one_core'] * 1000:.0f} ms on one core "
+                f"({stages['decode_all_workers'] * 1000:.1f} ms over {end_to_end['num_workers']} workers), copy to GPU "
+                f"{stages['transfer'] * 1000:.1f} ms, front-end {stages['front_end'] * 1000:.1f} ms, model "
+                f"{stages['model'] * 1000:.1f} ms"
+            )
     for section in ("training", "end_to_end"):
         if (results.get(section) or {}).get("skipped"):
             lines.append(f"{section}: skipped ({results[section]['skipped']})")
