@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-from torchcodec.encoders import AudioEncoder
+
+from maest.feature_extraction.audio import encode_audio
 
 SAMPLING_RATE = 16000
 INSTRUMENTS = ("plucked", "organ", "pad", "bass", "lead", "drums")
@@ -267,7 +267,7 @@ def write_corpus(output_dir, num_tracks: int = 240, seconds: float = 8.0, seed: 
             track_rng = np.random.default_rng([seed, int(track)])
             audio, facts = synthesize_track(styles[track], seconds, track_rng)
             name = f"track_{track:04d}.{audio_format}"
-            AudioEncoder(torch.from_numpy(audio)[None], sample_rate=SAMPLING_RATE).to_file(str(directory / name))
+            encode_audio(directory / name, audio, SAMPLING_RATE)
             rows.append({"file_name": name, "tags": facts["styles"] + facts["instruments"],
                          "held_out": facts["tempo"] + facts["mode"], **facts})
         with open(directory / "metadata.jsonl", "w") as handle:
