@@ -12,12 +12,31 @@ def bench_command(args) -> int:
     from maest.benchmarks.report import render
     from maest.files import write_text_atomically
 
+    if args.ray:
+        return _bench_ray(args)
     results = run_benchmark(args)
     print(render(results), end="")
     if args.output:
         print(f"wrote {write_text_atomically(args.output, json.dumps(results, indent=2) + chr(10))}", file=sys.stderr)
     if args.markdown:
         print(f"wrote {write_text_atomically(args.markdown, render(results, markdown=True))}", file=sys.stderr)
+    return 0
+
+
+def _bench_ray(args) -> int:
+    """`maest bench --ray`: only the Ray engine against the one-process engine (`maest.benchmarks.ray_benchmark`)."""
+    from maest.benchmarks.ray_benchmark import benchmark_ray_engine, render_ray
+    from maest.files import write_text_atomically
+
+    log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
+    results = benchmark_ray_engine(
+        preset=args.ray_preset, num_tracks=args.ray_tracks, track_seconds=tuple(args.ray_seconds), rounds=args.rounds or 2, batch_size=args.batch_size or 8,
+        log=log, seed=args.seed,
+    )  # fmt: skip
+    results["command"] = "maest " + " ".join(sys.argv[1:])
+    print(render_ray(results), end="")
+    if args.output:
+        print(f"wrote {write_text_atomically(args.output, json.dumps(results, indent=2) + chr(10))}", file=sys.stderr)
     return 0
 
 
@@ -56,13 +75,25 @@ def register(subparsers) -> None:
         help="end-to-end: track lengths in minutes, uniform (default 1 2; with --quick one to two segments)",
     )  # fmt: skip
     parser.add_argument(
-        "--e2e-backend", choices=("torch", "onnxruntime", "openvino"),
-        help="end-to-end: the back-end (float32) of the files -> embeddings run (default: the fastest float32 path)",
+        "--e2e-backend", choices=("auto", "torch", "onnxruntime", "openvino"),
+        help="end-to-end: the back-end (float32) of the files -> embeddings run (default: the fastest float32 path; "
+        "auto: what --backend auto measures and chooses here)",
     )  # fmt: skip
     parser.add_argument("--e2e-rounds", type=int, help="end-to-end: interleaved rounds (default 3, 2 with --quick)")
     parser.add_argument(
         "--extra-variants", nargs="*",
         help="more variants: float32-compiled (torch.compile, inductor with freezing), and int8 keeping some Linears "
         "in float32: int8-keep-fc2, int8-keep-first-last, int8-keep-heads",
+    )  # fmt: skip
+    parser.add_argument(
+        "--ray", action="store_true",
+        help="measure only the Ray engine (maest embed --engine ray, local cluster) against the one-process engine "
+        "over the same tracks: throughput ratio and row equality (needs maest[ray])",
+    )  # fmt: skip
+    parser.add_argument("--ray-tracks", type=int, default=200, help="--ray: tracks (default 200, 8-10 s each)")
+    parser.add_argument("--ray-preset", default="maest-10s", help="--ray: model shape, random weights (default maest-10s)")
+    parser.add_argument(
+        "--ray-seconds", type=float, nargs=2, default=(8.0, 10.0), metavar=("MIN", "MAX"),
+        help="--ray: track lengths in seconds, uniform (default 8 10)",
     )  # fmt: skip
     parser.set_defaults(func=bench_command)
