@@ -6,9 +6,9 @@ INSTALLED := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup ffmpeg browser demo test test-fast bench gpu-check clean
+.PHONY: setup ffmpeg browser demo test test-fast bench gpu-check clean transformers-tests
 
-setup: ffmpeg $(INSTALLED)
+setup: ffmpeg $(INSTALLED) transformers-tests
 
 ffmpeg:
 	@if command -v ffmpeg >/dev/null 2>&1; then :; \
@@ -24,6 +24,21 @@ $(INSTALLED): setup.cfg pyproject.toml
 	$(PYTHON) -m pip install -q -e ".[test]"
 	$(PYTHON) -m pip install -q --no-deps hearvalidator==2021.0.2
 	touch $(INSTALLED)
+
+# transformers' common test mixins (tests/test_transformers_common.py) ship in its source distribution, not in the
+# wheel: the tests/ folder of the installed version's sdist, extracted into the git-ignored .transformers-tests/.
+TRANSFORMERS_TESTS := .transformers-tests
+
+transformers-tests: $(INSTALLED)
+	@version=$$($(PYTHON) -c "import transformers; print(transformers.__version__)"); \
+	if [ "$$(cat $(TRANSFORMERS_TESTS)/VERSION 2>/dev/null)" != "$$version" ]; then \
+		rm -rf $(TRANSFORMERS_TESTS) && mkdir -p $(TRANSFORMERS_TESTS)/download && \
+		$(PYTHON) -m pip download -q --no-deps --no-binary :all: -d $(TRANSFORMERS_TESTS)/download "transformers==$$version" && \
+		tar -xzf $(TRANSFORMERS_TESTS)/download/transformers-$$version.tar.gz -C $(TRANSFORMERS_TESTS) \
+			--strip-components=1 transformers-$$version/tests && \
+		touch $(TRANSFORMERS_TESTS)/tests/__init__.py && rm -rf $(TRANSFORMERS_TESTS)/download && \
+		echo "$$version" > $(TRANSFORMERS_TESTS)/VERSION; \
+	fi
 
 demo: setup
 	$(VENV)/bin/maest demo --output-dir demo_output
@@ -51,4 +66,4 @@ gpu-check:
 	$(GPU_PYTHON) -m maest.benchmarks.gpu_check --output gpu-check.json
 
 clean:
-	rm -rf $(VENV) demo_output build *.egg-info
+	rm -rf $(VENV) demo_output build *.egg-info $(TRANSFORMERS_TESTS)

@@ -176,8 +176,6 @@ def load_model_for_labels(model_name_or_path: str, label_names: list[str], multi
     config.num_labels = len(label_names)
     config.id2label, config.label2id = label_maps(label_names)
     config.problem_type = problem_type
-    # The distillation head serves teacher-student pre-training only; a new task has no teacher.
-    config.use_distillation_head = False
     model = MAESTForAudioClassification(config)
     model.maest.load_state_dict(base.maest.state_dict())
     return model
@@ -281,7 +279,7 @@ def finetune(
         seed=seed,
         report_to=report_to,
         remove_unused_columns=False,  # the transform needs the audio and label columns
-        label_names=["labels"],  # not `distillation_labels`: this fine-tuning trains the cls head only
+        label_names=["labels"],  # no teacher here: a distillation head, if the base has one, trains on the labels
     )
     trainer = Trainer(
         model=model,

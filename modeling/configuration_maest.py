@@ -150,8 +150,9 @@ class MAESTConfig(PreTrainedConfig):
         max_length (`int`, defaults to 1876): input frames the model was trained for. The time position
             embeddings have `max_length // time_stride` columns; any input up to `max_length` frames works.
         qkv_bias (`bool`, defaults to `True`): bias on the query, key and value projections.
-        use_distillation_head (`bool`, defaults to `True`): keep the `head_dist` classifier on the distillation
-            token (used by teacher-student training; the released checkpoints carry it).
+        use_distillation_head (`bool`, defaults to `False`): add the distillation head (the original `head_dist`, a
+            Linear on the distillation token) to the classifier, for teacher-student training. The inference outputs
+            never use it; the original checkpoints that carry trained `head_dist` weights load with it.
         train_patchout_time (`int`, defaults to 0): random time columns of the patch grid dropped in training
             (the paper drops 30 / 60 / 90 of them for the 10 / 20 / 30 s models).
         train_patchout_freq (`int`, defaults to 0): random frequency rows dropped in training (0 in MAEST).
@@ -179,7 +180,7 @@ class MAESTConfig(PreTrainedConfig):
     num_mel_bins: int = 96
     max_length: int = 1876
     qkv_bias: bool = True
-    use_distillation_head: bool = True
+    use_distillation_head: bool = False
     train_patchout_time: int = 0
     train_patchout_freq: int = 0
     inference_patchout_time_stride: int = 1
@@ -187,11 +188,9 @@ class MAESTConfig(PreTrainedConfig):
     embedding_block: int | None = None
 
     def __post_init__(self, **kwargs):
-        # MAEST tags are multi-label (sigmoid + BCE); the published models have 400 Discogs styles. A default (not
-        # given) problem type gives way to single-label when the model is trained on class indices.
-        self.problem_type_is_default = self.problem_type is None
-        if self.problem_type is None:
-            self.problem_type = "multi_label_classification"
+        # The published models have 400 Discogs styles. `problem_type` stays unset unless given (as in transformers'
+        # classifiers): the first loss infers it from the labels. The released models are multi-label taggers
+        # (sigmoid + BCE), and their configs say so.
         if self.id2label is None and kwargs.get("num_labels") is None:
             kwargs["num_labels"] = 400
         if self.embedding_block is None:
@@ -277,7 +276,6 @@ class MAESTConfig(PreTrainedConfig):
         and so does loading with `trust_remote_code=True`) names every Auto class in `auto_map`: transformers'
         `save_pretrained` copies the code files but records only the saved object's own class."""
         output = super().to_dict()
-        output.pop("problem_type_is_default", None)  # a fact about this object, not a setting
         if type(self)._auto_class is not None:
             output["auto_map"] = {**MAEST_AUTO_MAP, **(output.get("auto_map") or {})}
         return output

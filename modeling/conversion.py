@@ -68,7 +68,7 @@ _ORIGINAL_RENAMES = {
     "norm": "maest.layernorm",
     "head.0": "classifier.layernorm",
     "head.1": "classifier.dense",
-    "head_dist": "distillation_classifier",
+    "head_dist": "classifier.distillation_dense",
 }
 _AST_PREFIX = "audio_spectrogram_transformer."
 
@@ -157,6 +157,8 @@ AST_CHECKPOINT_CONVERSION = [
         ],
         operations=[SplitPositionGrid()],
     ),
+    # MAEST directories saved before the distillation head moved into the classifier module.
+    _AstRenaming(r"^distillation_classifier\.", "classifier.distillation_dense."),
 ]
 # Under MAEST's model type: `from_pretrained` of `MAESTModel`, `MAESTForAudioClassification` and the Auto classes.
 register_checkpoint_conversion_mapping(MAESTConfig.model_type, AST_CHECKPOINT_CONVERSION, overwrite=True)
@@ -264,7 +266,7 @@ def maest_to_ast_state_dict(state_dict: dict) -> dict:
     without patchout."""
     converted = {}
     for key, tensor in state_dict.items():
-        if key.startswith("distillation_classifier."):
+        if key.startswith("classifier.distillation_dense."):
             continue
         if key.startswith("maest."):
             key = _AST_PREFIX + key[len("maest.") :]
@@ -378,8 +380,8 @@ def _build(model_class, config, state_dict, source: str):
         prefix = model.base_model_prefix + "."
         state_dict = {key[len(prefix) :]: value for key, value in state_dict.items() if key.startswith(prefix)}
     if not config.use_distillation_head:
-        state_dict.pop("distillation_classifier.weight", None)
-        state_dict.pop("distillation_classifier.bias", None)
+        state_dict.pop("classifier.distillation_dense.weight", None)
+        state_dict.pop("classifier.distillation_dense.bias", None)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
@@ -477,7 +479,8 @@ def load_maest(
 # `from_pretrained` arguments that say where to find the files.
 _HUB_ARGUMENTS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
 # The weights of the classification heads, which the bare encoder (`MAESTModel`) does not use.
-_HEAD_PREFIXES = ("classifier.", "distillation_classifier.")
+_HEAD_PREFIXES = ("classifier.",)
+_DISTILLATION_HEAD = "classifier.distillation_dense."
 
 
 def _check_repo_id(source: str) -> None:
@@ -595,6 +598,10 @@ def _from_pretrained(model_class, source: str, kwargs: dict):
     unexpected = sorted(report["unexpected_keys"])
     if model_class.base_model_prefix and not hasattr(model, model_class.base_model_prefix):
         unexpected = [key for key in unexpected if not key.startswith(_HEAD_PREFIXES)]  # the bare encoder
+    if not model.config.use_distillation_head and any(key.startswith(_DISTILLATION_HEAD) for key in unexpected):
+        # A teacher-student head that the model was not asked for (it is off by default; inference never uses it).
+        logger.info(f"{source}: the checkpoint's distillation head is not loaded (use_distillation_head=True keeps it)")
+        unexpected = [key for key in unexpected if not key.startswith(_DISTILLATION_HEAD)]
     mismatched = sorted(report["mismatched_keys"])
     new_head_weights = [key for key, _, _ in mismatched if key.startswith(_HEAD_PREFIXES)]
     if not new_head or len(new_head_weights) < len(mismatched):

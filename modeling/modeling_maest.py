@@ -73,11 +73,11 @@ def pool_embedding_tokens(hidden_state: torch.Tensor, tokens=("cls", "dist", "me
 @dataclass
 class MAESTAudioClassifierOutput(SequenceClassifierOutput):
     r"""
-    loss (`torch.FloatTensor` of shape `(1,)`, *optional*): classification loss when `labels` are given; with
-        `distillation_labels` too, the mean of the two heads' losses (teacher-student training).
+    loss (`torch.FloatTensor` of shape `(1,)`, *optional*): classification loss when `labels` are given; with the
+        distillation head, the mean of the two heads' losses (see `MAESTForAudioClassification.forward`).
     logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`): scores before the sigmoid.
-    distillation_logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`, *optional*): the `head_dist`
-        scores on the distillation token, when the model has that head.
+    distillation_logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`, *optional*): the distillation
+        head's scores on the distillation token (the original `head_dist`), when the model has that head.
     """
 
     distillation_logits: torch.FloatTensor | None = None
@@ -160,6 +160,8 @@ class MAESTPreTrainedModel(PreTrainedModel):
     main_input_name = "input_values"
     input_modalities = ("audio",)
     supports_gradient_checkpointing = True
+    # The whole forward (eval and training, patchout included) is captured by `torch.compile(fullgraph=True)`.
+    _can_compile_fullgraph = True
     _no_split_modules = ["MAESTEmbeddings", "ASTLayer"]
     _supports_sdpa = True
     _supports_flash_attn = True
@@ -271,16 +273,29 @@ class MAESTModel(MAESTPreTrainedModel):
 
 
 class MAESTClassificationHead(nn.Module):
-    """LayerNorm + Linear on the pooled vector (the original `head`)."""
+    """The tagging head: LayerNorm + Linear on the pooled vector (the original `head`). With
+    `config.use_distillation_head`, also the original `head_dist`: a Linear on the distillation token, for
+    teacher-student training. Both Linears live in this one module, so transformers finds every `num_labels`-sized
+    layer of the head (as when it re-initializes them for a new label count)."""
 
     def __init__(self, config: MAESTConfig):
         super().__init__()
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.classifier_layer_norm_eps)
         self.dense = nn.Linear(config.hidden_size, config.num_labels)
+        self.distillation_dense = (
+            nn.Linear(config.hidden_size, config.num_labels) if config.use_distillation_head else None
+        )
 
     def forward(self, pooled_output: torch.Tensor) -> torch.Tensor:
-        """(batch_size, hidden_size) -> (batch_size, num_labels)"""
+        """(batch_size, hidden_size) pooled vector -> (batch_size, num_labels) logits of the main head."""
         return self.dense(self.layernorm(pooled_output))
+
+    def distillation_logits(self, distillation_token: torch.Tensor) -> torch.Tensor | None:
+        """(batch_size, hidden_size) distillation token after the final norm -> (batch_size, num_labels) logits of the
+        distillation head; None without that head."""
+        if self.distillation_dense is None:
+            return None
+        return self.distillation_dense(distillation_token)
 
 
 def _is_class_indices(labels: torch.Tensor) -> bool:
@@ -288,34 +303,28 @@ def _is_class_indices(labels: torch.Tensor) -> bool:
 
 
 class MAESTForAudioClassification(MAESTPreTrainedModel):
-    """MAEST with its tagging head. Scores are multi-label: apply a sigmoid to `logits` (the pipeline does)."""
+    """MAEST with its tagging head. Scores are multi-label: apply a sigmoid to `logits` (the pipeline does for configs
+    whose `problem_type` is `"multi_label_classification"`, as the released models' are)."""
 
     def __init__(self, config: MAESTConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.maest = MAESTModel(config)
         self.classifier = MAESTClassificationHead(config)
-        # The original `head_dist`: a Linear on the distillation token, trained on a teacher's labels.
-        self.distillation_classifier = (
-            nn.Linear(config.hidden_size, config.num_labels) if config.use_distillation_head else None
-        )
         self.post_init()
 
-    def _infer_problem_type(self, labels: torch.Tensor) -> None:
-        """Class-index labels make a model whose problem type was left at its default single-label, as transformers
-        infers it for its classifiers; multi-hot labels keep the default multi-label (the paper's)."""
+    def _classification_loss(self, labels: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """transformers' sequence-classification loss: with `config.problem_type` unset it is inferred from the
+        labels (class indices: single-label cross-entropy; multi-hot: BCE) and recorded in the config, as for
+        transformers' own classifiers."""
         config = self.config
-        if not _is_class_indices(labels) or config.problem_type != "multi_label_classification":
-            return
-        if not getattr(config, "problem_type_is_default", False):
+        if _is_class_indices(labels) and config.problem_type == "multi_label_classification":
             raise ValueError(
                 f"labels of shape {tuple(labels.shape)} are class indices, but config.problem_type is "
                 f"'multi_label_classification' (needs multi-hot labels of shape (batch_size, {config.num_labels})); "
                 f"set config.problem_type = 'single_label_classification' to train on class indices"
             )
-        logger.info("integer class-index labels: MAEST's problem type is now single-label classification")
-        config.problem_type = "single_label_classification"
-        config.problem_type_is_default = False
+        return self.loss_function(labels, logits, config)
 
     @can_return_tuple
     def forward(
@@ -329,27 +338,31 @@ class MAESTForAudioClassification(MAESTPreTrainedModel):
         Args:
             input_values (`torch.FloatTensor` of shape `(batch_size, num_frames, num_mel_bins)`).
             labels (`torch.Tensor`, *optional*): multi-hot `(batch_size, num_labels)` targets for the BCE loss, or
-                integer class indices `(batch_size,)` for a softmax cross-entropy. Class indices with the default
-                (not explicitly set) `problem_type` switch the config to `"single_label_classification"`.
+                integer class indices `(batch_size,)` for a softmax cross-entropy. An unset `config.problem_type` is
+                inferred from them (and recorded), as transformers does for its classifiers.
             distillation_labels (`torch.Tensor` of shape `(batch_size, num_labels)`, *optional*): a teacher's
-                binarized labels for the distillation head; the loss becomes the mean of both heads' losses.
+                binarized labels for the distillation head (teacher-student training).
+
+        With the distillation head (`config.use_distillation_head`), the loss is the mean of the main head's loss on
+        `labels` and the distillation head's loss: BCE on `distillation_labels`, or, without them, the same loss on
+        `labels`. The head thus always trains with the model (DistributedDataParallel expects a gradient for every
+        parameter). The logits are the main head's only.
 
         Returns:
             [`MAESTAudioClassifierOutput`] with `logits` of shape `(batch_size, num_labels)`.
         """
         outputs = self.maest(input_values, **kwargs)
         logits = self.classifier(outputs.pooler_output)
-        distillation_logits = None
-        if self.distillation_classifier is not None:
-            distillation_logits = self.distillation_classifier(outputs.last_hidden_state[:, 1])
+        distillation_logits = self.classifier.distillation_logits(outputs.last_hidden_state[:, 1])
+        if distillation_labels is not None and distillation_logits is None:
+            raise ValueError("distillation_labels need a model with use_distillation_head=True")
 
         loss = None
         if labels is not None:
-            self._infer_problem_type(labels)
-            loss = self.loss_function(labels, logits, self.config)
+            loss = self._classification_loss(labels, logits)
+            if distillation_logits is not None and distillation_labels is None:
+                loss = (loss + self._classification_loss(labels, distillation_logits)) / 2
         if distillation_labels is not None:
-            if distillation_logits is None:
-                raise ValueError("distillation_labels need a model with use_distillation_head=True")
             distillation_loss = nn.functional.binary_cross_entropy_with_logits(
                 distillation_logits, distillation_labels.to(distillation_logits.dtype)
             )

@@ -56,9 +56,11 @@ class PublishedCheckpoint:
         return discogs_label_names(self.label_set)
 
     def config(self, **kwargs) -> MAESTConfig:
-        """The config of this checkpoint: its shape and its label names (`kwargs` override fields)."""
+        """The config of this checkpoint: its shape, its label names and its multi-label problem type (`kwargs`
+        override fields)."""
         id2label, label2id = label_maps(self.label_names())
         settings = {**MAEST_PRESETS[self.preset], "id2label": id2label, "label2id": label2id}
+        settings["problem_type"] = "multi_label_classification"
         settings.pop("num_labels", None)
         return MAESTConfig(**{**settings, **kwargs})
 

@@ -87,6 +87,7 @@ def small_model_dir(tmp_path_factory):
     torch.manual_seed(0)
     config = MAESTConfig(
         **SMALL_MODEL_KWARGS,
+        problem_type="multi_label_classification",  # a tagger, as the released models: the pipeline gives sigmoids
         id2label=dict(enumerate(SMALL_MODEL_LABELS)),
         label2id={label: i for i, label in enumerate(SMALL_MODEL_LABELS)},
     )

@@ -68,7 +68,7 @@ def test_ast_format_repo_loads_directly_and_equals_stock_ast(tmp_path, original_
     ast = write_hub_ast_repo(original_model, tmp_path, legacy_names, labels)
     maest = load_maest(tmp_path)
     assert maest.config.model_type == "maest" and maest.config.id2label[3] == "style 3"
-    assert maest.config.classifier_layer_norm_eps == 1e-6 and maest.distillation_classifier is None
+    assert maest.config.classifier_layer_norm_eps == 1e-6 and maest.classifier.distillation_dense is None
     inputs = torch.randn(2, 306, 96, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(maest(inputs).logits, ast(inputs).logits, atol=1e-5, rtol=1e-5)

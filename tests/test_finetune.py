@@ -86,8 +86,8 @@ def test_single_label_finetuning(tmp_path, small_model_dir, finetune_module):
     assert metrics["eval_loss"] < metrics["initial_loss"]
     assert metrics["eval_accuracy"] > metrics["initial_accuracy"] or metrics["eval_accuracy"] == 1.0
     model, card = _check_saved(output, ["low", "high"], "single_label_classification", small_model_dir)
-    # A new task gets a new head (the base model had 7 other labels) and no distillation head.
-    assert model.distillation_classifier is None and SMALL_MODEL_LABELS[0] not in card.text
+    # A new task gets a new head (the base model had 7 other labels); the base had no distillation head.
+    assert model.classifier.distillation_dense is None and SMALL_MODEL_LABELS[0] not in card.text
     recorded = {result.metric_type: result.metric_value for result in card.data.eval_results}
     assert recorded == {key: round(metrics[f"eval_{key}"], 4) for key in ("accuracy", "roc_auc", "average_precision")}
     # The one-vs-rest ROC-AUC of two classes is the same for both columns; a learnable task beats chance.
@@ -125,3 +125,17 @@ def test_label_column_types_are_checked(tmp_path, finetune_module):
         finetune_module.label_names_and_problem(dataset, "score")
     with pytest.raises(ValueError, match="no label column 'genre'"):
         finetune_module.label_names_and_problem(dataset, "genre")
+
+
+def test_a_base_with_a_distillation_head_fine_tunes_with_every_parameter_trained(tmp_path, finetune_module):
+    """A teacher-student base keeps its distillation head (new, for the new labels); with no teacher it trains on the
+    labels, so one step gives every parameter a gradient, as DistributedDataParallel requires."""
+    from maest import MAESTConfig
+
+    torch.manual_seed(0)
+    config = MAESTConfig.from_preset("maest-tiny", use_distillation_head=True)
+    MAESTForAudioClassification(config).save_pretrained(tmp_path / "teacher-student")
+    model = finetune_module.load_model_for_labels(str(tmp_path / "teacher-student"), ["low", "high"], multi_label=False)
+    assert model.classifier.distillation_dense.out_features == 2
+    model.train()(torch.randn(2, 128, 96), labels=torch.tensor([0, 1])).loss.backward()
+    assert [name for name, parameter in model.named_parameters() if parameter.grad is None] == []

@@ -1,5 +1,7 @@
 """MAEST against the original implementation's outputs and against transformers' own AST."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -91,8 +93,11 @@ def test_equals_transformers_ast_with_the_same_weights(original_model, tiny_conf
 
 def test_published_30s_shape_has_the_original_parameter_count():
     with torch.device("meta"):
-        model = MAESTForAudioClassification(MAESTConfig.from_preset("maest-30s"))
+        model = MAESTForAudioClassification(MAESTConfig.from_preset("maest-30s", use_distillation_head=True))
+        without_distillation_head = MAESTForAudioClassification(MAESTConfig.from_preset("maest-30s"))
+    # The original layout carries `head_dist` (768 x 400 + 400 parameters).
     assert sum(p.numel() for p in model.parameters()) == 86_023_712
+    assert sum(p.numel() for p in without_distillation_head.parameters()) == 86_023_712 - (768 * 400 + 400)
     assert model.config.num_time_positions == 187 and model.config.num_frequency_patches == 9
 
 
@@ -103,8 +108,10 @@ def test_published_30s_shape_has_the_original_parameter_count():
 def test_presets(preset, positions, labels):
     config = MAESTConfig.from_preset(preset)
     assert (config.num_time_positions, config.num_labels, config.embedding_block) == (positions, labels, 6)
-    assert config.problem_type == "multi_label_classification"
-    assert find_published("discogs-maest-10s-dw-75e").config().max_length == 626
+    # A preset is a shape: its problem type is left to the labels; a released checkpoint's config is multi-label.
+    assert config.problem_type is None and not config.use_distillation_head
+    published = find_published("discogs-maest-10s-dw-75e").config()
+    assert published.max_length == 626 and published.problem_type == "multi_label_classification"
 
 
 @pytest.mark.parametrize(
@@ -212,16 +219,55 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_config):
         torch.testing.assert_close(plain[name], checkpointed[name], atol=1e-6, rtol=1e-5)
 
 
-def test_multilabel_and_teacher_student_losses(original_model, reference_input):
+@pytest.fixture(scope="module")
+def teacher_student_model():
+    """The reference checkpoint with its `head_dist` (the loader keeps the head a checkpoint carries)."""
+    model = load_original_checkpoint(FIXTURES / "tiny_native_state_dict.pt", preset="maest-tiny")
+    assert model.config.use_distillation_head
+    return model
+
+
+def test_the_original_head_dist_is_the_classifiers_distillation_dense(teacher_student_model):
+    state_dict = torch.load(FIXTURES / "tiny_native_state_dict.pt", weights_only=True)
+    head = teacher_student_model.classifier
+    torch.testing.assert_close(head.distillation_dense.weight, state_dict["head_dist.weight"], rtol=0, atol=0)
+    torch.testing.assert_close(head.distillation_dense.bias, state_dict["head_dist.bias"], rtol=0, atol=0)
+
+
+def test_multilabel_and_teacher_student_losses(teacher_student_model, reference_input, reference):
     labels = torch.tensor([[1, 0, 0, 1, 0, 0, 1], [0, 1, 0, 0, 0, 0, 0]], dtype=torch.float32)
     teacher = 1.0 - labels
     with torch.no_grad():
-        outputs = original_model(reference_input, labels=labels, distillation_labels=teacher)
+        outputs = teacher_student_model(reference_input, labels=labels, distillation_labels=teacher)
     bce = torch.nn.functional.binary_cross_entropy_with_logits
     expected = (bce(outputs.logits, labels) + bce(outputs.distillation_logits, teacher)) / 2
     torch.testing.assert_close(outputs.loss, expected)
-    tokens = original_model.maest(reference_input).last_hidden_state[:, 1]
-    torch.testing.assert_close(outputs.distillation_logits, original_model.distillation_classifier(tokens))
+    # The logits stay the main head's (the original's), whatever the distillation head says.
+    _close(outputs.logits, reference["logits"])
+    tokens = teacher_student_model.maest(reference_input).last_hidden_state[:, 1]
+    head_dist = torch.load(FIXTURES / "tiny_native_state_dict.pt", weights_only=True)
+    expected_distillation = tokens @ head_dist["head_dist.weight"].T + head_dist["head_dist.bias"]
+    torch.testing.assert_close(outputs.distillation_logits, expected_distillation)
+
+
+def test_without_teacher_labels_the_distillation_head_learns_the_labels(teacher_student_model, reference_input):
+    """The head always takes part in the loss, so training reaches every parameter (DDP without unused-parameter
+    detection stalls otherwise): on the ground truth when no teacher labels are given, weighted as in the recipe."""
+    model = copy.deepcopy(teacher_student_model).train()
+    labels = torch.tensor([[1, 0, 0, 1, 0, 0, 1], [0, 1, 0, 0, 0, 0, 0]], dtype=torch.float32)
+    outputs = model(reference_input, labels=labels)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    expected = (bce(outputs.logits, labels) + bce(outputs.distillation_logits, labels)) / 2
+    torch.testing.assert_close(outputs.loss, expected)
+    outputs.loss.backward()
+    assert [name for name, parameter in model.named_parameters() if parameter.grad is None] == []
+    assert model.classifier.distillation_dense.weight.grad.abs().sum() > 0
+
+
+def test_distillation_labels_need_the_head(original_model, reference_input):
+    assert original_model.classifier.distillation_dense is None  # the reference shape leaves the head out
+    with pytest.raises(ValueError, match="distillation_labels need a model with use_distillation_head=True"):
+        original_model(reference_input, distillation_labels=torch.zeros(2, 7))
 
 
 def test_every_parameter_is_initialized_when_missing_from_a_checkpoint(tmp_path, tiny_config):

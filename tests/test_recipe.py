@@ -96,7 +96,7 @@ def test_weight_averaging_is_the_mean_of_snapshots():
 
 
 def test_teacher_student_loss_is_the_mean_of_both_bces():
-    model = tiny_model().eval()
+    model = tiny_model(use_distillation_head=True).eval()
     inputs = torch.randn(3, 316, 96)
     labels = (torch.rand(3, 5) > 0.5).float()
     teacher_logits = torch.tensor([[0.0, -0.2, -0.21, 3.0, -3.0]] * 3)

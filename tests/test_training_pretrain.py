@@ -262,7 +262,7 @@ def test_teacher_student_with_accumulation_and_checkpointing(corpus, tmp_path):
     # Two batches per optimizer step; the distillation head was trained next to the classifier.
     assert json.loads((tmp_path / "run" / "data_report.json").read_text())["used"] >= 3 * 2 * 4
     model = MAESTForAudioClassification.from_pretrained(tmp_path / "run" / "final")
-    assert model.config.use_distillation_head and model.distillation_classifier is not None
+    assert model.config.use_distillation_head and model.classifier.distillation_dense is not None
     assert trainer.model.maest.is_activation_checkpointing
     summary = json.loads((tmp_path / "run" / "final" / "training_summary.json").read_text())["summary"]
     assert summary["recipe"]["teacher_student"] is True and summary["recipe"]["batch_size"] == 8

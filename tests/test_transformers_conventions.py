@@ -87,6 +87,65 @@ def test_multi_hot_labels_stay_multi_label(tiny_model):
     assert tiny_model.config.problem_type == "multi_label_classification"
 
 
+@pytest.mark.parametrize("labels", [torch.tensor([3, 5]), torch.eye(7)[[1, 4]]], ids=["class indices", "multi-hot"])
+def test_the_problem_type_survives_a_save_and_reload(tmp_path, labels):
+    """An unset problem type stays unset through save_pretrained/from_pretrained and is still inferred from the
+    labels afterwards, as for transformers' AST; the same call gives the same loss before and after."""
+    torch.manual_seed(0)
+    model = MAESTForAudioClassification(MAESTConfig.from_preset("maest-tiny")).eval()
+    model.save_pretrained(tmp_path)
+    reloaded = MAESTForAudioClassification.from_pretrained(tmp_path).eval()
+    assert reloaded.config.problem_type is None
+    with torch.no_grad():
+        before, after = model(_inputs(), labels=labels), reloaded(_inputs(), labels=labels)
+    torch.testing.assert_close(after.loss, before.loss)
+    expected = "single_label_classification" if labels.ndim == 1 else "multi_label_classification"
+    assert model.config.problem_type == reloaded.config.problem_type == expected
+    # The inferred problem type is the model's from then on: it is saved, and reloads unchanged.
+    reloaded.save_pretrained(tmp_path / "trained")
+    assert MAESTForAudioClassification.from_pretrained(tmp_path / "trained").config.problem_type == expected
+
+
+def test_the_distillation_head_is_off_unless_asked_for_and_inside_the_classifier():
+    assert MAESTForAudioClassification(MAESTConfig.from_preset("maest-tiny")).classifier.distillation_dense is None
+    model = MAESTForAudioClassification(MAESTConfig.from_preset("maest-tiny", use_distillation_head=True))
+    # transformers finds a classifier's `num_labels`-sized Linears at the top level or inside one `*ClassificationHead`
+    # module: all of MAEST's are in the head module, none at the top level.
+    assert not any(isinstance(child, torch.nn.Linear) for child in model.children())
+    assert type(model.classifier).__name__.endswith("ClassificationHead")
+    head_linears = {name for name, child in model.classifier.named_children() if isinstance(child, torch.nn.Linear)}
+    assert head_linears == {"dense", "distillation_dense"}
+
+
+def test_a_maest_directory_saved_with_the_old_distillation_head_name_loads(tmp_path):
+    """Directories saved when the head was a top-level `distillation_classifier` (and on by default, so their
+    config.json does not name it): the model loads without the head unless asked, and with its weights if asked."""
+    from safetensors.torch import load_file, save_file
+
+    from maest import load_maest
+
+    torch.manual_seed(0)
+    model = MAESTForAudioClassification(MAESTConfig.from_preset("maest-tiny", use_distillation_head=True)).eval()
+    model.save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    old = {key.replace("classifier.distillation_dense.", "distillation_classifier."): v for key, v in weights.items()}
+    assert "distillation_classifier.weight" in old
+    save_file(old, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["use_distillation_head"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+
+    plain = load_maest(tmp_path)
+    assert plain.classifier.distillation_dense is None
+    with torch.no_grad():
+        torch.testing.assert_close(plain(_inputs()).logits, model(_inputs()).logits)
+    with_head = load_maest(tmp_path, use_distillation_head=True)
+    assert torch.equal(with_head.classifier.distillation_dense.weight, model.classifier.distillation_dense.weight)
+    # Saving again writes the current layout.
+    with_head.save_pretrained(tmp_path / "resaved")
+    assert "classifier.distillation_dense.weight" in load_file(tmp_path / "resaved" / "model.safetensors")
+
+
 def test_an_explicit_multi_label_problem_refuses_class_indices():
     model = MAESTForAudioClassification(MAESTConfig.from_preset("maest-tiny", problem_type="multi_label_classification"))
     with pytest.raises(ValueError, match="are class indices, but config.problem_type is 'multi_label_classification'"):
@@ -105,7 +164,7 @@ def test_save_pretrained_writes_the_code_and_a_complete_auto_map(tmp_path, tiny_
     tiny_model.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["auto_map"] == MAEST_AUTO_MAP
-    assert "problem_type_is_default" not in config
+    assert config.get("problem_type") is None  # unset, as the user left it
     assert {"modeling_maest.py", "configuration_maest.py"} <= {path.name for path in tmp_path.iterdir()}
 
 
@@ -163,3 +222,22 @@ def test_one_registry_one_matcher():
         assert config.num_labels == published.num_labels == expected
         assert config.id2label[0] == "Blues---Boogie Woogie"
         assert config.max_length == {5: 316, 10: 626, 20: 1256, 30: 1876}[published.seconds]
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "training with patchout"])
+def test_the_model_compiles_as_one_graph(training):
+    """`_can_compile_fullgraph` holds: torch.compile(fullgraph=True) captures the forward without a graph break (the
+    eager backend checks the capture without the slow code generation)."""
+    assert MAESTForAudioClassification._can_compile_fullgraph
+    torch.manual_seed(0)
+    config = MAESTConfig.from_preset("maest-tiny", use_distillation_head=True, train_patchout_time=3)
+    model = MAESTForAudioClassification(config).train(training)
+    labels = torch.eye(7)[[1, 4]]
+    torch.compiler.reset()
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    torch.manual_seed(1)
+    output = compiled(_inputs(), labels=labels)
+    torch.manual_seed(1)
+    expected = model(_inputs(), labels=labels)
+    torch.testing.assert_close(output.logits, expected.logits)
+    torch.testing.assert_close(output.loss, expected.loss)

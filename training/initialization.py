@@ -136,7 +136,7 @@ def load_initial_weights(model, source: str, init_format: str = "auto") -> dict:
         converted = loaded.state_dict()
         fmt = "maest"
         if loaded.config.num_labels != model.config.num_labels:
-            converted = {k: v for k, v in converted.items() if not k.startswith(("classifier.dense", "distillation_classifier"))}
+            converted = {k: v for k, v in converted.items() if not k.startswith(("classifier.dense", "classifier.distillation_dense"))}
         ours = model.state_dict()
         for key in ("maest.embeddings.frequency_position_embeddings", "maest.embeddings.time_position_embeddings"):
             if key in converted and converted[key].shape != ours[key].shape:
@@ -156,7 +156,7 @@ def load_initial_weights(model, source: str, init_format: str = "auto") -> dict:
     result = model.load_state_dict(converted, strict=False)
     if result.unexpected_keys:
         raise CheckpointError(f"{source}: unexpected weights {result.unexpected_keys[:5]}")
-    allowed_missing = ("classifier.", "distillation_classifier.")
+    allowed_missing = ("classifier.",)
     missing_body = [k for k in result.missing_keys if not k.startswith(allowed_missing)]
     if missing_body:
         raise CheckpointError(f"{source}: the weights lack {len(missing_body)} body tensors, e.g. {missing_body[:5]}")
