@@ -8,7 +8,7 @@ from .configuration_maest import (
     MAESTConfigError,
     validate_block_index,
 )
-from .conversion import CheckpointError, load_maest, load_original_checkpoint
+from .conversion import CheckpointError, ModelNotAvailableError, load_maest, load_original_checkpoint
 from .label_names import (
     DISCOGS_LABEL_SETS,
     LabelError,

@@ -32,6 +32,7 @@ from huggingface_hub import constants as hub_constants
 from huggingface_hub import try_to_load_from_cache
 from huggingface_hub.errors import StrictDataclassError
 from huggingface_hub.utils import HFValidationError, validate_repo_id
+from safetensors import SafetensorError
 from safetensors.torch import load_file as load_safetensors
 from transformers import ASTConfig, ASTForAudioClassification, PreTrainedConfig
 from transformers.conversion_mapping import register_checkpoint_conversion_mapping
@@ -177,15 +178,20 @@ def load_tensor_file(path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
-        if refused is None:  # not a pickle of anything: a damaged file or another format
-            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (corrupt, truncated or another format)") from error
-        raise CheckpointError(
-            f"{path}: refused to load; the file holds objects other than tensors ({refused.group(1)}), and MAEST only "
-            f"unpickles tensors (weights_only=True). Re-save its state dict with torch.save(model.state_dict(), ...)"
-        ) from error
+        raise _unpickling_error(path, error) from error
     except Exception as error:  # a damaged file can fail anywhere inside the unpickler
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (corrupt or truncated?): {error}") from error
+
+
+def _unpickling_error(path, error: pickle.UnpicklingError) -> CheckpointError:
+    """One line for a pickle that `weights_only=True` refuses (objects other than tensors) or cannot read."""
+    refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+    if refused is None:  # not a pickle of anything: a damaged file or another format
+        return CheckpointError(f"{path}: not a readable PyTorch checkpoint (corrupt, truncated or another format)")
+    return CheckpointError(
+        f"{path}: refused to load; the file holds objects other than tensors ({refused.group(1)}), and MAEST only "
+        f"unpickles tensors (weights_only=True). Re-save its state dict with torch.save(model.state_dict(), ...)"
+    )
 
 
 def extract_original_state_dict(checkpoint: dict, use_swa: bool = True, source: str = "checkpoint") -> dict:
@@ -592,8 +598,10 @@ def _from_pretrained(model_class, source: str, kwargs: dict):
             model, report = model_class.from_pretrained(
                 source, config=config, ignore_mismatched_sizes=True, output_loading_info=True, **{**kwargs, **hub_kwargs}
             )
-    except (OSError, pickle.UnpicklingError, RuntimeError) as error:
-        raise CheckpointError(f"{source}: {' '.join(str(error).split())[:500]}") from error
+    except pickle.UnpicklingError as error:  # transformers unpickles only tensors too (weights_only=True)
+        raise _unpickling_error(source, error) from error
+    except (OSError, RuntimeError, SafetensorError) as error:  # a damaged or truncated weights file
+        raise CheckpointError(f"{source}: cannot read its weights ({' '.join(str(error).split())[:300]})") from error
     missing = sorted(report["missing_keys"])
     unexpected = sorted(report["unexpected_keys"])
     if model_class.base_model_prefix and not hasattr(model, model_class.base_model_prefix):
