@@ -209,6 +209,25 @@ def test_never_silently_random(damaged_repo, caplog, capsys, song):
         load_maest(damaged_repo, num_labels=3)
 
 
+class NotATensor:
+    pass
+
+
+def test_damaged_hub_layouts_are_one_line_errors(damaged_repo):
+    config = json.loads((damaged_repo / "config.json").read_text())
+    (damaged_repo / "model.safetensors").write_bytes(b"not safetensors" * 10)
+    with pytest.raises(CheckpointError, match="ast-repo: cannot read its weights"):
+        load_maest(damaged_repo)
+    (damaged_repo / "model.safetensors").unlink()
+    torch.save({"weights": NotATensor()}, damaged_repo / "pytorch_model.bin")  # never unpickled
+    with pytest.raises(CheckpointError, match=r"objects other than tensors \(test_published_hub.NotATensor\)"):
+        load_maest(damaged_repo)
+    # A real AST (AudioSet's 128 mel bands) is no MAEST conversion: its position grid is not a sum to split.
+    (damaged_repo / "config.json").write_text(json.dumps({**config, "num_mel_bins": 128}))
+    with pytest.raises(CheckpointError, match="not a MAEST conversion \\(num_mel_bins=128"):
+        load_maest(damaged_repo)
+
+
 # ---------------------------------------------------------------------------------------------- the defaults
 def _run_maest(args, published_hub, cwd):
     return subprocess.run(
