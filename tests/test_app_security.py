@@ -188,6 +188,12 @@ def test_no_file_of_the_disk_is_served(served, collection):
         assert status in (403, 404), (path, status)
         assert not any(text.encode() in body for text in SECRETS.values())
         assert visitor.request("/gradio_api/file/" + urllib.parse.quote(str(path)))[0] in (403, 404), path
+    # Nor does an analysis read a file of the server that was not uploaded (Gradio checks inputs against uploads).
+    payload = json.dumps({"data": [{"path": str(music / "song0.wav"), "meta": {"_type": "gradio.FileData"}}]}).encode()
+    status, body = visitor.request("/gradio_api/call/analyze", payload, {"Content-Type": "application/json"})
+    if status == 200:
+        status, body = visitor.request(f"/gradio_api/call/analyze/{json.loads(body)['event_id']}", timeout=120)
+        assert "event: error" in body.decode() and "event: complete" not in body.decode()
 
 
 @SERVER
