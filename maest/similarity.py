@@ -504,11 +504,13 @@ def embed_like_index(inputs, settings: dict, model=None, scores: bool = False, p
     per-segment outputs, and the style scores with `scores`)."""
     # imported here: torch and transformers (seconds), needed only to embed audio, not to search embeddings
     from maest.inference import analyze, load_model
+    from maest.inference.model import DEFAULT_BACKEND
 
     if model is None:
         model = load_model(
             settings["model"], dtype=settings.get("dtype", "float32"),
             inference_patchout_time_stride=settings.get("inference_patchout_time_stride"),
+            backend=settings.get("backend", DEFAULT_BACKEND),  # recorded where its numbers differ from torch's
         )
     return analyze(
         inputs, model, scores=scores, embedding=True, block=settings.get("block"),

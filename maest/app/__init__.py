@@ -31,6 +31,7 @@ import numpy as np
 from maest.errors import MAESTError
 from maest.inference import DEFAULT_MODEL, load_model
 from maest.inference.backends import weights_digest
+from maest.inference.model import DEFAULT_BACKEND
 from maest.inference.plot import plot_timeline
 from maest.similarity import SimilarityIndex, check_settings, embed_like_index
 
@@ -90,7 +91,8 @@ class TrackAnalyzer:
             resolved = os.path.abspath(Path(model).expanduser()) if Path(model).expanduser().exists() else model
             check_settings(settings, dict(settings, model=resolved), f"tracks embedded with --model {model}")
         self.model = load_model(name, dtype=settings.get("dtype", "float32"),
-                                inference_patchout_time_stride=settings.get("inference_patchout_time_stride"))
+                                inference_patchout_time_stride=settings.get("inference_patchout_time_stride"),
+                                backend=settings.get("backend", DEFAULT_BACKEND))
         if settings.get("weights"):  # the same path may hold other weights now: compare by content, before serving
             digest = getattr(self.model, "weights_digest", None) or weights_digest(self.model.model)
             check_settings(settings, dict(settings, weights=digest), f"embeddings of the model now in {name}")
