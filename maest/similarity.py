@@ -687,6 +687,8 @@ def _build_locked(embeddings, out: Path, source: dict, rows_to_index: EmbeddingR
         except IndexDamagedError:
             if not overwrite:
                 raise
+        if found is not None:  # files of a killed or failed write: garbage now that this update holds the lock
+            _remove_index_files(out, set(found.get("pending", [])) - set(_data_files(found)))
         finished = found is not None and "vectors_file" in found
         if finished and not overwrite:
             read_manifest(out)  # a finished manifest is complete, or damaged (refused: --overwrite rebuilds)

@@ -370,6 +370,25 @@ def test_a_full_disk_leaves_the_previous_index_and_no_new_file(tmp_path, capsys,
     assert len(SimilarityIndex.open(index)) == 30 and len(list(index.iterdir())) == 3
 
 
+def test_a_killed_writes_files_are_removed_by_the_next_run_even_when_it_changes_nothing(tmp_path, capsys, monkeypatch):
+    import maest.similarity as similarity
+
+    vectors, index = built(tmp_path, count=20)
+    write_embeddings(tmp_path / "more.parquet", clustered_vectors(30))
+
+    def killed(table, where):  # SIGKILL after the vectors file: nothing cleans up in this process
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(similarity.pq, "write_table", killed)
+    with pytest.raises(KeyboardInterrupt):
+        build_index(tmp_path / "more.parquet", index)
+    monkeypatch.undo()
+    assert len(list(index.iterdir())) > 3  # the killed write's vectors file (and temporary file), named as pending
+    status, out, _ = cli(capsys, "index", tmp_path / "e.parquet", "--out", index)  # the same 20: nothing to write
+    assert status == 0 and "0 added, 0 replaced, 0 removed" in out
+    assert len(list(index.iterdir())) == 3 and len(SimilarityIndex.open(index)) == 20
+
+
 def test_bad_index_options_are_one_line(tmp_path, capsys):
     write_embeddings(tmp_path / "e.parquet", clustered_vectors(10))
     status, _, err = cli(capsys, "index", tmp_path / "e.parquet", "--out", tmp_path / "index", "--exact-max", "0")
