@@ -1,6 +1,7 @@
 """MAEST against the original implementation's outputs and against transformers' own AST."""
 
 import copy
+import os
 
 import numpy as np
 import pytest
@@ -281,3 +282,52 @@ def test_every_parameter_is_initialized_when_missing_from_a_checkpoint(tmp_path,
     # Tokens and position embeddings get a truncated normal, not zeros or uninitialized memory.
     std = fresh.embeddings.time_position_embeddings.std().item()
     assert 0.01 < std < 0.03
+
+
+_DDP_SCRIPT = """
+import os, sys, torch, torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from maest import MAESTConfig, MAESTForAudioClassification
+
+class WithUnusedLayerForAudioClassification(MAESTForAudioClassification):
+    def __init__(self, config):
+        super().__init__(config)
+        self.unused = torch.nn.Linear(2, 2)
+
+def train(model_class, config):
+    torch.manual_seed(0)
+    model = model_class(config).train()
+    model.gradient_checkpointing_enable()
+    ddp = DistributedDataParallel(model, find_unused_parameters=False)
+    try:
+        for _ in range(2):  # DDP reports parameters without a gradient when the next step starts
+            ddp(torch.randn(2, 128, 96), labels=torch.eye(7)[[1, 4]]).loss.backward()
+    except RuntimeError as error:
+        return "unused parameters" if "finished reduction in the prior iteration" in str(error) else repr(error)
+    return "trained"
+
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[1])
+dist.init_process_group("gloo", rank=0, world_size=1)
+print(train(MAESTForAudioClassification, MAESTConfig.from_preset("maest-tiny", use_distillation_head=True)))
+print(train(WithUnusedLayerForAudioClassification, MAESTConfig.from_preset("maest-tiny")))
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_ddp_with_gradient_checkpointing_trains_the_distillation_head_without_unused_parameter_detection():
+    """As the Trainer runs DistributedDataParallel: no unused-parameter detection, gradient checkpointing on. A model
+    with the distillation head trains on plain labels; the control, a model with a layer outside the loss, fails."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    result = subprocess.run(
+        [sys.executable, "-c", _DDP_SCRIPT, port], capture_output=True, text=True, timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["trained", "unused", "parameters"]

@@ -34,8 +34,9 @@ PACKAGE = "transformers_common_tests"
 
 
 def _stand_in_config_common_kwargs() -> dict:
-    """Every field `PreTrainedConfig` itself defines that a user may set, at a value other than its default:
-    `ConfigTester.check_config_arguments_init` checks that the model's config keeps them."""
+    """The fields of `PreTrainedConfig` itself that a user sets (all but `is_encoder_decoder` and
+    `transformers_version`), each at a value other than its default: `ConfigTester.check_config_arguments_init` checks
+    that the model's config keeps them."""
     return {
         "return_dict": False,
         "output_hidden_states": True,
