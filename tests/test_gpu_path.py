@@ -149,3 +149,11 @@ def test_pretraining_defaults_to_bf16_autocast_on_a_cuda_gpu_only(monkeypatch):
     monkeypatch.delenv("ACCELERATE_USE_CPU")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_mixed_precision("auto") == "no"
+
+
+@cuda
+def test_cuda_defaults_are_bfloat16_and_tf32_for_float32(small_model_dir):
+    auto = load_model(str(small_model_dir), device="cuda")
+    assert auto.dtype == "bfloat16" and next(auto.model.parameters()).dtype == torch.bfloat16
+    load_model(str(small_model_dir), device="cuda", dtype="float32")
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
