@@ -508,7 +508,7 @@ class MAESTFeatureExtractor(SequenceFeatureExtractor):
                 (see [`MAESTFeatureExtractor.segment`]).
             return_tensors (`"pt"`, `"np"` or `None`): tensor type of the result.
             channel_axis (`int`, *optional*): the channel axis of each clip (0: `(channels, samples)` as torchaudio
-                and torchcodec decode, -1: `(samples, channels)` as soundfile); the channels are averaged.
+                and PyAV decode, -1: `(samples, channels)` as soundfile); the channels are averaged.
             return_attention_mask (`bool`, *optional*): also return `attention_mask` (1 for frames of audio, 0 for
                 padding); `self.return_attention_mask` by default.
 

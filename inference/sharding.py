@@ -6,7 +6,7 @@ far (greedy "longest processing time first" scheduling). The split is a pure fun
 durations and the number of processes, so every process of a job computes the same split on its own, and a rerun
 with the same inputs gets the same split.
 
-Durations come from the container metadata (torchcodec reads the header; nothing is decoded), so probing a
+Durations come from the container metadata (PyAV reads the header; nothing is decoded), so probing a
 catalogue costs a file open per track.
 """
 
