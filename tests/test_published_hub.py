@@ -293,6 +293,17 @@ def test_similar_uses_the_model_its_index_was_built_with(published_hub, song, tm
     assert neighbour.path == os.path.abspath(song) and neighbour.score > 0.9999
 
 
+def test_app_without_model_or_index_analyzes_with_the_default_model(stock_ast, song):
+    from maest.app import TrackAnalyzer
+
+    scores, _, _ = ast_track_outputs(stock_ast(DEFAULT_MODEL), song, block=1)
+    analysis = TrackAnalyzer().analyze(str(song))
+    labels = label_names("discogs519")
+    top = np.argsort(-scores)[:5]
+    assert [label for label, _ in analysis.styles] == [labels[index] for index in top]
+    close([score for _, score in analysis.styles], scores[top])
+
+
 def test_convert_a_published_repo(published_hub, stock_ast, tmp_path, capsys):
     repo = published_hub.repos[f"{HUB_ORGANIZATION}/discogs-maest-10s-dw-75e"]
     assert maest_main(["convert", repo.repo_id, str(tmp_path / "maest-10s-dw")]) == 0
