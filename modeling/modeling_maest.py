@@ -168,7 +168,6 @@ class MAESTPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
     _can_record_outputs = {"hidden_states": ASTLayer, "attentions": ASTAttention}
-    _can_compile_fullgraph = True  # the inference forward traces as one graph (tested)
 
     def _init_weights(self, module):
         super()._init_weights(module)
