@@ -29,7 +29,7 @@ import pytest
 
 from conftest import synth_music, write_audio
 from maest.cli import main
-from maest.inference.store import TrackResult, read_output, rows_to_table, table_metadata, write_output
+from maest.inference.store import OutputLock, TrackResult, read_output, rows_to_table, table_metadata, write_output
 
 MISSING = [name for name in ("gradio", "faiss") if importlib.util.find_spec(name) is None]
 pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"not installed: {', '.join(MISSING)}")
@@ -142,6 +142,14 @@ def served(collection):
     root, _ = collection
     tmpdir = root / "tmp"
     tmpdir.mkdir()
+    # What a killed app leaves (its folder, its unlocked lock file), and a running app's folder (locked here).
+    abandoned, running = tmpdir / "maest-app-killed", tmpdir / "maest-app-running"
+    for folder in (abandoned, running):
+        (folder / "results").mkdir(parents=True)
+        (folder / "results" / "timeline.png").write_bytes(b"x" * 1000)
+        os.utime(folder, (time.time() - 600, time.time() - 600))
+    (tmpdir / "maest-app-killed.lock").write_text("pid 1 on a machine long gone\n")
+    running_lock = OutputLock(running).acquire()
     port, log = free_port(), root / "app.log"
     environment = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1", TMPDIR=str(tmpdir),
                        MAEST_APP_AUTH=f"{USER}:{PASSWORD}")
@@ -153,8 +161,10 @@ def served(collection):
         )
     try:
         wait_for_port(process, port, log)
-        yield {"url": f"http://127.0.0.1:{port}", "process": process, "log": log, "tmpdir": tmpdir, "folder": app_folder(log)}
+        yield {"url": f"http://127.0.0.1:{port}", "process": process, "log": log, "tmpdir": tmpdir, "folder": app_folder(log),
+               "abandoned": abandoned, "running": running}
     finally:
+        running_lock.release()
         if process.poll() is None:
             process.kill()
             process.wait(timeout=30)
@@ -236,13 +246,21 @@ def test_temporary_files_stay_under_their_bound(served):
 
 
 @SERVER
+def test_a_killed_apps_folder_is_removed_by_the_next_app(served):
+    assert not served["abandoned"].exists() and not (served["tmpdir"] / "maest-app-killed.lock").exists()
+    assert (served["running"] / "results" / "timeline.png").exists()  # another running app's: kept
+
+
+@SERVER
 def test_stopping_the_app_removes_its_files(served):
     # Runs after the tests above (file order): it stops the server.
     process = served["process"]
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=60) in (0, 130)
-    assert not served["folder"].exists()
-    assert not list(served["tmpdir"].glob("maest-app-*")) and not (served["tmpdir"] / "gradio").exists()
+    assert not served["folder"].exists() and not Path(str(served["folder"]) + ".lock").exists()
+    running = served["running"]
+    assert sorted(served["tmpdir"].glob("maest-app-*")) == [running, Path(str(running) + ".lock")]
+    assert not (served["tmpdir"] / "gradio").exists()
 
 
 # ------------------------------------------------------------------------------------ set-up errors: one line, 2
@@ -260,7 +278,7 @@ def private_temp(tmp_path, monkeypatch):
     folder.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(folder))
     yield folder
-    assert not list(folder.glob("maest-app-*"))
+    assert not list(folder.glob("maest-app-*"))  # neither the folder nor its lock file
 
 
 def test_a_public_host_without_a_login_is_refused(collection, capsys, private_temp, monkeypatch):

@@ -8,8 +8,8 @@ What it serves from the disk: only its own folder of temporary files (`AppFiles`
 results, and copies of the neighbours' audio for the players, copied from the index's search results only). No folder
 of the collection, nor any indexed file by its own path, is served: Gradio's `allowed_paths` stays empty. The folder is
 kept under a size bound (oldest files removed first), files expire after an hour, and it is removed when the app
-stops. A login (`auth`, Gradio's) is required for any host other than the loopback interface, unless waived
-explicitly (`allow_unauthenticated`).
+stops (or, after a kill, by the next app started). A login (`auth`, Gradio's) is required for any host other than
+the loopback interface, unless waived explicitly (`allow_unauthenticated`).
 """
 
 import csv
@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import socket
+import stat
 import tempfile
 import threading
 import time
@@ -33,6 +34,7 @@ from maest.inference import DEFAULT_MODEL, load_model
 from maest.inference.backends import weights_digest
 from maest.inference.model import DEFAULT_BACKEND
 from maest.inference.plot import plot_timeline
+from maest.inference.store import OutputLock
 from maest.similarity import SimilarityIndex, check_settings, embed_like_index
 
 
@@ -45,6 +47,7 @@ TEMP_MAX_AGE_SECONDS = 3600  # an analysis's results and players stay this long 
 PRUNE_EVERY_SECONDS = 2.0  # how often uploads (which no analysis may follow) are checked against the bound
 EMPTY_FOLDER_GRACE_SECONDS = 60.0  # an empty folder younger than this may be about to receive files: kept
 AUTH_ENVIRONMENT = "MAEST_APP_AUTH"
+APP_FOLDER_PREFIX = "maest-app-"
 
 
 class AppSetupError(MAESTError):
@@ -130,12 +133,15 @@ class AppFiles:
     """
 
     def __init__(self, limit_bytes: int, max_age_seconds: float = TEMP_MAX_AGE_SECONDS, parent=None):
-        self.root = Path(tempfile.mkdtemp(prefix="maest-app-", dir=parent))
+        self.root = Path(tempfile.mkdtemp(prefix=APP_FOLDER_PREFIX, dir=parent))
+        # Held while the app runs (the kernel drops it when the process dies, killed too): the folder is in use.
+        self._owner = OutputLock(self.root).acquire()
         self.results = self.root / "results"
         self.results.mkdir()
         self.limit_bytes = int(limit_bytes)
         self.max_age_seconds = max_age_seconds
         self._lock = threading.Lock()
+        remove_abandoned_folders(self.root.parent)
 
     def use_for_gradio(self) -> None:
         """Points Gradio's upload folder (and its examples cache, else `.gradio/` under the working directory) here:
@@ -191,6 +197,28 @@ class AppFiles:
 
     def remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+        self._owner.release()
+
+
+def remove_abandoned_folders(parent: Path) -> None:
+    """Removes the temporary folders that killed apps (SIGKILL, a crash) left in `parent`: this user's, older than a
+    minute (not one an app is making right now), and whose lock no process holds."""
+    for folder in Path(parent).glob(APP_FOLDER_PREFIX + "*"):
+        try:
+            status = folder.lstat()
+        except OSError:
+            continue
+        if not stat.S_ISDIR(status.st_mode) or status.st_uid != os.getuid() or time.time() - status.st_mtime < 60:
+            continue
+        lock = OutputLock(folder)
+        try:
+            lock.acquire()
+        except MAESTError:  # a running app's folder (or a lock file this user cannot open)
+            continue
+        try:
+            shutil.rmtree(folder, ignore_errors=True)
+        finally:
+            lock.release()
 
 
 def write_downloads(analysis: TrackAnalysis, directory) -> list[str]:
@@ -391,5 +419,6 @@ __all__ = [
     "is_loopback",
     "launch_app",
     "parse_auth",
+    "remove_abandoned_folders",
     "write_downloads",
 ]
