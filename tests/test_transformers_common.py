@@ -177,6 +177,10 @@ class MAESTModelTest(modeling_common.ModelTesterMixin, unittest.TestCase):
     def test_inputs_embeds(self):
         pass
 
+    @pytest.mark.slow  # about 13 s on two busy cores
+    def test_model_outputs_equivalence(self):
+        super().test_model_outputs_equivalence()
+
     def test_model_get_set_embeddings(self):
         # As for AST: the input embeddings are the patch embeddings (a convolution), not a token `nn.Embedding`.
         config, _ = self.model_tester.prepare_config_and_inputs_for_common()
