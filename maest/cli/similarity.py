@@ -18,7 +18,12 @@ def register(subparsers) -> None:
     index.add_argument("--exact-max", type=int, default=None, help="largest collection searched exactly (default 10000, at least 100)")
     index.set_defaults(func=run_index)
 
-    similar = subparsers.add_parser("similar", help="nearest neighbours of audio files or indexed tracks")
+    similar = subparsers.add_parser(
+        "similar", help="nearest neighbours of audio files or indexed tracks",
+        description="Nearest neighbours of audio files (embedded with the index's model and settings) or of tracks "
+        "already in the index. Exit status 1 when some audio files could not be embedded (they are listed as "
+        "'failed:'; the others' neighbours are printed), 2 for a missing or damaged index or a bad option.",
+    )
     similar.add_argument("queries", nargs="+", metavar="QUERY", help="an audio file, or a path already in the index")
     similar.add_argument("--index", required=True, help="the index directory (`maest index`)")
     similar.add_argument("--top-k", type=int, default=10)
