@@ -2,13 +2,17 @@
 (never a traceback), and nothing finished is lost."""
 
 import json
+import re
 import shutil
+import time
 
 import pytest
 import torch
+import yaml
 
 from maest.errors import MAESTError
 from maest.training.checkpoints import PretrainCheckpointError, list_checkpoints
+from maest.training.config import ConfigError
 from maest.training.data import DataQualityError, TagVocabulary, TrainingDataError, load_streaming_dataset
 from maest.training.pretrain import PretrainConfig, Pretrainer, pretrain
 
@@ -150,3 +154,100 @@ def test_no_train_data_is_refused_before_anything_is_written(tmp_path):
         Pretrainer(PretrainConfig(output_dir=str(tmp_path / "run")))
     one_line(caught)
     assert not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------------------------------------- every setting checked
+def run_pretrain_command(capsys, *arguments) -> tuple[int, str]:
+    """`maest pretrain ...` in this process: its exit status and its one error line (asserted to be the only output
+    on stderr that is not a log line)."""
+    from maest.cli import main
+
+    status = main(["pretrain", *map(str, arguments)])
+    stderr = capsys.readouterr().err
+    assert "Traceback" not in stderr and "internal error" not in stderr, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == (status != 0), stderr
+    return status, errors[0] if errors else ""
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        # YAML's own NaN and infinity are floats: before, `.nan` reached AdamW (exit 70) and `.inf` trained.
+        ("learning_rate: .nan", "learning_rate must be a finite number; got nan"),
+        ("epochs: .inf", "epochs must be a finite number; got inf"),
+        ("warmup_epochs: .nan", "warmup_epochs must be a finite number; got nan"),
+        ("decay_start_epoch: -1", "decay_start_epoch must be at least 0; got -1.0"),
+        ("distillation_threshold: 2", r"distillation_threshold must be in \[0, 1\]; got 2.0"),
+        ("seed: -1", "seed must be at least 0; got -1"),
+        ("model_preset: maest-50s", "model_preset must be one of maest-5s, .*; got 'maest-50s'"),
+        # The model overrides: MAESTConfig's names and types (before: a strict-dataclass traceback, exit 70).
+        ("model: {hidden_size: big}", "model.hidden_size must be an integer; got 'big'"),
+        ("model: {hidden_dropout_prob: .nan}", "model.hidden_dropout_prob must be a finite number; got nan"),
+        ("model: {hidden_dropout_prob: 1.5}", r"model.hidden_dropout_prob must be in \[0, 1\); got 1.5"),
+        ("model: {hidden_sise: 192}", "model.hidden_sise is not a MAEST model setting; they are: hidden_size, "),
+        ("model: {num_labels: 3}", "model.num_labels cannot be set: pre-training takes it from the data's label"),
+    ],
+)
+def test_every_setting_is_checked_with_one_line(tmp_path, capsys, line, message):
+    (tmp_path / "settings.yaml").write_text(f"train_data: {tmp_path}\n{line}\n")
+    status, error = run_pretrain_command(capsys, tmp_path / "settings.yaml", "--output_dir", tmp_path / "run")
+    assert status == 2
+    assert re.search(message, error), error
+    assert not (tmp_path / "run").exists()
+
+
+def test_nan_on_the_command_line_is_refused(tmp_path, capsys):
+    status, error = run_pretrain_command(capsys, "--train_data", tmp_path, "--learning_rate", "nan")
+    assert status == 2 and error == "error: command line: learning_rate must be a finite number; got nan"
+
+
+def test_a_model_shape_that_cannot_be_built_is_refused_before_the_data_is_read(corpus, tmp_path):
+    settings = tiny_settings(corpus, tmp_path / "run", train_data=str(tmp_path / "no-such-data"),
+                             model=dict(max_length=106, hidden_size=33, num_attention_heads=2))
+    with pytest.raises(ConfigError, match=r"hidden_size \(33\) must be divisible by num_attention_heads \(2\)"):
+        Pretrainer(PretrainConfig(**settings))  # the data folder does not exist: the shape is checked first
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_output_dir_that_is_a_file_is_refused(corpus, tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine\n")
+    (tmp_path / "settings.yaml").write_text(yaml.safe_dump(tiny_settings(corpus, tmp_path / "notes.txt")))
+    status, error = run_pretrain_command(capsys, tmp_path / "settings.yaml")
+    assert status == 2 and error == f"error: output_dir {tmp_path / 'notes.txt'} is a file, not a directory"
+    assert (tmp_path / "notes.txt").read_text() == "mine\n"
+
+
+def test_a_batch_larger_than_an_epoch_is_refused_before_anything_runs(corpus, tmp_path, capsys):
+    """Before: "0.0 steps per epoch" in the log, then decoding a million examples from an 8-example stream."""
+    (tmp_path / "settings.yaml").write_text(yaml.safe_dump(tiny_settings(corpus, tmp_path / "run")))
+    status, error = run_pretrain_command(capsys, tmp_path / "settings.yaml", "--batch_size", "1000000")
+    assert status == 2
+    assert error == (
+        "error: samples_per_epoch (8) is smaller than one optimizer step (1000000 samples = batch_size 1000000 x "
+        "gradient_accumulation_steps 1 x 1 process(es)); lower batch_size or raise samples_per_epoch"
+    )
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_a_batch_larger_than_the_data_is_an_error_not_a_hang(corpus, tmp_path, num_workers):
+    """The training stream repeats forever: a batch larger than one pass over the data would never be filled with
+    new examples (and a huge one fills memory). Refused at the end of the first pass, from a worker process too."""
+    num_examples = len((corpus / "train" / "metadata.jsonl").read_text().splitlines())
+    settings = tiny_settings(corpus, tmp_path / "run", batch_size=1000, samples_per_epoch=10**6,
+                             num_workers=num_workers, validation_data=None, model_card=False)
+    started = time.perf_counter()
+    with pytest.raises(TrainingDataError) as caught:
+        Pretrainer(PretrainConfig(**settings)).run()
+    assert one_line(caught) == (
+        f"batch_size 1000 is larger than the data: a whole pass over the training data has {num_examples} "
+        f"examples; set batch_size to at most {num_examples}"
+    )
+    assert time.perf_counter() - started < 120
+
+
+def test_a_missing_data_folder_is_called_missing_not_empty(tmp_path):
+    for data_format in ("audiofolder", "parquet", "webdataset"):
+        with pytest.raises(FileNotFoundError, match=f"'{tmp_path / 'missing'}' does not exist \\(data_format {data_format}\\)"):
+            load_streaming_dataset(str(tmp_path / "missing"), data_format=data_format)

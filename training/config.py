@@ -2,20 +2,26 @@
 command-line overrides, parsed by transformers' `HfArgumentParser` into the dataclass.
 
 Every value is checked when the config is built, so a wrong setting fails before any data is read, with one line
-that names the setting and the value (`ConfigError`). Numbers may be written in any usual notation (`2e-5`,
-`2.0e-5`, `0.00002`, `200_000`): YAML 1.1 reads `1e-4` as a string, so numeric strings are converted here.
+that names the setting and the value (`ConfigError`): its type, that numbers are finite (YAML's `.nan` and `.inf`
+are numbers too), its range, and the `model` overrides against `MAESTConfig` (known names, types, shapes). Numbers
+may be written in any usual notation (`2e-5`, `2.0e-5`, `0.00002`, `200_000`): YAML 1.1 reads `1e-4` as a string,
+so numeric strings are converted here.
 """
 
 import argparse
 import dataclasses
+import inspect
+import math
 import types
 import typing
 from pathlib import Path
 
 import yaml
+from huggingface_hub.errors import StrictDataclassError
 from transformers import HfArgumentParser
 
 from maest.errors import MAESTError
+from maest.modeling import MAEST_PRESETS, MAESTConfig
 
 
 class ConfigError(MAESTError, ValueError):
@@ -57,8 +63,10 @@ LOWER_BOUNDS = (
     ("weight_decay", 0, True),
     ("max_grad_norm", 0, False),
     ("warmup_epochs", 0, True),
+    ("decay_start_epoch", 0, True),
     ("decay_epochs", 0, True),
     ("mixup_alpha", 0, True),
+    ("swa_start_epoch", 0, True),
     ("swa_update_every_epochs", 0, False),
     ("eval_every_epochs", 0, False),
     ("shuffle_buffer_size", 1, True),
@@ -69,7 +77,20 @@ LOWER_BOUNDS = (
     ("stop_after_steps", 1, True),
     ("validation_max_examples", 1, True),
     ("class_balance_power", 0, True),
+    ("train_patchout_time", 0, True),
+    ("train_patchout_freq", 0, True),
+    ("seed", 0, True),
 )
+# Settings that are fractions or probabilities: in [0, 1].
+UNIT_INTERVAL = ("max_bad_fraction", "final_lr_factor", "distillation_threshold")
+MAX_SEED = 2**32 - 1  # numpy's seeds (accelerate's set_seed seeds numpy too)
+# `model` overrides that pre-training sets itself: the labels come from the data's vocabulary, the distillation head
+# from teacher_model / teacher_logits_column, the patchout from train_patchout_time / train_patchout_freq.
+MODEL_SETTINGS_SET_BY_PRETRAINING = {
+    "num_labels": "the data's label vocabulary", "id2label": "the data's label vocabulary",
+    "label2id": "the data's label vocabulary", "use_distillation_head": "teacher_model or teacher_logits_column",
+    "train_patchout_time": "the train_patchout_time setting", "train_patchout_freq": "the train_patchout_freq setting",
+}
 
 
 @dataclasses.dataclass
@@ -160,10 +181,32 @@ class PretrainConfig:
                 relation = "at least" if inclusive else "greater than"
                 hint = " (leave it unset to train for `epochs`)" if name == "max_steps" else ""
                 raise ConfigError(f"{name} must be {relation} {bound}{hint}; got {value!r}")
-        if not 0 <= self.max_bad_fraction <= 1:
-            raise ConfigError(f"max_bad_fraction must be in [0, 1]; got {self.max_bad_fraction!r}")
-        if not 0 <= self.final_lr_factor <= 1:
-            raise ConfigError(f"final_lr_factor must be in [0, 1]; got {self.final_lr_factor!r}")
+        for name in UNIT_INTERVAL:
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"{name} must be in [0, 1]; got {getattr(self, name)!r}")
+        if self.seed > MAX_SEED:
+            raise ConfigError(f"seed must be at most {MAX_SEED}; got {self.seed}")
+        if self.model_preset not in MAEST_PRESETS:
+            raise ConfigError(f"model_preset must be one of {', '.join(MAEST_PRESETS)}; got {self.model_preset!r}")
+        self.model = _checked_model_overrides(self.model)
+
+    def model_config(self, **settings) -> MAESTConfig:
+        """The `MAESTConfig` of the model to train: `model_preset`, the `model` overrides, `settings` (pre-training's
+        own: labels, distillation head) and the patchout (None: the paper's 30 / 60 / 90 of the 10 / 20 / 30 s
+        inputs' patch columns, about 48%), checked (`ConfigError` naming the setting). Not part of building the
+        config: a config file may leave the shape to command-line overrides; the trainer calls it before any data
+        is read."""
+        try:
+            config = MAESTConfig.from_preset(self.model_preset, **{**self.model, **settings})
+            patchout = self.train_patchout_time
+            if patchout is None:
+                patchout = 30 * (config.max_length // 626) if config.max_length >= 626 else 0
+            config.train_patchout_time = patchout
+            config.train_patchout_freq = self.train_patchout_freq
+            config.validate_architecture()
+        except (MAESTError, StrictDataclassError, TypeError, ValueError) as error:
+            raise ConfigError(f"the model (model_preset {self.model_preset} and model overrides): {_one_line(error)}") from None
+        return config
 
     @classmethod
     def from_dict(cls, data: dict, overrides: dict | None = None) -> "PretrainConfig":
@@ -253,8 +296,30 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
     """Defaults in the option list; the description and epilog keep their lines (the examples)."""
 
 
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _checked_model_overrides(overrides: dict) -> "SettingsMapping":
+    """The `model` overrides with each value converted to `MAESTConfig`'s type for it; unknown names (a typo would
+    otherwise be stored in the config and ignored) and the ones pre-training sets itself are refused."""
+    types_by_name = inspect.get_annotations(MAESTConfig, eval_str=True)  # MAESTConfig's own settings
+    checked = SettingsMapping()
+    for name, value in overrides.items():
+        if name in MODEL_SETTINGS_SET_BY_PRETRAINING:
+            raise ConfigError(f"model.{name} cannot be set: pre-training takes it from {MODEL_SETTINGS_SET_BY_PRETRAINING[name]}")
+        if name not in types_by_name:
+            known = ", ".join(n for n in types_by_name if n not in MODEL_SETTINGS_SET_BY_PRETRAINING)
+            raise ConfigError(f"model.{name} is not a MAEST model setting; they are: {known}")
+        checked[name] = _checked_value(f"model.{name}", value, types_by_name[name])
+        if name.endswith("dropout_prob") and not 0 <= checked[name] < 1:
+            raise ConfigError(f"model.{name} must be in [0, 1); got {value!r}")
+    return checked
+
+
 def _checked_value(name: str, value, annotation):
-    """`value` converted to the setting's type (`int`, `float`, `bool`, `str`, `SettingsMapping`, `X | None`)."""
+    """`value` converted to the setting's type (`int`, `float`, `bool`, `str`, `SettingsMapping`, `X | None`);
+    numbers must be finite."""
     allowed = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
     if value is None:
         if type(None) in allowed:
@@ -262,10 +327,13 @@ def _checked_value(name: str, value, annotation):
         raise ConfigError(f"{name} must be set (it cannot be null)")
     kind = next(t for t in allowed if t is not type(None))
     try:
-        return _converted(value, kind)
-    except (TypeError, ValueError):
+        converted = _converted(value, kind)
+    except (TypeError, ValueError, OverflowError):
         expected = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(kind, "a mapping")
         raise ConfigError(f"{name} must be {expected}; got {value!r}") from None
+    if kind is float and not math.isfinite(converted):
+        raise ConfigError(f"{name} must be a finite number; got {value!r}")
+    return converted
 
 
 def _converted(value, kind):

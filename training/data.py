@@ -36,19 +36,20 @@ DATA_FORMATS = ("auto", "hub", "audiofolder", "webdataset", "parquet")
 PROBLEMS = ("missing_labels", "unknown_tags", "bad_labels", "undecodable_audio", "empty_audio", "bad_teacher_logits")
 
 
+def from_worker(error: MAESTError) -> MAESTError:
+    """The error a DataLoader worker raised, without the worker's traceback that the DataLoader puts into the message
+    it re-raises (its last line is `<ErrorClass>: <message>`)."""
+    last_line = str(error).strip().splitlines()[-1] if str(error).strip() else ""
+    return type(error)(last_line.split(f"{type(error).__name__}: ", 1)[-1])
+
+
 class DataQualityError(MAESTError, RuntimeError):
     """Too much of the data is unusable: training on the rest would be training on garbage."""
 
-    @classmethod
-    def from_worker(cls, error: "DataQualityError") -> "DataQualityError":
-        """The error a DataLoader worker raised, without the worker's traceback that the DataLoader puts into the
-        message it re-raises (its last line is `DataQualityError: <message>`)."""
-        last_line = str(error).strip().splitlines()[-1] if str(error).strip() else ""
-        return cls(last_line.split(f"{cls.__name__}: ", 1)[-1])
-
 
 class TrainingDataError(MAESTError, ValueError):
-    """Training data that cannot be used as given: a missing source, column or label vocabulary."""
+    """Training data that cannot be used as given: a missing source, column or label vocabulary, or less data than
+    one batch."""
 
 
 # ----------------------------------------------------------------------------------------------- sources
@@ -77,6 +78,8 @@ def resolve_data_format(source: str, data_format: str = "auto") -> tuple[str, li
         if source.startswith((".", "/", "~")):
             raise FileNotFoundError(f"data source {source!r} does not exist")
         data_format = "hub"
+    elif data_format != "hub":  # a local format named explicitly: the source is a path
+        raise FileNotFoundError(f"data source {source!r} does not exist (data_format {data_format})")
     if files is not None and data_format in ("webdataset", "parquet") and not files:
         raise FileNotFoundError(f"no {data_format} files found in {source!r}")
     return data_format, files
@@ -488,6 +491,16 @@ class TaggedAudioStream(torch.utils.data.IterableDataset):
                 return
             if index == -1:
                 return  # this worker was given no shards
+            if start == 0 and index + 1 < self.batch_size:
+                # Every batch would repeat the same few examples, and a huge batch_size would decode and hold in
+                # memory until the machine gives out: refused at the end of the first pass.
+                share = ""
+                if info is not None and info.num_workers > 1:
+                    share = f" (data worker {worker}'s share: each of the {info.num_workers} workers reads its own files)"
+                raise TrainingDataError(
+                    f"batch_size {self.batch_size} is larger than the data: a whole pass over the training data{share} "
+                    f"has {index + 1} examples; set batch_size to at most {index + 1}"
+                )
             if start == 0 and counts["used"] == used_before:
                 raise DataQualityError(f"a whole pass over the data gave no usable example ({format_data_report(counts)})")
             pass_index, start = pass_index + 1, 0
@@ -528,6 +541,7 @@ def format_data_report(counts) -> str:
 __all__ = [
     "DataQualityError",
     "TrainingDataError",
+    "from_worker",
     "check_audiofolder",
     "TagVocabulary",
     "TaggedAudioStream",

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from maest.errors import MAESTError
 from maest.feature_extraction import MAESTFeatureExtractor
 from maest.model_cards import write_model_card
-from maest.modeling import MAESTConfig, MAESTForAudioClassification, label_maps, load_maest
+from maest.modeling import MAESTForAudioClassification, label_maps, load_maest
 
 from .checkpoints import (
     check_output_dir,
@@ -46,7 +46,9 @@ from .data import (
     DataQualityError,
     TaggedAudioStream,
     TagVocabulary,
+    TrainingDataError,
     format_data_report,
+    from_worker,
     load_streaming_dataset,
     merge_counts,
     prepare_columns,
@@ -73,6 +75,14 @@ class TrainingPlan:
     @classmethod
     def from_config(cls, config: PretrainConfig, num_processes: int) -> "TrainingPlan":
         samples_per_step = config.batch_size * config.gradient_accumulation_steps * num_processes
+        if samples_per_step > config.samples_per_epoch:
+            # Less than one step per epoch: the epoch-based schedule, SWA and validation would all round to nothing.
+            raise ConfigError(
+                f"samples_per_epoch ({config.samples_per_epoch}) is smaller than one optimizer step "
+                f"({samples_per_step} samples = batch_size {config.batch_size} x gradient_accumulation_steps "
+                f"{config.gradient_accumulation_steps} x {num_processes} process(es)); lower batch_size or raise "
+                f"samples_per_epoch"
+            )
         steps_per_epoch = config.samples_per_epoch / samples_per_step
         total_steps = config.max_steps or max(1, round(config.epochs * steps_per_epoch))
         return cls(
@@ -108,6 +118,8 @@ class Pretrainer:
             raise ConfigError("set train_data (a Hub dataset id, an audiofolder directory, or tar/parquet files)")
         self.config = config
         self.output_dir = Path(config.output_dir)
+        if self.output_dir.exists() and not self.output_dir.is_dir():
+            raise ConfigError(f"output_dir {self.output_dir} is a file, not a directory")
         self.mixed_precision = resolve_mixed_precision(config.mixed_precision)
         self.accelerator = Accelerator(
             mixed_precision=self.mixed_precision,
@@ -117,6 +129,9 @@ class Pretrainer:
             project_dir=str(self.output_dir),
         )
         set_seed(config.seed)
+        # The model's shape and the run's plan are checked before anything is read or written.
+        config.model_config()
+        self.plan = TrainingPlan.from_config(config, self.accelerator.num_processes)
         self.is_main = self.accelerator.is_main_process
         # Every process checks before any writes: an earlier run's labels and checkpoints must not leak into this one.
         stale = check_output_dir(self.output_dir, config.resume, config.overwrite)
@@ -171,9 +186,8 @@ class Pretrainer:
         """The model to train (labels from the data's vocabulary, whatever the preset's count) and its feature
         extractor."""
         config = self.config
-        model_kwargs = dict(config.model)
         id2label, label2id = label_maps(vocabulary.names)
-        model_kwargs.update(
+        model_config = config.model_config(
             id2label=id2label,
             label2id=label2id,
             num_labels=len(vocabulary),  # the data's vocabulary, whatever the preset's label count
@@ -181,13 +195,6 @@ class Pretrainer:
             # DistributedDataParallel, which expects a gradient for every parameter.
             use_distillation_head=bool(config.teacher_model or config.teacher_logits_column),
         )
-        model_config = MAESTConfig.from_preset(config.model_preset, **model_kwargs)
-        patchout = config.train_patchout_time
-        if patchout is None:  # the paper's: 30 / 60 / 90 columns for 10 / 20 / 30 s inputs (about 48%)
-            patchout = 30 * (model_config.max_length // 626) if model_config.max_length >= 626 else 0
-        model_config.train_patchout_time = patchout
-        model_config.train_patchout_freq = config.train_patchout_freq
-        model_config.validate_architecture()
         model = MAESTForAudioClassification(model_config)
         self.init_report = None
         if config.init_from:
@@ -288,8 +295,8 @@ class Pretrainer:
         """The next training batch; records the worker's data position in `state`."""
         try:
             batch = next(batches)
-        except DataQualityError as error:  # re-raised by the DataLoader with the worker's traceback in the message
-            raise DataQualityError.from_worker(error) from None
+        except (DataQualityError, TrainingDataError) as error:  # re-raised by the DataLoader with the worker's traceback
+            raise from_worker(error) from None
         state["batches"] += 1
         state["positions"][str(batch["worker"])] = list(batch["position"])
         state["counts"][str(batch["worker"])] = batch["counts"]
@@ -329,7 +336,7 @@ class Pretrainer:
         config, accelerator = self.config, self.accelerator
         train_dataset, validation_dataset, self.vocabulary = self._datasets()
         model, self.feature_extractor = self.build_model(self.vocabulary)
-        plan = TrainingPlan.from_config(config, accelerator.num_processes)
+        plan = self.plan
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
         schedule = PaperSchedule(plan.steps_per_epoch, config.warmup_epochs, config.decay_start_epoch,
                                  config.decay_epochs, config.final_lr_factor)
