@@ -209,6 +209,17 @@ def test_never_silently_random(damaged_repo, caplog, capsys, song):
         load_maest(damaged_repo, num_labels=3)
 
 
+def test_ast_weights_under_transformers_5_names_load_too(damaged_repo, stock_ast):
+    # transformers 5 writes AST checkpoints under the 4.x names the Hub has; its own module names are others.
+    ast = stock_ast(GET_MAEST_DEFAULT)
+    state_dict = {key: tensor.contiguous() for key, tensor in ast.state_dict().items()}
+    assert "audio_spectrogram_transformer.layers.0.attention.q_proj.weight" in state_dict
+    save_file(state_dict, str(damaged_repo / "model.safetensors"))
+    inputs = torch.randn(1, 1876, 96, generator=torch.Generator().manual_seed(10))
+    with torch.no_grad():
+        close(MAESTForAudioClassification.from_pretrained(damaged_repo)(inputs).logits, ast(inputs).logits)
+
+
 class NotATensor:
     pass
 
