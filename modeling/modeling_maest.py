@@ -323,6 +323,13 @@ class MAESTForAudioClassification(MAESTPreTrainedModel):
                 f"'multi_label_classification' (needs multi-hot labels of shape (batch_size, {config.num_labels})); "
                 f"set config.problem_type = 'single_label_classification' to train on class indices"
             )
+        multi_hot = labels.is_floating_point() or labels.dtype == torch.bool
+        if config.problem_type == "single_label_classification" and multi_hot:
+            raise ValueError(
+                f"labels of shape {tuple(labels.shape)} ({labels.dtype}) are not class indices, but "
+                f"config.problem_type is 'single_label_classification' (needs integer labels of shape (batch_size,)); set "
+                f"config.problem_type = 'multi_label_classification' to train on multi-hot labels"
+            )
         return self.loss_function(labels, logits, config)
 
     @can_return_tuple

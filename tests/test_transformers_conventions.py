@@ -152,6 +152,12 @@ def test_an_explicit_multi_label_problem_refuses_class_indices():
         model(_inputs(), labels=torch.tensor([3, 5]))
 
 
+def test_a_single_label_problem_refuses_multi_hot_labels():
+    model = MAESTForAudioClassification(MAESTConfig.from_preset("maest-tiny", problem_type="single_label_classification"))
+    with pytest.raises(ValueError, match=r"labels of shape \(2, 7\) \(torch.float32\) are not class indices"):
+        model(_inputs(), labels=torch.eye(7)[[1, 4]])
+
+
 def test_embed_keeps_gradients_for_fine_tuning(tiny_model):
     embedding = tiny_model.maest.embed(_inputs(), block=1)
     assert embedding.requires_grad and embedding.shape == (2, 3 * 64)
