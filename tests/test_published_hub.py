@@ -362,6 +362,7 @@ def test_pipeline_on_a_published_id(stock_ast):
 # ---------------------------------------------------------------------------------------------- ONNX
 @pytest.mark.slow
 def test_export_onnx_of_a_published_id(published_hub, stock_ast, tmp_path):
+    pytest.importorskip("onnxruntime")  # the `onnx` extra
     repo_id = f"{HUB_ORGANIZATION}/discogs-maest-5s-pw-129e"
     run = _run_maest(["export-onnx", repo_id, tmp_path / "maest-5s.onnx"], published_hub, tmp_path)
     assert run.returncode == 0, run.stderr
