@@ -61,6 +61,7 @@ from .store import TrackResult, display_path, rows_to_table
 
 
 ENGINE_CHOICES = ("local", "ray")
+ALL_CORES = "all"  # a CPU actor's torch threads without --num-cpus: every core of the actor's machine
 
 
 class RayEngineError(MAESTError):
@@ -78,8 +79,9 @@ class RayResources:
         num_cpus: CPUs per model actor (None: 1). A CPU actor runs torch on this many threads when it is given;
             without it, on every core of its machine, as a one-process run does (decoding then runs at a lower
             priority, as the one-process run's loader workers do).
-        decode_cpus: CPUs per decoding task (one track per task).
-        tracks_per_batch: tracks per model-actor call and per part file (None: `batch_size`, at least 4).
+        decode_cpus: CPUs per decoding task (each decodes one batch of tracks, one track after another).
+        tracks_per_batch: tracks per decoding task, per model-actor call and per part file (None: `batch_size`, at
+            least 4).
         address: the Ray cluster to connect to (`auto`, `ray://host:10001`...); None: the cluster this process is
             already connected to, else a new local one (`num_local_cpus` CPUs, default all).
     """
@@ -206,9 +208,9 @@ _DECODING_PROCESS_READY = False
 
 
 def decode_track(row: dict, feature_extractor, front_end: FrontEndSettings, low_priority: bool) -> list[dict]:
-    """A Ray decoding task: one track's segments (the one-process loader's `track_chunks`, whole track) or its failure
-    reason. Row in: `index`, `path` (the name's bytes); the one row out adds `segments` `(n, frames, mels)` float32,
-    `duration` and `error` (empty when the track decoded)."""
+    """Decoding, per track (a Ray task runs it over its block of tracks): the track's segments (the one-process
+    loader's `track_chunks`, whole track) or its failure reason. Row in: `index`, `path` (the name's bytes); the one
+    row out adds `segments` `(n, frames, mels)` float32, `duration` and `error` (empty when the track decoded)."""
     global _DECODING_PROCESS_READY
     if not _DECODING_PROCESS_READY:
         # As the one-process loader workers: one thread per decoding process, and below the model on CPU runs.
@@ -242,7 +244,9 @@ class ModelActor:
     """A Ray Data actor: the settings' model, loaded once per actor, run over batches of decoded tracks by the
     one-process `CollectionRunner` (its batching of segments, failure rules and whole-track averaging)."""
 
-    def __init__(self, settings: CollectionSettings, expected_settings: dict, device: str, threads: int | None):
+    def __init__(self, settings: CollectionSettings, expected_settings: dict, device: str, threads):
+        if threads == ALL_CORES:
+            threads = len(os.sched_getaffinity(0))  # of the actor's machine
         if threads is not None:
             torch.set_num_threads(threads)
         settings = dataclasses.replace(settings, device=device, progress=False, num_workers=0)
@@ -359,14 +363,20 @@ def _plan_actors(ray, resources: RayResources) -> tuple[int, float, float]:
     num_cpus = 1.0 if resources.num_cpus is None else float(resources.num_cpus)
     if num_gpus > gpus:
         raise RayEngineError(f"--num-gpus {num_gpus:g} per actor, but the Ray cluster has {gpus:g} GPU(s)")
-    if num_cpus > float(cluster.get("CPU", 0)):
-        raise RayEngineError(f"--num-cpus {num_cpus:g} per actor, but the Ray cluster has {cluster.get('CPU', 0):g} CPU(s)")
     if resources.num_actors is not None:
         actors = resources.num_actors
     elif num_gpus > 0:
         actors = max(1, int(gpus // num_gpus))
     else:
         actors = 1
+    cpus = float(cluster.get("CPU", 0))
+    if actors * num_cpus + resources.decode_cpus > cpus:  # the actors would hold every CPU and wait forever for tracks
+        raise RayEngineError(
+            f"{actors} actor(s) x {num_cpus:g} CPU(s) leave no {resources.decode_cpus:g} CPU(s) for decoding on the "
+            f"Ray cluster's {cpus:g}: lower --num-actors, --num-cpus or --decode-cpus"
+        )
+    if actors * num_gpus > gpus:
+        raise RayEngineError(f"{actors} actor(s) x {num_gpus:g} GPU(s) need more than the Ray cluster's {gpus:g} GPU(s)")
     return actors, num_gpus, num_cpus
 
 
@@ -374,11 +384,12 @@ def build_pipeline(ray, names: list[str], settings: CollectionSettings, driver_m
     """The Ray Dataset of finished rows for `names`: decoding tasks, then the model-actor pool."""
     actors, num_gpus, num_cpus = _plan_actors(ray, resources)
     device = "cuda" if num_gpus > 0 else "cpu"
-    threads = None if device == "cuda" else (max(1, int(num_cpus)) if resources.num_cpus is not None else len(os.sched_getaffinity(0)))
+    threads = None if device == "cuda" else (max(1, int(num_cpus)) if resources.num_cpus is not None else ALL_CORES)
     front_end = make_runner(driver_model, settings, num_workers=0, progress=False).front_end
     tracks_per_batch = resources.tracks_per_batch or max(4, settings.batch_size)
     items = [{"index": index, "path": os.fsencode(name)} for index, name in enumerate(names)]
-    # About one block per batch of tracks, so that decoding streams ahead of the actors instead of in one block.
+    # One block (one decoding task) per batch of tracks: decoding spreads over the cluster's CPUs and streams ahead
+    # of the actors, and each decoded block is one actor call.
     dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), math.ceil(len(items) / tracks_per_batch))))
     # flat_map (one row per track all the same): Ray Data does not fuse a stage that may change the number of rows
     # into a batching stage after it, so decoding stays on tasks of its own instead of running inside the model

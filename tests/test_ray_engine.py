@@ -142,6 +142,11 @@ def test_tag_with_ray_in_memory_from_a_ray_dataset_of_paths_and_uris(local_ray, 
     for mine, theirs in zip(ours.segment_scores, reference.segment_scores):
         assert cosines(mine, theirs).min() >= 0.99999
     assert ours.top(3) and ours.metadata["settings"] == reference.metadata["settings"]
+    # Actors that would hold every CPU of the cluster, leaving none for decoding, would wait forever: refused.
+    from maest.inference.ray_engine import RayEngineError
+
+    with pytest.raises(RayEngineError, match="leave no 1 CPU"):
+        tag_with_ray(files[:1], model=str(small_model_dir), num_cpus=2)
 
 
 @pytest.mark.slow

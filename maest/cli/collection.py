@@ -103,8 +103,8 @@ def _ray_options(parser: argparse.ArgumentParser) -> None:
         "--num-cpus", type=float, default=None,
         help="CPUs per model actor (default 1); a CPU actor runs torch on this many threads (default: all cores of its machine)",
     )  # fmt: skip
-    group.add_argument("--decode-cpus", type=float, default=1.0, help="CPUs per decoding task, one track each (default 1)")
-    group.add_argument("--tracks-per-batch", type=int, default=None, help="tracks per model-actor call and per part file (default: --batch-size, at least 4)")
+    group.add_argument("--decode-cpus", type=float, default=1.0, help="CPUs per decoding task, one batch of tracks each (default 1)")
+    group.add_argument("--tracks-per-batch", type=int, default=None, help="tracks per decoding task, per model-actor call and per part file (default: --batch-size, at least 4)")
 
 
 def _analyze(args, **settings):
