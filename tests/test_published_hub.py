@@ -284,6 +284,13 @@ def test_python_entry_points_with_defaults(published_hub, stock_ast, song):
     with torch.no_grad():
         close(logits, ast(mel.T[None]).logits)
 
+    # maest probe's encoder, by Hub id.
+    from maest.training.evaluation.embeddings import load_encoder
+
+    with torch.no_grad():
+        close(load_encoder(GET_MAEST_DEFAULT, device="cpu")(mel.T[None]).last_hidden_state,
+              ast.audio_spectrogram_transformer(mel.T[None]).last_hidden_state)
+
     # The HEAR module on a Hub id.
     hear_model = maest.hear.load_model(DEFAULT_MODEL)
     audio = load_audio(song)[None]
