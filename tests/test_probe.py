@@ -169,13 +169,40 @@ def test_test_labels_never_seen_in_training_are_refused():
     held_out = np.zeros((40, 2), np.float32)
     held_out[::2, 1] = 1  # the test labels are all label 1
     validation = train.copy()
-    with pytest.raises(EvaluationError, match=r"test split's labels \(indices \[1\]\) never occur in the training") as caught:
+    with pytest.raises(EvaluationError, match=r"the test split has 1 label\(s\) that never occur in the training split \(label indices 1\)") as caught:
         train_probe(features[0], train, features[1], validation, features[2], held_out, epochs=1)
     assert "\n" not in str(caught.value)
+    # Also when other test labels were seen in training (before: a warning, and a chance-level label in the macro
+    # averages); the message names the labels when their names are known.
+    held_out[1::2, 0] = 1
+    with pytest.raises(EvaluationError, match=r"1 label\(s\) that never occur in the training split \(labels 'flute'\)"):
+        train_probe(features[0], train, features[1], validation, features[2], held_out, epochs=1,
+                    label_names=["piano", "flute"])
     # Multiclass: the test classes are not among the training classes.
     with pytest.raises(EvaluationError, match="never occur in the training split"):
         train_probe(features[0], np.arange(40) % 2, features[1], np.arange(40) % 2, features[2], 2 + np.arange(40) % 2,
                     epochs=1)
+
+
+@pytest.mark.parametrize(
+    "setting, value, message",
+    [
+        ("learning_rate", float("nan"), "learning_rate must be a finite number greater than 0, got nan"),
+        ("learning_rate", -1.0, "learning_rate must be a finite number greater than 0, got -1.0"),
+        ("weight_decay", float("inf"), "weight_decay must be a finite number at least 0, got inf"),
+        ("epochs", 0, "epochs must be an integer at least 1, got 0"),
+        ("batch_size", 2.5, "batch_size must be an integer at least 1, got 2.5"),
+        ("dropout", 1.0, "dropout must be a finite number at least 0 and less than 1, got 1.0"),
+        ("seed", -1, r"seed must be an integer in \[0, 4294967295\], got -1"),
+    ],
+)
+def test_probe_settings_are_checked(splits, setting, value, message):
+    """Before: a NaN learning rate was an exit 70 from AdamW, an infinite weight decay NaN scores."""
+    from maest.training.evaluation import EvaluationError
+
+    (train, validation, test) = splits
+    with pytest.raises(EvaluationError, match=f"^{message}$"):
+        train_probe(*train, *validation, *test, **{setting: value})
 
 
 def test_sweep_writes_json_markdown_and_heatmap(tmp_path, splits):

@@ -119,6 +119,7 @@ def run_probe(args) -> int:
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
         weight_decay=args.weight_decay,
+        overwrite=args.overwrite,
     )
     print_probe_report(report, markdown_tables)
     return 0
@@ -188,6 +189,9 @@ def register_probe(subparsers) -> None:
         "--label-names", help="label names file (one per line, or JSON list), e.g. for multi-hot labels"
     )
     parser.add_argument("--output-dir", default="probe-results", help="where results.json, results.md, heatmap.png go")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace the results of an earlier probe in --output-dir (else refused)"
+    )
     parser.add_argument(
         "--cache-dir", default=str(Path("~/.cache/maest/embeddings").expanduser()), help="embedding cache"
     )

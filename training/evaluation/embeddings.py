@@ -69,7 +69,10 @@ POSTER_TOKEN_SETS = ("c", "d", "a", "cd", "ca", "da", "cda")
 
 def token_set_name(tokens) -> str:
     """The poster's name of a token set: `("cls", "mean")`, `"cls,mean"` or `"ca"` -> `"ca"`."""
-    return "".join(TOKEN_LETTERS[name] for name in parse_embedding_tokens(tokens))
+    try:
+        return "".join(TOKEN_LETTERS[name] for name in parse_embedding_tokens(tokens))
+    except ValueError as error:
+        raise EvaluationError(f"token set {tokens!r}: {error}") from None
 
 
 def parse_blocks(blocks, num_blocks: int) -> list[int]:

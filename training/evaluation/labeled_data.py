@@ -40,23 +40,18 @@ def load_labeled_splits(data: str, config_name: str | None = None, streaming: bo
     Returns `{"train": ..., "validation": ..., "test": ...}` with the splits that exist, under these canonical names
     (aliases such as `valid`, `dev` are recognized); raises if there is no training split.
     """
-    path = Path(data).expanduser()
-    if (path / "dataset_dict.json").is_file() or (path / "dataset_info.json").is_file():
-        loaded = datasets.load_from_disk(str(path))
-        if isinstance(loaded, datasets.Dataset):
-            loaded = datasets.DatasetDict({"train": loaded})
-    elif path.is_dir():
-        loaded = datasets.load_dataset(str(path), streaming=streaming)
-    elif path.is_file() or any(character in data for character in "*?["):
-        suffix = path.suffix.lstrip(".")
-        builder = {"parquet": "parquet", "csv": "csv", "json": "json", "jsonl": "json", "arrow": "arrow"}.get(suffix)
-        if builder is None:
-            raise EvaluationError(f"cannot read {data!r}: give a dataset folder, a Hub id, or .parquet/.csv/.jsonl files")
-        loaded = datasets.load_dataset(builder, data_files={"train": data}, streaming=streaming)
-    elif data.startswith((".", "/", "~")):
-        raise FileNotFoundError(f"dataset {data!r} does not exist")
-    else:
-        loaded = datasets.load_dataset(data, config_name, streaming=streaming)
+    try:
+        loaded = _load_dataset(data, config_name, streaming)
+    except (EvaluationError, FileNotFoundError):
+        raise
+    except Exception as error:  # datasets raises many types (ConnectionError offline, DatasetNotFoundError...)
+        reason = " ".join(str(error).split())[:300] or type(error).__name__
+        path = Path(data).expanduser()
+        what = "a dataset" if path.exists() else "a local dataset (no such file or folder) nor a reachable Hub dataset"
+        offline = "; offline (HF_HUB_OFFLINE), only datasets in the local cache can be read" if (
+            not path.exists() and datasets.config.HF_HUB_OFFLINE
+        ) else ""
+        raise EvaluationError(f"{data!r} cannot be read as {what}: {type(error).__name__}: {reason}{offline}") from None
 
     splits = {}
     for canonical, aliases in SPLIT_ALIASES.items():
@@ -72,6 +67,24 @@ def load_labeled_splits(data: str, config_name: str | None = None, streaming: bo
     if "train" not in splits:
         raise EvaluationError(f"the dataset has no training split; its splits are {sorted(loaded)}")
     return splits
+
+
+def _load_dataset(data: str, config_name: str | None, streaming: bool):
+    path = Path(data).expanduser()
+    if (path / "dataset_dict.json").is_file() or (path / "dataset_info.json").is_file():
+        loaded = datasets.load_from_disk(str(path))
+        return datasets.DatasetDict({"train": loaded}) if isinstance(loaded, datasets.Dataset) else loaded
+    if path.is_dir():
+        return datasets.load_dataset(str(path), streaming=streaming)
+    if path.is_file() or any(character in data for character in "*?["):
+        suffix = path.suffix.lstrip(".")
+        builder = {"parquet": "parquet", "csv": "csv", "json": "json", "jsonl": "json", "arrow": "arrow"}.get(suffix)
+        if builder is None:
+            raise EvaluationError(f"cannot read {data!r}: give a dataset folder, a Hub id, or .parquet/.csv/.jsonl files")
+        return datasets.load_dataset(builder, data_files={"train": data}, streaming=streaming)
+    if data.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"dataset {data!r} does not exist")
+    return datasets.load_dataset(data, config_name, streaming=streaming)
 
 
 def carve_split(num_examples: int, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

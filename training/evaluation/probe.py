@@ -24,6 +24,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from maest.inference.job import validate_device
+
 from . import EvaluationError
 from .embeddings import (
     POSTER_TOKEN_SETS,
@@ -42,6 +44,9 @@ logger = logging.getLogger(__name__)
 
 PROBE_KINDS = ("mlp", "linear")
 TASKS = ("auto", "multilabel", "multiclass")
+# What `maest probe --output-dir` writes; an earlier probe's are replaced only with `overwrite`.
+PROBE_OUTPUT_FILES = {"json": "results.json", "markdown": "results.md", "heatmap": "heatmap.png"}
+MAX_SEED = 2**32 - 1  # numpy's seeds (the carved splits)
 
 
 # ----------------------------------------------------------------------------------------------- the probe
@@ -120,6 +125,53 @@ def _scores(model: nn.Module, features: torch.Tensor, task: str) -> np.ndarray:
     return scores.double().cpu().numpy()
 
 
+def _check_integer(name: str, value, minimum: int, maximum: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum or (
+        maximum is not None and value > maximum
+    ):
+        bounds = f"in [{minimum}, {maximum}]" if maximum is not None else f"at least {minimum}"
+        raise EvaluationError(f"{name} must be an integer {bounds}, got {value!r}")
+
+
+def _check_number(name: str, value, minimum: float, minimum_allowed: bool, maximum: float | None = None) -> None:
+    """A finite number above `minimum` (or equal to it when `minimum_allowed`) and below `maximum` (excluded)."""
+    number = value if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) else None
+    if (
+        number is None
+        or not math.isfinite(number)
+        or number < minimum
+        or (number == minimum and not minimum_allowed)
+        or (maximum is not None and number >= maximum)
+    ):
+        relation = f"{'at least' if minimum_allowed else 'greater than'} {minimum}"
+        if maximum is not None:
+            relation += f" and less than {maximum}"
+        raise EvaluationError(f"{name} must be a finite number {relation}, got {value!r}")
+
+
+def check_probe_settings(
+    kind: str = "mlp",
+    epochs: int = 60,
+    batch_size: int = 128,
+    learning_rate: float = 1e-4,
+    weight_decay: float = 1e-3,
+    seed: int = 0,
+    hidden_size: int = 512,
+    dropout: float = 0.5,
+) -> None:
+    """Refuses probe settings that cannot train (an `EvaluationError` naming the setting and its value), so that a
+    run fails before any embedding is computed."""
+    if kind not in PROBE_KINDS:
+        raise EvaluationError(f"probe kind must be one of {PROBE_KINDS}, got {kind!r}")
+    _check_integer("epochs", epochs, 1)
+    _check_integer("batch_size", batch_size, 1)
+    _check_integer("hidden_size", hidden_size, 1)
+    _check_integer("seed", seed, 0, MAX_SEED)
+    _check_number("learning_rate", learning_rate, 0, False)
+    _check_number("weight_decay", weight_decay, 0, True)
+    _check_number("dropout", dropout, 0, True, maximum=1)
+
+
 @functools.cache
 def _warn_once(message: str) -> None:
     logger.warning(message)  # a sweep meets the same split in every configuration
@@ -160,6 +212,7 @@ def train_probe(
     device=None,
     num_threads: int | None = 1,
     return_scores: bool = False,
+    label_names=None,
 ) -> dict:
     """Trains one probe with the paper's protocol and evaluates it on the test split.
 
@@ -176,6 +229,7 @@ def train_probe(
             matrices are so small that more threads mostly add synchronization, which on a busy machine costs 10 to
             30 times the work itself. `None` keeps torch's setting.
         return_scores: also return the best model's test scores (`test_scores`, `(num_test, num_labels)`).
+        label_names: the labels' names, in output order, for the messages (a test label that training lacks).
 
     Returns:
         A dict with `roc_auc` and `average_precision` (macro, test split, best epoch), `best_epoch` (1-based epoch
@@ -184,14 +238,12 @@ def train_probe(
         averages), `validation_num_labels_skipped`, `history` (per epoch: `epoch`, `train_loss`,
         `validation_roc_auc`) and the sizes and settings.
     """
-    if kind not in PROBE_KINDS:
-        raise EvaluationError(f"probe kind must be one of {PROBE_KINDS}, got {kind!r}")
-    if epochs < 1 or batch_size < 1:
-        raise EvaluationError(f"epochs and batch_size must be positive, got {epochs} and {batch_size}")
+    check_probe_settings(kind, epochs, batch_size, learning_rate, weight_decay, seed, hidden_size, dropout)
     splits, task, num_labels = checked_splits(
         {"train": (train_features, train_labels), "validation": (validation_features, validation_labels),
          "test": (test_features, test_labels)},
         task,
+        label_names,
     )
     device = torch.device(device) if device is not None else torch.device("cpu")
     tensors = standardized_tensors(splits, device)
@@ -229,9 +281,10 @@ def train_probe(
     return result
 
 
-def checked_splits(splits: dict, task: str) -> tuple[dict, str, int]:
+def checked_splits(splits: dict, task: str, label_names=None) -> tuple[dict, str, int]:
     """Validated `{split: [features (N, F) float32, labels]}`, the task and the number of labels (see
-    [`train_probe`]); refuses splits a probe cannot be selected or scored on."""
+    [`train_probe`]); refuses splits a probe cannot be selected or scored on (`label_names` name the labels in the
+    messages)."""
     if task not in TASKS:
         raise EvaluationError(f"task must be one of {TASKS}, got {task!r}")
     checked = {split: [_check_features(f"{split}_features", features), labels] for split, (features, labels) in splits.items()}
@@ -258,7 +311,7 @@ def checked_splits(splits: dict, task: str) -> tuple[dict, str, int]:
             "the validation split has no label with both positive and negative examples, so ROC-AUC model selection "
             "is impossible; use a larger or more varied validation split"
         )
-    _check_test_labels_are_learnable(multi_hot["train"], multi_hot["test"])
+    _check_test_labels_are_learnable(multi_hot["train"], multi_hot["test"], label_names)
     return checked, task, num_labels
 
 
@@ -268,22 +321,25 @@ def _scorable_labels(multi_hot: np.ndarray) -> np.ndarray:
     return (positives > 0) & (positives < len(multi_hot))
 
 
-def _check_test_labels_are_learnable(train: np.ndarray, test: np.ndarray) -> None:
-    """Refuses a test split whose scorable labels never occur in training (the result would be chance, or NaN)."""
+def _check_test_labels_are_learnable(train: np.ndarray, test: np.ndarray, label_names=None) -> None:
+    """Refuses a test split with a scored label that never occurs in training: a probe cannot learn it, and its
+    chance-level score would pull the macro averages down unnoticed."""
     scorable = _scorable_labels(test)
     if not scorable.any():
         raise EvaluationError(
             "the test split has no label with both positive and negative examples, so its ROC-AUC is undefined; use "
             "a larger or more varied test split"
         )
-    unseen = scorable & (train.sum(axis=0) == 0)
-    if not (scorable & ~unseen).any():
+    unseen = np.flatnonzero(scorable & (train.sum(axis=0) == 0)).tolist()
+    if unseen:
+        shown = [repr(str(label_names[i])) for i in unseen[:10]] if label_names is not None else [str(i) for i in unseen[:10]]
+        more = f" and {len(unseen) - 10} more" if len(unseen) > 10 else ""
+        what = "labels" if label_names is not None else "label indices"
         raise EvaluationError(
-            f"the test split's labels (indices {np.flatnonzero(unseen).tolist()[:10]}) never occur in the training "
-            f"split, so a probe cannot learn them; split the data so that training covers the test labels"
+            f"the test split has {len(unseen)} label(s) that never occur in the training split ({what} "
+            f"{', '.join(shown)}{more}), so a probe cannot learn them; split the data so that the training split "
+            f"covers every test label"
         )
-    if unseen.any():
-        _warn_once(f"{int(unseen.sum())} test labels never occur in the training split; the probe cannot learn them")
 
 
 def standardized_tensors(splits: dict, device: torch.device) -> dict:
@@ -415,7 +471,8 @@ def probe_sweep(
     if missing:
         raise EvaluationError(f"features and labels are needed for the splits {missing}")
     configurations = _configurations(features["train"], blocks, token_sets)
-    settings = dict(settings or {}, probe=kind, **{k: v for k, v in probe_kwargs.items() if k != "device"})
+    recorded = {k: v for k, v in probe_kwargs.items() if k not in ("device", "label_names")}  # names: in `labels`
+    settings = dict(settings or {}, probe=kind, **recorded)
     rows = []
     for block, tokens in tqdm(configurations, desc=f"{kind} probes", disable=not progress):
         result = train_probe(
@@ -465,6 +522,7 @@ def probe_dataset(
     device=None,
     config_name: str | None = None,
     progress: bool = True,
+    overwrite: bool = False,
     **probe_kwargs,
 ) -> dict:
     """Embeds a labeled dataset with a MAEST model and probes it (what `maest probe` runs).
@@ -476,7 +534,9 @@ def probe_dataset(
             + 1: block 7 of 12, the paper's).
         token_sets: token sets to probe (`"cda"` ...; the poster's are c, d, a, cd, ca, da, cda).
         label_column: default the first of `tags`, `labels`, `label`, `genre`, `genres` that exists.
-        output_dir: where `results.json`, `results.md` and `heatmap.png` go (none written without it).
+        output_dir: where `results.json`, `results.md` and `heatmap.png` go (none written without it). A folder
+            that holds an earlier probe's files is refused unless `overwrite`, which deletes them before the new
+            results are written (after the embeddings are computed).
         cache_dir: the embedding cache (see `maest.training.embeddings`); none without it.
         validation_fraction, test_fraction: for missing splits: a validation split (and, when the test split is
             missing too, a test split) is carved from the training split with `seed`, deterministically.
@@ -485,6 +545,20 @@ def probe_dataset(
         `{"rows": [...], "settings": {...}, "paths": {...}}`; `settings` records the splits' sizes, any carved split,
         the tracks skipped (unreadable audio, missing labels) and the label vocabulary.
     """
+    # Every setting is checked before the model is loaded and the dataset embedded, which can take hours.
+    check_probe_settings(kind, **{k: v for k, v in probe_kwargs.items() if k in CHECKED_PROBE_SETTINGS})
+    for name, fraction in (("validation_fraction", validation_fraction), ("test_fraction", test_fraction)):
+        _check_number(name, fraction, 0, False, maximum=1)
+    _check_integer("extraction_batch_size", extraction_batch_size, 1)
+    _check_integer("seed", seed, 0, MAX_SEED)
+    if device is not None:
+        validate_device(device)
+    token_sets = [token_set_name(tokens) for tokens in ([token_sets] if isinstance(token_sets, str) else token_sets)]
+    if not token_sets:
+        raise EvaluationError("no token sets given: use c, d, a or their combinations such as cda")
+    if cache_dir is not None and Path(cache_dir).exists() and not Path(cache_dir).is_dir():
+        raise EvaluationError(f"the embedding cache {cache_dir} is a file, not a folder")
+    earlier_results = _earlier_results(output_dir, overwrite)
     encoder = load_encoder(model_or_path, device)
     num_blocks = encoder.config.num_hidden_layers
     blocks = parse_blocks(encoder.config.embedding_block % num_blocks + 1 if blocks is None else blocks, num_blocks)
@@ -525,16 +599,37 @@ def probe_dataset(
         "seed": seed,
     }
     title = f"{Path(model_name).name}: {kind} probe on {Path(str(settings['data'])).name}"
+    for path in earlier_results:  # `overwrite`: no file of the earlier probe stays next to this one's
+        path.unlink(missing_ok=True)
     rows = probe_sweep(
         {split: embeddings[split] for split in ("train", "validation", "test")}, labels, blocks=blocks,
         token_sets=token_sets, kind=kind, output_dir=output_dir, settings=settings, title=title, progress=progress,
-        seed=seed, task=encoding.task, **probe_kwargs,
+        seed=seed, task=encoding.task, label_names=encoding.names, **probe_kwargs,
     )
     paths = {}
     if output_dir is not None:
-        names = {"json": "results.json", "markdown": "results.md", "heatmap": "heatmap.png"}
-        paths = {what: Path(output_dir) / name for what, name in names.items()}
+        paths = {what: Path(output_dir) / name for what, name in PROBE_OUTPUT_FILES.items()}
     return {"rows": rows, "settings": settings, "paths": paths, "title": title}
+
+
+# The `train_probe` settings that `probe_dataset` passes through and checks up front.
+CHECKED_PROBE_SETTINGS = ("epochs", "batch_size", "learning_rate", "weight_decay", "hidden_size", "dropout")
+
+
+def _earlier_results(output_dir, overwrite: bool) -> list[Path]:
+    """The files of an earlier probe in `output_dir`: refused unless `overwrite` (then the caller deletes them)."""
+    if output_dir is None:
+        return []
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise EvaluationError(f"the output directory {output_dir} is a file")
+    found = [output_dir / name for name in PROBE_OUTPUT_FILES.values() if (output_dir / name).exists()]
+    if found and not overwrite:
+        raise EvaluationError(
+            f"{output_dir} already holds the results of an earlier probe ({', '.join(path.name for path in found)}): "
+            f"pass --overwrite to replace them, or choose another --output-dir"
+        )
+    return found
 
 
 def encode_split_labels(embeddings: dict, encoding: LabelEncoding, label_column: str, skipped: dict) -> dict:
@@ -580,6 +675,7 @@ __all__ = [
     "TASKS",
     "ProbeClassifier",
     "carve_missing_splits",
+    "check_probe_settings",
     "checked_splits",
     "encode_split_labels",
     "fit_probe",
