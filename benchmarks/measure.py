@@ -789,7 +789,7 @@ def benchmark_end_to_end(
 
         model_only()  # the warm-up of the twin (end_to_end's was the pass above)
         log(
-            f"end-to-end ({backend} {dtype}): {num_files} files, {total_seconds / 60:.1f} min of audio, "
+            f"end-to-end ({inference_model.backend} {dtype}): {num_files} files, {total_seconds / 60:.1f} min of audio, "
             f"{num_segments} segments, batch {batch_size}, {rounds} rounds ..."
         )
         times = interleaved_rounds(
@@ -803,7 +803,7 @@ def benchmark_end_to_end(
         "track_minutes_range": [shortest / 60, longest / 60],
         "segments": num_segments,
         "batch_size": batch_size,
-        "backend": backend,
+        "backend": inference_model.backend,  # (what `auto` chose, where it was asked for)
         "dtype": dtype,
         "num_workers": num_workers,
         "end_to_end_minutes_audio_per_second": total_seconds / 60 / _median(times["end_to_end"]),
