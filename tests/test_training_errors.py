@@ -251,3 +251,17 @@ def test_a_missing_data_folder_is_called_missing_not_empty(tmp_path):
     for data_format in ("audiofolder", "parquet", "webdataset"):
         with pytest.raises(FileNotFoundError, match=f"'{tmp_path / 'missing'}' does not exist \\(data_format {data_format}\\)"):
             load_streaming_dataset(str(tmp_path / "missing"), data_format=data_format)
+
+
+def test_demo_mistakes_are_one_line(tmp_path, capsys):
+    """Before: a negative seed and an --output-dir naming a file were exit 70 with a traceback."""
+    from maest.cli import main
+
+    with pytest.raises(SystemExit) as caught:
+        main(["demo", "--quick", "--seed", "-1", "--output-dir", str(tmp_path / "demo")])
+    assert caught.value.code == 2
+    assert "argument --seed: must be in [0, 4294967295], got -1" in capsys.readouterr().err
+    (tmp_path / "notes.txt").write_text("mine\n")
+    status, error = main(["demo", "--quick", "--output-dir", str(tmp_path / "notes.txt")]), capsys.readouterr().err
+    assert status == 2 and error == f"error: --output-dir {tmp_path / 'notes.txt'} is a file, not a folder\n"
+    assert not (tmp_path / "demo").exists() and (tmp_path / "notes.txt").read_text() == "mine\n"

@@ -11,6 +11,20 @@ PROBE_TASKS = ("auto", "multilabel", "multiclass")
 POSTER_TOKEN_SETS = "c,d,a,cd,ca,da,cda"
 
 
+MAX_SEED = 2**32 - 1  # numpy's seeds
+
+
+def seed_value(text: str) -> int:
+    """argparse type of --seed: an integer that numpy accepts as a seed (a negative one was an exit 70)."""
+    try:
+        seed = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if not 0 <= seed <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be in [0, {MAX_SEED}], got {seed}")
+    return seed
+
+
 def setup_logging() -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO, stream=sys.stderr)
     for noisy in ("datasets", "httpx", "urllib3", "fsspec", "accelerate"):
@@ -49,8 +63,11 @@ def register_pretrain(subparsers) -> None:
 # ----------------------------------------------------------------------------------------------- demo
 def run_demo(args) -> int:
     # imported here: maest --help must start fast
+    from maest.errors import MAESTError
     from maest.training.demo import run_demo as demo
 
+    if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
+        raise MAESTError(f"--output-dir {args.output_dir} is a file, not a folder")
     setup_logging()
     result = demo(output_dir=args.output_dir, quick=args.quick, seed=args.seed, keep_corpus=not args.regenerate)
     print(result.table)
@@ -79,7 +96,7 @@ def register_demo(subparsers) -> None:
         ),
     )
     demo.add_argument("--output-dir", default="demo_output")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=seed_value, default=0)
     demo.add_argument("--quick", action="store_true", help="a much smaller run (for tests)")
     demo.add_argument("--regenerate", action="store_true", help="rewrite the corpus even if it exists")
     demo.set_defaults(func=run_demo)
