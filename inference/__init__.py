@@ -5,7 +5,8 @@ as a Python API, and ONNX export. One collection run is one job (`maest.inferenc
 from .api import analyze, embed, tag
 from .distributed import DistributedResults, analyze_distributed
 from .job import CollectionError, CollectionSettings, InferenceResults
-from .model import DEFAULT_MODEL, InferenceModel, ModelNotAvailableError, load_model
+from .loading import load_model
+from .model import DEFAULT_MODEL, InferenceModel, ModelNotAvailableError
 from .store import (
     OutputLockedError,
     SettingsMismatchError,

@@ -27,7 +27,8 @@ from maest.modeling import parse_embedding_tokens
 
 from .backends import BACKEND_CHOICES, load_backend, weights_digest
 from .engine import CollectionRunner, TrackFailure, TrackInput
-from .model import DEFAULT_BACKEND, DEFAULT_MODEL, InferenceModel, load_model
+from .loading import load_model
+from .model import DEFAULT_BACKEND, DEFAULT_MODEL, InferenceModel
 from .store import (
     OutputLock,
     ProgressStore,

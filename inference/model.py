@@ -1,4 +1,6 @@
-"""Loading a MAEST model for inference: the model at the asked precision and device, with its feature extractor."""
+"""A MAEST model ready for inference (`InferenceModel`: the model at its precision and device, with its front-end)
+and the front-end that goes with a model's folder. Loading one by name, back-end included, is `maest.inference.loading`
+(above both this module and `maest.inference.backends`, so that imports go one way)."""
 
 import json
 from dataclasses import dataclass
@@ -7,11 +9,12 @@ from pathlib import Path
 import torch
 
 from maest.errors import MAESTError
-from maest.modeling import load_maest, validate_block_index
+from maest.feature_extraction import MAESTFeatureExtractor
+from maest.modeling import pool_embedding_tokens, validate_block_index
 from maest.modeling.conversion import ModelNotAvailableError
 from maest.modeling.modeling_maest import parse_embedding_tokens
 
-from .precision import compile_model, input_dtype, prepare_model, resolve_dtype
+from .precision import input_dtype
 
 
 DEFAULT_MODEL = "mtg-upf/discogs-maest-30s-pw-129e-519l"
@@ -98,26 +101,11 @@ class InferenceModel:
             result = self.model(inputs, output_hidden_states=embedding)
             outputs["scores"] = torch.sigmoid(result.logits.float()).cpu()
             if embedding:
-                from maest.modeling import pool_embedding_tokens
-
                 hidden_state = result.hidden_states[block_index + 1]
                 outputs["embedding"] = pool_embedding_tokens(hidden_state, tokens).float().cpu()
         elif embedding:
             outputs["embedding"] = self.model.maest.embed(inputs, block=self.resolve_block(block), tokens=tokens).float().cpu()
         return outputs
-
-
-def _is_local(name_or_path: str) -> bool:
-    # Hub ids are "owner/name"; anything else (or anything that exists on disk) is a path.
-    if Path(name_or_path).expanduser().exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") != 1:
-        return True
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    try:  # "folder/" or "my dir/model" cannot be Hub ids: they are paths (that may not exist)
-        validate_repo_id(name_or_path)
-    except HFValidationError:
-        return True
-    return False
 
 
 def load_feature_extractor(source: str, max_length: int):
@@ -127,8 +115,6 @@ def load_feature_extractor(source: str, max_length: int):
     older extractor, with a periodic Hann window, that differs from the training features; Hub ids; checkpoint files)
     gets the Essentia-exact default.
     """
-    from maest import MAESTFeatureExtractor
-
     if not source:
         return MAESTFeatureExtractor(max_length=max_length)
     source = Path(source).expanduser()
@@ -146,69 +132,12 @@ def load_feature_extractor(source: str, max_length: int):
     return MAESTFeatureExtractor(max_length=max_length)
 
 
-def load_model(
-    name_or_path: str = DEFAULT_MODEL,
-    device: str = "cpu",
-    dtype: str = "auto",
-    inference_patchout_time_stride: int | None = None,
-    backend: str = DEFAULT_BACKEND,
-    compile: bool = False,
-) -> InferenceModel:
-    """Loads a MAEST classifier for inference, through `maest.modeling.load_maest` (the one loader of every
-    published layout).
-
-    Args:
-        name_or_path: a MAEST directory or Hub repo, an AST-format MAEST repo or directory (`mtg-upf/discogs-maest-*`,
-            read by `from_pretrained` through the checkpoint conversion mapping), or an original checkpoint file
-            (`*.ckpt`, `*.pt`). Defaults to the 519-style 30 s model.
-        device: ``"cpu"`` or ``"cuda"``.
-        dtype: ``"auto"`` (default: bfloat16 on a CUDA GPU that supports it, else float32), ``"float32"``,
-            ``"bfloat16"`` or ``"int8"`` (see `maest.inference.precision.prepare_model`).
-        inference_patchout_time_stride: keep every k-th patch column at inference (1: all, the default of the
-            model's config when None).
-        backend: what runs the model: ``"torch"`` (default), ``"onnxruntime"`` or ``"openvino"`` (an exported graph,
-            CPU only, built on first use and cached; see `maest.inference.backends`), or ``"auto"`` (the fastest
-            installed one for `dtype` on `device`). For an exported back-end the torch model is loaded at float32
-            (the graph's source) and the graph runs `dtype`.
-        compile: compile the torch model (`torch.compile(fullgraph=True)`; the first batch of each size compiles).
-
-    Raises:
-        ModelNotAvailableError: a Hub id that is not cached while offline (or without network).
-        FileNotFoundError: a local path that does not exist.
-        CheckpointError: anything that is not a readable MAEST checkpoint, or whose weights do not fill the model
-            (never random weights).
-        BackendError: an unknown back-end, an exported back-end on CUDA, or a dtype the back-end does not run.
-    """
-    from .backends import load_backend, resolve_backend  # (backends builds on this module)
-
-    dtype = resolve_dtype(dtype, device)
-    chosen = resolve_backend(backend, dtype, device)  # before the weights are read: a wrong choice fails at once
-
-    name = str(name_or_path)
-    source = name
-    if _is_local(name):
-        path = Path(name).expanduser()
-        if not path.exists():
-            raise FileNotFoundError(f"Model path {name} does not exist")
-        source = str(path)
-    model = load_maest(source)
-    if inference_patchout_time_stride is not None:
-        model.config.inference_patchout_time_stride = int(inference_patchout_time_stride)
-    feature_extractor = load_feature_extractor(source, model.config.max_length)
-    torch_dtype = dtype if chosen == "torch" else "float32"  # an exported graph is made from the float32 model
-    model = prepare_model(model, dtype=torch_dtype, device=device)
-    if compile and chosen == "torch":
-        compile_model(model)
-    inference_model = InferenceModel(model, feature_extractor, name, torch.device(device), torch_dtype)
-    inference_model.inference_patchout_time_stride = model.config.inference_patchout_time_stride
-    return load_backend(inference_model, chosen, dtype)
-
-
 __all__ = [
     "DEFAULT_BACKEND",
     "DEFAULT_MODEL",
     "InferenceModel",
+    "InferenceSettingError",
     "ModelNotAvailableError",
-    "load_model",
+    "load_feature_extractor",
     "parse_embedding_tokens",
 ]

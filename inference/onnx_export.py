@@ -87,42 +87,4 @@ def export_graph(
     return out
 
 
-def export_onnx(
-    model_name_or_path,
-    out,
-    block: int | None = None,
-    tokens="cls,dist,mean",
-    inference_patchout_time_stride: int | None = None,
-    opset_version: int | None = None,
-) -> Path:
-    """Exports a MAEST classifier to ONNX with dynamic batch and frame axes, outputs `logits` and `embedding`.
-
-    Args:
-        model_name_or_path: a MAEST directory (or anything `load_model` takes).
-        out: the `.onnx` file to write.
-        block / tokens: the embedding output (`config.embedding_block` and all three tokens by default).
-        inference_patchout_time_stride: keep every k-th patch column (fixed in the graph).
-
-    Returns:
-        The written path.
-    """
-    from .model import InferenceSettingError, load_model
-
-    try:  # before the model is loaded: a typo fails at once
-        parse_embedding_tokens(tokens)
-    except ValueError as error:
-        raise InferenceSettingError(str(error)) from error
-    inference_model = load_model(
-        model_name_or_path, device="cpu", dtype="float32", inference_patchout_time_stride=inference_patchout_time_stride
-    )
-    return export_graph(
-        inference_model.model,
-        out,
-        inference_model.resolve_block(block),
-        tokens,
-        example_frames=inference_model.segment_frames,
-        opset_version=opset_version,
-    )
-
-
-__all__ = ["GRAPH_OUTPUTS", "MAESTExportWrapper", "export_graph", "export_onnx"]
+__all__ = ["GRAPH_OUTPUTS", "MAESTExportWrapper", "export_graph"]

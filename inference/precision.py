@@ -188,7 +188,9 @@ def prepare_model(
     Raises:
         ValueError: for an unknown dtype or device, int8 on CUDA, or CUDA without a GPU.
     """
-    dtype = resolve_dtype(dtype, device)
+    if dtype == "auto":
+        dtype = resolve_dtype(dtype, device)
+    _check_dtype(dtype)  # (a dtype the caller resolved is only checked)
     if dtype == "int8" and _parse_device(device).type != "cpu":
         raise ValueError(
             f"dtype 'int8' (dynamic int8 quantization) runs on CPU only, not on {str(device)!r}; on a GPU use dtype "

@@ -301,7 +301,7 @@ def _embed_processes(args) -> int:
 
 # ------------------------------------------------------------------------------------------------------- export
 def _export_onnx(args) -> int:
-    from maest.inference.onnx_export import export_onnx  # imported here: maest --help must start fast
+    from maest.inference.loading import export_onnx  # imported here: maest --help must start fast
 
     path = export_onnx(
         args.model, args.out, block=args.block, tokens=args.tokens,
