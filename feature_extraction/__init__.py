@@ -5,6 +5,7 @@ from .feature_extraction_maest import (
     AudioTypeError,
     FeatureExtractorConfigError,
     MAESTFeatureExtractor,
+    audio_to_mono,
     resample_audio,
     sinc_resample,
 )

@@ -11,6 +11,7 @@ one segment of samples at a time, and each segment's frames are computed from it
 samples and give the same features (tested).
 """
 
+import io
 import os
 import re
 from dataclasses import dataclass
@@ -102,23 +103,30 @@ def _walk_audio_files(directory: Path, extensions, unreadable: list | None = Non
                 yield Path(root) / name
 
 
-def _open(path):
+def _open(path, data: bytes | None = None):
     """The FFmpeg container of `path` and its first audio stream, opened by PyAV (whose wheels carry FFmpeg's
-    libraries: no system FFmpeg is needed)."""
+    libraries: no system FFmpeg is needed). With `data`, the encoded file is those bytes (a dataset's embedded audio,
+    read from memory) and `path` only names it in messages."""
     import av
 
     path = str(path)
-    if not os.path.exists(path):
+    if data is not None:
+        if len(data) == 0:
+            raise AudioDecodingError(f"{path}: empty file (0 bytes)")
+        source = io.BytesIO(data)
+    elif not os.path.exists(path):
         raise AudioDecodingError(f"{path}: no such file")
-    if os.path.isdir(path):
+    elif os.path.isdir(path):
         raise AudioDecodingError(f"{path}: is a directory")
-    if not os.access(path, os.R_OK):
+    elif not os.access(path, os.R_OK):
         raise AudioDecodingError(f"{path}: permission denied")
-    if os.path.getsize(path) == 0:
+    elif os.path.getsize(path) == 0:
         raise AudioDecodingError(f"{path}: empty file (0 bytes)")
-    try:
+    else:
         # A name that is not UTF-8 (surrogate escapes of os.fsdecode) is read through its file object.
-        container = av.open(path if _is_utf8(path) else open(path, "rb"), metadata_errors="ignore")
+        source = path if _is_utf8(path) else open(path, "rb")
+    try:
+        container = av.open(source, metadata_errors="ignore")
     except (av.FFmpegError, OSError, ValueError) as error:
         raise AudioDecodingError(f"{path}: not a decodable audio file ({_short(error)})") from error
     if not container.streams.audio:
@@ -168,19 +176,20 @@ def audio_info(path) -> AudioInfo:
 RESAMPLE_BLOCK_SAMPLES = 1 << 16
 
 
-def decode_frames(path, sampling_rate: int | None = 16000) -> Iterator[np.ndarray]:
+def decode_frames(path, sampling_rate: int | None = 16000, data: bytes | None = None) -> Iterator[np.ndarray]:
     """The decoded audio of a file's first audio stream, in blocks, resampled to `sampling_rate` by FFmpeg's
     resampler (libswresample, through PyAV's `AudioResampler`; None: the file's own rate), channels kept.
 
     This is the one decoder and resampler of the package: inference, training, evaluation and the demo read audio
-    through it. A stream damaged part-way (cut off mid-frame, a broken packet) ends at the damage.
+    through it. A stream damaged part-way (cut off mid-frame, a broken packet) ends at the damage. With `data`, the
+    encoded file is read from those bytes and `path` only names it.
 
     Yields:
         `np.ndarray` float32 of shape `(channels, samples)`.
     """
     import av
 
-    container, stream = _open(path)
+    container, stream = _open(path, data)
     resampler = av.AudioResampler(format="fltp", rate=sampling_rate)
     pending, held, kind = [], 0, None
 
@@ -215,8 +224,9 @@ def decode_frames(path, sampling_rate: int | None = 16000) -> Iterator[np.ndarra
             yield resampled.to_ndarray()
 
 
-def load_audio(path, sampling_rate: int = 16000) -> torch.Tensor:
-    """Decodes a whole file to mono float32 at `sampling_rate` (the mean of the channels).
+def load_audio(path, sampling_rate: int = 16000, data: bytes | None = None) -> torch.Tensor:
+    """Decodes a whole file to mono float32 at `sampling_rate` (the mean of the channels). With `data`, the file is
+    those encoded bytes, decoded from memory (a dataset's embedded audio), and `path` only names it in messages.
 
     Returns:
         `torch.Tensor` of shape `(num_samples,)`.
@@ -224,7 +234,7 @@ def load_audio(path, sampling_rate: int = 16000) -> torch.Tensor:
     Raises:
         AudioDecodingError: missing, unreadable, empty, corrupt or non-audio files.
     """
-    frames = [frame for frame in decode_frames(path, sampling_rate) if frame.shape[-1]]
+    frames = [frame for frame in decode_frames(path, sampling_rate, data) if frame.shape[-1]]
     if not frames:
         raise AudioDecodingError(f"{path}: no audio samples (empty track)")
     return _to_mono(torch.from_numpy(np.concatenate(frames, axis=-1)), path)

@@ -52,7 +52,7 @@ class AudioInputError(MAESTError, ValueError):
 
 
 class AudioTypeError(AudioInputError, TypeError):
-    """Audio of a type or dtype the feature extractor does not take (integer PCM, strings...)."""
+    """Audio of a type or dtype the feature extractor does not take (integers other than int16/int32/uint8 PCM, strings...)."""
 
 
 def _sinc_weights(offsets_seconds: torch.Tensor, orig_rate: float, new_rate: float) -> torch.Tensor:
@@ -123,6 +123,87 @@ def resample_audio(audio: torch.Tensor, orig_rate: float, new_rate: int) -> torc
             dtype = torch.float64 if audio.abs().max() > FLOAT64_PEAK else audio.dtype
             return torchaudio.functional.resample(audio.to(dtype), orig, new).to(torch.float32)
     return sinc_resample(audio, float(orig_rate), float(new_rate))
+
+
+# Integer PCM as WAV files hold it: (offset, full scale) of each sample format, mapped to [-1, 1) as soundfile and
+# torchaudio read it as float. Other integer types have no agreed full scale and are refused.
+PCM_FULL_SCALE = {"int16": (0, 2.0**15), "int32": (0, 2.0**31), "uint8": (128, 2.0**7)}
+
+
+def _pcm_to_float(audio, name: str):
+    """Integer PCM (int16, int32, uint8; numpy or torch) as float64 in [-1, 1); floats as they are."""
+    is_tensor = torch.is_tensor(audio)
+    if is_tensor and (audio.is_floating_point() or audio.is_complex()):
+        return audio
+    if not is_tensor and not np.issubdtype(audio.dtype, np.integer) and audio.dtype != np.bool_:
+        return audio
+    dtype_name = str(audio.dtype).replace("torch.", "")
+    if dtype_name not in PCM_FULL_SCALE:
+        raise AudioTypeError(
+            f"{name} has dtype {dtype_name}; pass floating-point audio in [-1, 1] or integer PCM "
+            f"({', '.join(PCM_FULL_SCALE)})"
+        )
+    offset, full_scale = PCM_FULL_SCALE[dtype_name]
+    samples = audio.to(torch.float64) if is_tensor else torch.from_numpy(np.asarray(audio, dtype=np.float64))
+    return (samples - offset) / full_scale
+
+
+def audio_to_mono(audio, sampling_rate: float, target_rate: float, channel_axis: int | None = None, name: str = "audio") -> torch.Tensor:
+    """One clip of audio in memory as float32 mono at `target_rate`: the one adapter from arrays to the model's
+    input that the feature extractor, training data, evaluation and inference all use.
+
+    Integer PCM is scaled to [-1, 1) (int16 / 2^15, int32 / 2^31, (uint8 - 128) / 2^7; other integers are refused);
+    multi-channel audio needs its `channel_axis` (0: `(channels, samples)`, -1: `(samples, channels)`) and is
+    downmixed by averaging the channels; the rate is changed by `resample_audio`.
+
+    Args:
+        audio: a numpy array, a torch tensor or a list of floats: `(samples,)`, or 2-D with `channel_axis`.
+        name: how error messages name the clip.
+
+    Returns:
+        `torch.Tensor` of shape `(samples,)`, float32.
+
+    Raises:
+        AudioTypeError, AudioInputError: one line naming the clip and its dtype, shape or values.
+    """
+    if isinstance(audio, (list, tuple)):
+        audio = np.asarray(audio, dtype=np.float32)
+    if not (torch.is_tensor(audio) or isinstance(audio, np.ndarray)):
+        raise AudioTypeError(f"{name} must be a numpy array, a torch tensor or a list of floats, got {type(audio).__name__}")
+    audio = _pcm_to_float(audio, name)
+    if isinstance(audio, np.ndarray):
+        if not np.issubdtype(audio.dtype, np.floating):
+            raise AudioTypeError(f"{name} has dtype {audio.dtype}; pass floating-point audio in [-1, 1]")
+        # from_numpy shares memory; read-only arrays (e.g. decoded buffers) are copied first.
+        audio = torch.from_numpy(np.array(audio, copy=not audio.flags.writeable or None, order="C"))
+    if not audio.is_floating_point():
+        raise AudioTypeError(f"{name} has dtype {audio.dtype}; pass floating-point audio in [-1, 1]")
+    if channel_axis not in (None, 0, 1, -1):
+        raise AudioInputError(f"channel_axis must be None, 0 ((channels, samples)) or -1 ((samples, channels)), got {channel_axis!r}")
+    if channel_axis is not None and audio.ndim == 2:
+        if audio.shape[channel_axis] > MAX_CHANNELS:
+            raise AudioInputError(
+                f"{name} has shape {tuple(audio.shape)}: {audio.shape[channel_axis]} channels on channel_axis="
+                f"{channel_axis} is implausible; (channels, samples) is channel_axis=0, (samples, channels) -1"
+            )
+        audio = audio.mean(dim=channel_axis, dtype=torch.float64)
+    if audio.ndim != 1:
+        hint = "" if channel_axis is not None else "; for multi-channel audio pass channel_axis=0 or -1"
+        raise AudioInputError(f"{name} has shape {tuple(audio.shape)}: expected 1-D (samples,){hint}")
+    if audio.numel() == 0:
+        raise AudioInputError(f"{name} is empty")
+    if not torch.isfinite(audio).all():
+        raise AudioInputError(f"{name} contains NaN or infinite samples")
+    mono = audio.to(torch.float32)
+    if not torch.isfinite(mono).all():
+        raise AudioInputError(f"{name} has samples beyond float32's range (peak {audio.abs().max().item():.3g})")
+    valid_rate = isinstance(sampling_rate, numbers.Real) and not isinstance(sampling_rate, bool)
+    if not (valid_rate and math.isfinite(sampling_rate) and sampling_rate > 0):
+        raise AudioInputError(f"{name}: sampling_rate must be positive, got {sampling_rate!r}")
+    resampled = resample_audio(mono, sampling_rate, target_rate)
+    if not torch.isfinite(resampled).all():
+        raise AudioInputError(f"{name} overflows float32 when resampled (samples near 3.4e38)")
+    return resampled
 
 
 def _setting(name: str, value, low, high, integer: bool = False):
@@ -314,43 +395,6 @@ class MAESTFeatureExtractor(SequenceFeatureExtractor):
         hint = "" if channel_axis is not None else "; for multi-channel audio pass channel_axis=0 or -1"
         raise AudioInputError(f"audio of shape {tuple(raw_audio.shape)}: expected {layout}{hint}")
 
-    @staticmethod
-    def _as_mono_tensor(audio, index: int, channel_axis: int | None) -> torch.Tensor:
-        """One clip as a 1-D float32 tensor: validated, and downmixed along `channel_axis` when given."""
-        name = f"audio clip {index}"
-        if isinstance(audio, (list, tuple)):
-            audio = np.asarray(audio, dtype=np.float32)
-        if isinstance(audio, np.ndarray):
-            if not np.issubdtype(audio.dtype, np.floating):
-                raise AudioTypeError(
-                    f"{name} has dtype {audio.dtype}; pass floating-point audio in [-1, 1] (integer PCM: divide "
-                    f"int16 by 32768)"
-                )
-            # from_numpy shares memory; read-only arrays (e.g. decoded buffers) are copied first.
-            audio = torch.from_numpy(np.array(audio, copy=not audio.flags.writeable or None, order="C"))
-        if not torch.is_tensor(audio):
-            raise AudioTypeError(f"{name} must be a numpy array, a torch tensor or a list of floats, got {type(audio).__name__}")
-        if not audio.is_floating_point():
-            raise AudioTypeError(f"{name} has dtype {audio.dtype}; pass floating-point audio in [-1, 1]")
-        if channel_axis is not None and audio.ndim == 2:
-            if audio.shape[channel_axis] > MAX_CHANNELS:
-                raise AudioInputError(
-                    f"{name} has shape {tuple(audio.shape)}: {audio.shape[channel_axis]} channels on channel_axis="
-                    f"{channel_axis} is implausible; (channels, samples) is channel_axis=0, (samples, channels) -1"
-                )
-            audio = audio.mean(dim=channel_axis, dtype=torch.float64)
-        if audio.ndim != 1:
-            hint = "" if channel_axis is not None else "; for multi-channel audio pass channel_axis=0 or -1"
-            raise AudioInputError(f"{name} has shape {tuple(audio.shape)}: expected 1-D (samples,){hint}")
-        if audio.numel() == 0:
-            raise AudioInputError(f"{name} is empty")
-        if not torch.isfinite(audio).all():
-            raise AudioInputError(f"{name} contains NaN or infinite samples")
-        mono = audio.to(torch.float32)
-        if not torch.isfinite(mono).all():
-            raise AudioInputError(f"{name} has samples beyond float32's range (peak {audio.abs().max().item():.3g})")
-        return mono
-
     def prepare_audio(self, raw_audio, sampling_rate: float | None = None, channel_axis: int | None = None) -> list[torch.Tensor]:
         """Validated float32 mono clips at `self.sampling_rate` from any supported input (see `__call__`).
 
@@ -368,12 +412,11 @@ class MAESTFeatureExtractor(SequenceFeatureExtractor):
             raise AudioInputError(f"sampling_rate must be positive, got {sampling_rate!r}")
         if channel_axis not in (None, 0, 1, -1):
             raise AudioInputError(f"channel_axis must be None, 0 ((channels, samples)) or -1 ((samples, channels)), got {channel_axis!r}")
-        clips = [self._as_mono_tensor(clip, i, channel_axis) for i, clip in enumerate(self._split_clips(raw_audio, channel_axis))]
-        resampled = [resample_audio(clip, sampling_rate, self.sampling_rate) for clip in clips]
-        for index, clip in enumerate(resampled):
-            if clip.numel() and not torch.isfinite(clip).all():
-                raise AudioInputError(f"audio clip {index} overflows float32 when resampled (samples near 3.4e38)")
-        return resampled
+        clips = self._split_clips(raw_audio, channel_axis)
+        return [
+            audio_to_mono(clip, sampling_rate, self.sampling_rate, channel_axis, f"audio clip {index}")
+            for index, clip in enumerate(clips)
+        ]
 
     # ----------------------------------------------------------------------------------------------- features
     def log_mel(self, waveforms: torch.Tensor, centered: bool = True) -> torch.Tensor:
@@ -493,7 +536,8 @@ class MAESTFeatureExtractor(SequenceFeatureExtractor):
     ) -> BatchFeature:
         """
         Args:
-            raw_audio: float samples in [-1, 1]: one clip (1-D array/tensor or list of floats), a batch as a 2-D
+            raw_audio: float samples in [-1, 1] (int16, int32 or uint8 PCM is scaled to that range, see
+                `audio_to_mono`): one clip (1-D array/tensor or list of floats), a batch as a 2-D
                 `(batch, samples)` array/tensor or a list of 1-D clips of any lengths. With `channel_axis`, each
                 clip has a channel axis (a 2-D clip, a 3-D batch, or a list of 2-D or 1-D clips).
             sampling_rate (`int`): the rate of `raw_audio`; resampled to 16 kHz when different (any positive rate).
@@ -556,6 +600,7 @@ __all__ = [
     "AudioTypeError",
     "FeatureExtractorConfigError",
     "MAESTFeatureExtractor",
+    "audio_to_mono",
     "resample_audio",
     "sinc_resample",
 ]

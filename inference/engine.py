@@ -26,10 +26,12 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from maest.feature_extraction.audio import (
     DEFAULT_STREAM_THRESHOLD_SECONDS,
     AudioDecodingError,
+    _window_chunks,
     segment_windows,
     track_segment_features,
     track_segment_windows,
 )
+from maest.feature_extraction.feature_extraction_maest import AudioInputError, audio_to_mono
 
 from .model import InferenceModel
 from .store import TrackResult
@@ -37,11 +39,13 @@ from .store import TrackResult
 
 @dataclass
 class TrackInput:
-    """One track: a file path, or audio in memory (`audio` with its `sampling_rate`) under a display `name`."""
+    """One track: a file path, or audio in memory (`audio` with its `sampling_rate`, and its `channel_axis` when it
+    has channels) under a display `name`. Audio in memory goes through `audio_to_mono`, as training's does."""
 
     name: str
     audio: object = None
     sampling_rate: int | None = None
+    channel_axis: int | None = None
 
 
 @dataclass
@@ -120,7 +124,8 @@ class TrackSegmentDataset(IterableDataset):
                 check_finite(track.name, segments)
                 yield SegmentChunk(index, segments, duration=duration, last=duration is not None)
         except Exception as error:  # one bad track never stops a collection
-            reason = str(error) if isinstance(error, AudioDecodingError) else f"{track.name}: {type(error).__name__}: {error}"
+            named = isinstance(error, (AudioDecodingError, AudioInputError))  # their messages name the track
+            reason = str(error) if named else f"{track.name}: {type(error).__name__}: {error}"
             yield SegmentChunk(index, None, last=True, error=reason)
 
     def track_windows(self, index: int):
@@ -143,14 +148,17 @@ class TrackSegmentDataset(IterableDataset):
             for windows, num_frames, duration in chunks:
                 yield SegmentChunk(index, windows, duration=duration, last=duration is not None, num_frames=num_frames)
         except Exception as error:  # one bad track never stops a collection
-            reason = str(error) if isinstance(error, AudioDecodingError) else f"{track.name}: {type(error).__name__}: {error}"
+            named = isinstance(error, (AudioDecodingError, AudioInputError))  # their messages name the track
+            reason = str(error) if named else f"{track.name}: {type(error).__name__}: {error}"
             yield SegmentChunk(index, None, last=True, error=reason)
 
-    def _array_windows(self, track: TrackInput):
-        from maest.feature_extraction.audio import _window_chunks
-
+    def _array_clip(self, track: TrackInput) -> torch.Tensor:
         extractor = self.feature_extractor
-        clip = extractor.prepare_audio(track.audio, track.sampling_rate)[0]
+        return audio_to_mono(track.audio, track.sampling_rate, extractor.sampling_rate, track.channel_axis, track.name)
+
+    def _array_windows(self, track: TrackInput):
+        extractor = self.feature_extractor
+        clip = self._array_clip(track)
         duration = clip.shape[0] / extractor.sampling_rate
         if duration < self.settings.min_duration:
             raise AudioDecodingError(
@@ -161,7 +169,7 @@ class TrackSegmentDataset(IterableDataset):
 
     def _array_chunks(self, track: TrackInput):
         extractor = self.feature_extractor
-        clip = extractor.prepare_audio(track.audio, track.sampling_rate)[0]
+        clip = self._array_clip(track)
         duration = clip.shape[0] / extractor.sampling_rate
         if duration < self.settings.min_duration:
             raise AudioDecodingError(

@@ -243,8 +243,10 @@ def test_bad_inputs(extractor):
         extractor([np.zeros(100, np.float32), np.full(100, np.inf, np.float32)], sampling_rate=16000)
     with pytest.raises(ValueError, match="beyond float32"):
         extractor(np.full(100, 1e300), sampling_rate=16000)
-    with pytest.raises(TypeError, match="int16"):
-        extractor(np.zeros(1000, dtype=np.int16), sampling_rate=16000)
+    with pytest.raises(TypeError, match="int8; pass floating-point audio in \\[-1, 1\\] or integer PCM"):
+        extractor(np.zeros(1000, dtype=np.int8), sampling_rate=16000)
+    with pytest.raises(TypeError, match="int64"):
+        extractor(torch.zeros(1000, dtype=torch.int64), sampling_rate=16000)
     with pytest.raises(ValueError, match="implausible"):
         extractor(np.zeros((1000, 2), dtype=np.float32), sampling_rate=16000, channel_axis=0)
     with pytest.raises(ValueError, match="channel_axis must be"):
@@ -332,3 +334,34 @@ def test_save_and_load_round_trip(tmp_path):
     torch.testing.assert_close(
         loaded(audio, sampling_rate=16000)["input_values"], extractor(audio, sampling_rate=16000)["input_values"]
     )
+
+
+@pytest.mark.parametrize("dtype, full_scale, offset", [(np.int16, 2**15, 0), (np.int32, 2**31, 0), (np.uint8, 2**7, 128)])
+def test_integer_pcm_is_scaled_as_wav_readers_do(dtype, full_scale, offset):
+    # soundfile/torchaudio read PCM as (x - offset) / full_scale; the features of the integer clip equal those of its
+    # float reading, numpy or torch, at any rate.
+    from maest.feature_extraction import audio_to_mono
+
+    extractor = MAESTFeatureExtractor(max_length=100)
+    rng = np.random.default_rng(0)
+    info = np.iinfo(dtype)
+    pcm = rng.integers(info.min, info.max, size=22050, endpoint=True).astype(dtype)
+    as_float = ((pcm.astype(np.float64) - offset) / full_scale).astype(np.float32)
+    assert -1 <= as_float.min() and as_float.max() < 1
+    expected = extractor(as_float, sampling_rate=22050)["input_values"]
+    np.testing.assert_allclose(extractor(pcm, sampling_rate=22050)["input_values"], expected, atol=1e-5)
+    np.testing.assert_allclose(audio_to_mono(torch.from_numpy(pcm), 22050, 16000), audio_to_mono(as_float, 22050, 16000), atol=1e-6)
+
+
+def test_audio_to_mono_channels_are_explicit():
+    from maest.feature_extraction import audio_to_mono
+
+    left, right = np.linspace(-1, 1, 800, dtype=np.float32), np.full(800, 0.25, np.float32)
+    stereo = np.stack([left, right])
+    mean = (left + right) / 2
+    np.testing.assert_allclose(audio_to_mono(stereo, 16000, 16000, channel_axis=0), mean, atol=1e-7)
+    np.testing.assert_allclose(audio_to_mono(stereo.T, 16000, 16000, channel_axis=-1), mean, atol=1e-7)
+    pcm_stereo = np.round(stereo.T * 32767).astype(np.int16)  # (samples, channels) int16, as scipy reads WAV
+    np.testing.assert_allclose(audio_to_mono(pcm_stereo, 16000, 16000, channel_axis=-1), mean * 32767 / 32768, atol=1e-4)
+    with pytest.raises(ValueError, match=r"clip x has shape \(2, 800\): expected 1-D \(samples,\); for multi-channel audio pass channel_axis"):
+        audio_to_mono(stereo, 16000, 16000, name="clip x")

@@ -383,3 +383,16 @@ def test_default_model_offline_error_names_the_fix(tmp_path, monkeypatch, capsys
     assert status == 2 and "mtg-upf/discogs-maest-30s-pw-129e-519l" in err and "--model DIR" in err
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_model(str(tmp_path / "no-model-here"))
+
+
+def test_integer_pcm_arrays_give_their_float_reading(model):
+    # `maest.inference` arrays go through `audio_to_mono`, as training's do: int16 is scaled by 2^15, not fed as
+    # +-32768; an integer type without a PCM full scale is a one-line failure of that track.
+    clip = synth_music(3.0, sampling_rate=22050, seed=5)
+    pcm = np.round(clip * 32767).astype(np.int16)
+    results = tag([pcm, pcm.astype(np.float32) / 32768, pcm.astype(np.int64)], model=model, sampling_rate=22050)
+    np.testing.assert_allclose(results.scores[0], results.scores[1], atol=1e-6)
+    assert results.paths == ["array 0", "array 1"]
+    assert results.failed == [
+        {"path": "array 2", "reason": "array 2 has dtype int64; pass floating-point audio in [-1, 1] or integer PCM (int16, int32, uint8)"}
+    ]

@@ -259,3 +259,26 @@ def test_maest_probe_command_end_to_end(small_model_dir, tmp_path, capsys):
     # Bad input: a clear error and a non-zero status.
     assert main(arguments[:5] + ["--label-column", "mood", "--no-cache", "--quiet"]) == 2
     assert "mood" in capsys.readouterr().err
+
+
+def test_bytes_and_arrays_go_through_the_shared_decoder_and_adapter(small_model, source_tracks, tmp_path):
+    # Embedded bytes decode (from memory) to what the file gives; arrays go through `audio_to_mono` as in training
+    # and inference: int16 PCM gives its float reading's embedding, (channels, samples) the channels' mean.
+    from maest.feature_extraction.audio import load_audio
+
+    path = source_tracks[0]
+    pcm = np.round(load_audio(path).numpy() * 32767).astype(np.int16)
+    as_float = pcm.astype(np.float32) / 32768
+    inputs = [
+        str(path),
+        {"path": "embedded/track0.wav", "bytes": path.read_bytes()},
+        {"array": pcm, "sampling_rate": 16000},
+        {"array": as_float, "sampling_rate": 16000},
+        {"array": np.stack([as_float * 0.5, as_float * 1.5]), "sampling_rate": 16000},
+    ]
+    embeddings = extract_track_embeddings(small_model, inputs, progress=False)
+    tokens = embeddings.tokens[2]
+    np.testing.assert_allclose(tokens[1], tokens[0], atol=1e-6)
+    np.testing.assert_allclose(tokens[2], tokens[3], atol=1e-5)
+    np.testing.assert_allclose(tokens[4], tokens[3], atol=1e-5)
+    np.testing.assert_allclose(tokens[3], tokens[0], atol=1e-3)  # the 16-bit rounding of the same track

@@ -11,6 +11,7 @@ import torch
 from conftest import synth_music, write_audio
 from maest import MAESTConfig, MAESTFeatureExtractor, MAESTForAudioClassification
 from maest.training.data import (
+    decode_audio,
     DataQualityError,
     TrainingDataError,
     TaggedAudioStream,
@@ -292,3 +293,46 @@ def test_initialization_rejects_unknown_layouts(tmp_path):
     torch.save({"encoder.weight": torch.zeros(2)}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="cannot tell"):
         load_initial_weights(init_target(), str(tmp_path / "other.pt"))
+
+
+def _decode(value, rate=16000):
+    return decode_audio(value, rate, None, "center", np.random.default_rng(0))
+
+
+def test_training_arrays_go_through_the_inference_adapter():
+    # An array in a dataset becomes the same 16 kHz mono samples as the same array given to `maest tag`/`embed`
+    # (`audio_to_mono`): int16 PCM as its float reading (not +-32768), (channels, samples) as the channels' mean.
+    from maest.feature_extraction import audio_to_mono
+
+    clip = synth_music(1.0, sampling_rate=22050, seed=3)
+    pcm = np.round(clip * 32767).astype(np.int16)
+    as_float = pcm.astype(np.float32) / 32768
+    expected = audio_to_mono(as_float, 22050, 16000)
+    decoded = _decode({"array": pcm, "sampling_rate": 22050})
+    assert decoded.abs().max() <= 1
+    np.testing.assert_allclose(decoded, expected, atol=1e-6)
+    extractor = MAESTFeatureExtractor(max_length=MAX_LENGTH)
+    np.testing.assert_allclose(
+        extractor(decoded, sampling_rate=16000)["input_values"], extractor(as_float, sampling_rate=22050)["input_values"], atol=1e-5
+    )
+    other = synth_music(1.0, sampling_rate=22050, seed=4)
+    stereo = _decode({"array": np.stack([clip, other]), "sampling_rate": 22050})  # a short clip: 2 x 22050
+    np.testing.assert_allclose(stereo, audio_to_mono((clip + other) / 2, 22050, 16000), atol=1e-6)
+    with pytest.raises(Exception, match=r"track\.wav has dtype int64"):
+        _decode({"array": pcm.astype(np.int64), "sampling_rate": 22050, "path": "track.wav"})
+    with pytest.raises(Exception, match="needs its 'sampling_rate'"):
+        _decode({"array": clip, "sampling_rate": None})
+
+
+def test_embedded_bytes_are_decoded_from_memory(tmp_path, monkeypatch):
+    import tempfile
+
+    path = write_audio(tmp_path / "clip.flac", synth_music(1.0, seed=5))
+    data = path.read_bytes()
+    monkeypatch.setattr(tempfile, "NamedTemporaryFile", None)  # no temporary file on the way
+    from_bytes = _decode({"path": "shard-0/clip.flac", "bytes": data})
+    np.testing.assert_array_equal(from_bytes, _decode(str(path)))
+    with pytest.raises(Exception, match="shard-0/bad.flac: not a decodable audio file"):
+        _decode({"path": "shard-0/bad.flac", "bytes": b"not audio" * 100})
+    with pytest.raises(Exception, match="embedded audio: empty file"):
+        _decode({"path": None, "bytes": b""})

@@ -17,17 +17,16 @@ the batches it consumed and a resumed run skips the examples before them without
 import glob
 import json
 import logging
-import tempfile
 from collections import Counter
 from pathlib import Path
 
 import datasets
 import numpy as np
 import torch
-import torchaudio
 
 from maest.errors import MAESTError
 from maest.feature_extraction.audio import AudioDecodingError, load_audio
+from maest.feature_extraction.feature_extraction_maest import AudioInputError, audio_to_mono
 
 logger = logging.getLogger(__name__)
 
@@ -266,7 +265,8 @@ def decode_audio(value, sampling_rate: int, crop_seconds: float | None, crop: st
 
     Args:
         value: a `datasets` audio value with decoding off (`{"path", "bytes"}`), raw bytes, a path, or an already
-            decoded `{"array", "sampling_rate"}`.
+            decoded `{"array", "sampling_rate"}` (float, or int16/int32/uint8 PCM; 2-D arrays are `(channels,
+            samples)` as `datasets` decodes them), brought to mono 16 kHz by `audio_to_mono` as inference does.
         crop_seconds: crop length; `None` keeps everything.
         crop: `"random"` (uniform offset drawn from `rng`) or `"center"`.
 
@@ -277,12 +277,15 @@ def decode_audio(value, sampling_rate: int, crop_seconds: float | None, crop: st
         AudioDecodingError: unreadable, empty or corrupt audio (the message names the file when known).
     """
     if isinstance(value, dict) and value.get("array") is not None:
-        audio = torch.as_tensor(np.asarray(value["array"], dtype=np.float32))
-        if audio.ndim == 2:
-            audio = audio.mean(dim=0 if audio.shape[0] <= audio.shape[1] else 1)
-        source_rate = int(value.get("sampling_rate") or sampling_rate)
-        if source_rate != sampling_rate:
-            audio = torchaudio.functional.resample(audio, source_rate, sampling_rate)
+        description = str(value.get("path") or "decoded audio")
+        if value.get("sampling_rate") is None:
+            raise AudioDecodingError(f"{description}: decoded audio needs its 'sampling_rate'")
+        array = value["array"]
+        channel_axis = 0 if np.ndim(array) == 2 else None  # `datasets` decodes to (channels, samples)
+        try:
+            audio = audio_to_mono(array, value["sampling_rate"], sampling_rate, channel_axis, description)
+        except AudioInputError as error:
+            raise AudioDecodingError(str(error)) from None
         return _crop_samples(audio, sampling_rate, crop_seconds, crop, rng)
     if hasattr(value, "get_all_samples"):
         # Already a decoder: a `datasets` Audio column whose decoding was left on (e.g. after a `map`, when the
@@ -294,23 +297,12 @@ def decode_audio(value, sampling_rate: int, crop_seconds: float | None, crop: st
     if isinstance(data, (str, Path)):
         path, data = data, None
     if data is not None:
-        audio = _load_encoded(bytes(data), sampling_rate, description=str(path or "embedded audio"))
+        audio = load_audio(str(path or "embedded audio"), sampling_rate, data=bytes(data))
     elif path is not None:
         audio = load_audio(path, sampling_rate)
     else:
         raise AudioDecodingError("the audio value has neither bytes nor a path")
     return _crop_samples(audio, sampling_rate, crop_seconds, crop, rng)
-
-
-def _load_encoded(data: bytes, sampling_rate: int, description: str) -> torch.Tensor:
-    """Encoded audio (a WebDataset or Parquet example's bytes) through the same file decoder."""
-    with tempfile.NamedTemporaryFile(suffix=".audio") as handle:
-        handle.write(data)
-        handle.flush()
-        try:
-            return load_audio(handle.name, sampling_rate)
-        except AudioDecodingError as error:
-            raise AudioDecodingError(str(error).replace(handle.name, description)) from None
 
 
 def _crop_samples(audio, sampling_rate, crop_seconds, crop, rng):

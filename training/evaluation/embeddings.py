@@ -30,7 +30,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,7 +43,8 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedConfig
 
 from maest.feature_extraction import MAESTFeatureExtractor
-from maest.feature_extraction.audio import AudioDecodingError, track_segment_features
+from maest.feature_extraction.audio import AudioDecodingError, load_audio, track_segment_features
+from maest.feature_extraction.feature_extraction_maest import AudioInputError, audio_to_mono
 from maest.files import atomic_write
 from maest.modeling import (
     MAESTForAudioClassification,
@@ -187,24 +187,20 @@ class TrackSource:
     def segments(self, feature_extractor, last_segment: str) -> torch.Tensor:
         """The track's consecutive segments `(num_segments, max_length, num_mel_bins)`, cut as `maest embed` cuts
         them (`track_segment_features`: files decoded by `maest.feature_extraction.audio`, long ones streamed)."""
-        if self.samples is not None:
-            try:
-                return feature_extractor(
-                    torch.as_tensor(self.samples), sampling_rate=int(self.sampling_rate), return_segments=True,
-                    last_segment=last_segment,
-                )["input_values"]
-            except ValueError as error:  # empty, NaN samples...
-                raise AudioDecodingError(f"{self.description}: {error}") from error
         if self.path is not None:
             return self._file_segments(self.path, feature_extractor, last_segment)
-        # Encoded bytes (a dataset's embedded audio): the one decoder reads files, so they go through one.
-        with tempfile.NamedTemporaryFile(suffix=".audio") as handle:
-            handle.write(self.data)
-            handle.flush()
+        rate = feature_extractor.sampling_rate
+        if self.samples is not None:
+            # The array adapter of training and inference (`audio_to_mono`): integer PCM scaled, 2-D arrays are
+            # (channels, samples) as `datasets` decodes them.
+            channel_axis = 0 if self.samples.ndim == 2 else None
             try:
-                return self._file_segments(handle.name, feature_extractor, last_segment)
-            except AudioDecodingError as error:
-                raise AudioDecodingError(str(error).replace(handle.name, self.description)) from None
+                audio = audio_to_mono(self.samples, self.sampling_rate, rate, channel_axis, self.description)
+            except AudioInputError as error:  # empty, NaN samples, a dtype that is not audio...
+                raise AudioDecodingError(str(error)) from error
+        else:  # encoded bytes (a dataset's embedded audio), decoded from memory by the one decoder
+            audio = load_audio(self.description, rate, data=self.data)
+        return feature_extractor(audio, sampling_rate=rate, return_segments=True, last_segment=last_segment)["input_values"]
 
     @staticmethod
     def _file_segments(path, feature_extractor, last_segment: str) -> torch.Tensor:
@@ -222,7 +218,9 @@ def track_source(value, index: int) -> TrackSource:
             f"whose audio column is an `Audio` feature (decoded audio objects are read again from their files)"
         )
     if value.get("array") is not None:
-        samples = np.asarray(value["array"], dtype=np.float32)
+        samples = np.asarray(value["array"])
+        if np.issubdtype(samples.dtype, np.floating):  # integer PCM stays integer: `audio_to_mono` scales it
+            samples = samples.astype(np.float32)
         if value.get("sampling_rate") is None:
             raise EvaluationError(f"track {index}: decoded audio needs its 'sampling_rate'")
         key = _content_key(samples.tobytes() + str(int(value["sampling_rate"])).encode())
