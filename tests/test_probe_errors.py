@@ -121,3 +121,13 @@ def test_test_labels_missing_from_training_are_refused(small_model_dir, dataset,
         "cannot learn them; split the data so that the training split covers every test label"
     )
     assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_a_streamed_file_without_the_needed_columns_is_named(small_model_dir, tmp_path, capsys):
+    """A CSV's columns are known only from its rows (before: 'columns are None', then a KeyError, exit 70)."""
+    (tmp_path / "tracks.csv").write_text("a,b\n1,2\n")
+    common = ["--model", small_model_dir, "--data", tmp_path / "tracks.csv", "--output-dir", tmp_path / "out"]
+    status, error = run_probe(capsys, *common)
+    assert status == 2 and error == "error: name the label column with --label-column; the dataset's columns are ['a', 'b']"
+    status, error = run_probe(capsys, *common, "--label-column", "a")
+    assert status == 2 and error == "error: the dataset has no column 'audio'; its columns are ['a', 'b']"

@@ -254,7 +254,12 @@ def _rows(dataset, audio_column: str, keep_columns):
         features = dataset.features
         if features is not None and isinstance(features.get(audio_column), datasets.Audio):
             dataset = dataset.cast_column(audio_column, datasets.Audio(decode=False))
-        yield from dataset
+        for row in dataset:
+            if columns is None:  # a streamed dataset whose columns are known only from its rows (CSV, JSON lines)
+                missing = [name for name in (audio_column, *keep_columns) if name not in row]
+                if missing:
+                    raise EvaluationError(f"the dataset has no column {missing[0]!r}; its columns are {list(row)}")
+            yield row
         return
     for item in dataset:
         if isinstance(item, dict) and audio_column in item:

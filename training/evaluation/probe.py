@@ -565,7 +565,10 @@ def probe_dataset(
     splits = dict(data) if isinstance(data, dict) else load_labeled_splits(str(data), config_name=config_name)
     if "train" not in splits:
         raise EvaluationError(f"the data needs a 'train' split; it has {sorted(splits)}")
-    label_column = label_column or _default_label_column(splits["train"].column_names)
+    columns = splits["train"].column_names
+    if columns is None:  # a streamed dataset whose columns are known only from its rows (CSV, JSON lines)
+        columns = list(next(iter(splits["train"]), {}))
+    label_column = label_column or _default_label_column(columns)
     train_features = getattr(splits["train"], "features", None) or {}
     label_feature = train_features.get(label_column) if hasattr(train_features, "get") else None
 
