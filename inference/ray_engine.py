@@ -353,6 +353,7 @@ def _quiet_ray_data(ray) -> None:
     context.enable_progress_bars = False  # the driver shows one bar in tracks
     context.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled": on purpose
 
 
 def _plan_actors(ray, resources: RayResources) -> tuple[int, float, float]:
