@@ -6,6 +6,7 @@ from .feature_extraction_maest import (
     FeatureExtractorConfigError,
     MAESTFeatureExtractor,
     audio_to_mono,
+    max_length_mismatch,
     resample_audio,
     sinc_resample,
 )

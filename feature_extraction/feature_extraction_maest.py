@@ -206,6 +206,15 @@ def audio_to_mono(audio, sampling_rate: float, target_rate: float, channel_axis:
     return resampled
 
 
+def max_length_mismatch(feature_extractor, model_max_length: int) -> str | None:
+    """Why `feature_extractor` cannot make the segments of a model whose `config.max_length` is `model_max_length`
+    (one line), or None when it can: the one check between a front-end and a model, whose callers raise their own
+    error type with it."""
+    if feature_extractor.max_length == model_max_length:
+        return None
+    return f"the feature extractor's max_length ({feature_extractor.max_length}) differs from the model's ({model_max_length})"
+
+
 def _setting(name: str, value, low, high, integer: bool = False):
     """`value` checked to be a finite number in `[low, high]` (an integer when `integer`); one-line error otherwise."""
     kind = "an integer" if integer else "a number"
@@ -601,6 +610,7 @@ __all__ = [
     "FeatureExtractorConfigError",
     "MAESTFeatureExtractor",
     "audio_to_mono",
+    "max_length_mismatch",
     "resample_audio",
     "sinc_resample",
 ]

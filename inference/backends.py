@@ -52,6 +52,7 @@ from pathlib import Path
 
 import torch
 
+from maest.constants import BACKEND_CHOICES, BACKENDS
 from maest.errors import MAESTError
 from maest.files import write_text_atomically
 from maest.modeling import parse_embedding_tokens
@@ -63,8 +64,7 @@ from .precision import cpu_flags, prepare_model
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("torch", "onnxruntime", "openvino")
-BACKEND_CHOICES = ("auto",) + BACKENDS
+# BACKENDS and BACKEND_CHOICES (imported above) are defined in `maest.constants`, which the CLI reads too.
 # The dtypes each exported-graph runtime runs (torch runs every dtype of `maest.inference.precision`).
 EXPORTED_DTYPES = {"onnxruntime": ("float32", "int8"), "openvino": ("float32", "int8", "bfloat16")}
 # `auto`'s candidates on CPU per dtype, and their order where they cannot be measured (ONNX Runtime was the faster

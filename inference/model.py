@@ -8,8 +8,9 @@ from pathlib import Path
 
 import torch
 
+from maest.constants import DEFAULT_BACKEND, DEFAULT_MODEL
 from maest.errors import MAESTError
-from maest.feature_extraction import MAESTFeatureExtractor
+from maest.feature_extraction import MAESTFeatureExtractor, max_length_mismatch
 from maest.modeling import pool_embedding_tokens, validate_block_index
 from maest.modeling.conversion import ModelNotAvailableError
 from maest.modeling.modeling_maest import parse_embedding_tokens
@@ -17,9 +18,8 @@ from maest.modeling.modeling_maest import parse_embedding_tokens
 from .precision import input_dtype
 
 
-DEFAULT_MODEL = "mtg-upf/discogs-maest-30s-pw-129e-519l"
-# What runs the model unless asked otherwise (`--backend`); see `maest.inference.backends` and README "Speed".
-DEFAULT_BACKEND = "torch"
+# The default model, and what runs a model unless asked otherwise (`--backend`; see `maest.inference.backends` and
+# README "Speed"): defined in `maest.constants`, which the CLI reads too.
 
 
 class InferenceSettingError(MAESTError, ValueError):
@@ -123,11 +123,9 @@ def load_feature_extractor(source: str, max_length: int):
     if config_file.is_file() and preprocessor_file.is_file():
         if json.loads(config_file.read_text()).get("model_type") == "maest":
             feature_extractor = MAESTFeatureExtractor.from_pretrained(source)
-            if feature_extractor.max_length != max_length:
-                raise ValueError(
-                    f"{source}: the feature extractor's max_length ({feature_extractor.max_length}) differs from the "
-                    f"model's ({max_length})"
-                )
+            mismatch = max_length_mismatch(feature_extractor, max_length)
+            if mismatch:
+                raise ValueError(f"{source}: {mismatch}")
             return feature_extractor
     return MAESTFeatureExtractor(max_length=max_length)
 

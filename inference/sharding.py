@@ -15,12 +15,12 @@ import math
 from concurrent.futures import ThreadPoolExecutor
 from typing import List, Optional, Sequence
 
+from maest.feature_extraction.audio import AudioDecodingError, audio_info
+
 
 def probe_duration(path) -> Optional[float]:
     """The duration of an audio file in seconds, from its container metadata (no decoding); None where the file
     cannot be opened or states no duration (such a file is reported when it is processed, not here)."""
-    from ..feature_extraction.audio import AudioDecodingError, audio_info
-
     try:
         duration = audio_info(path).duration_seconds
     except (AudioDecodingError, OSError):

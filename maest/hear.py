@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .errors import MAESTError
-from .feature_extraction import MAESTFeatureExtractor
+from .feature_extraction import MAESTFeatureExtractor, max_length_mismatch
 from .modeling import MAESTForAudioClassification, find_published, load_maest
 from .modeling.modeling_maest import parse_embedding_tokens
 from .inference.model import load_feature_extractor
@@ -58,11 +58,9 @@ class HEARModel(nn.Module):
 
     def __init__(self, model, feature_extractor, block: int | None = None, tokens="cls,dist,mean", batch_size: int = 8):
         super().__init__()
-        if feature_extractor.max_length != model.config.max_length:
-            raise HEARInputError(
-                f"the feature extractor's max_length ({feature_extractor.max_length}) differs from the model's "
-                f"({model.config.max_length})"
-            )
+        mismatch = max_length_mismatch(feature_extractor, model.config.max_length)
+        if mismatch:
+            raise HEARInputError(mismatch)
         self.model = model
         self.feature_extractor = feature_extractor
         self.block = model.config.block_index(block)

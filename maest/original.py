@@ -32,7 +32,9 @@ import torch
 from torch import nn
 
 from .errors import MAESTError
-from .inference.model import ModelNotAvailableError, load_feature_extractor
+from .feature_extraction import max_length_mismatch
+from .inference.model import load_feature_extractor
+from .modeling.conversion import ModelNotAvailableError, hub_unavailable_reason
 from .modeling import (
     MAESTForAudioClassification,
     find_published,
@@ -73,11 +75,9 @@ class OriginalMAEST(nn.Module):
 
     def __init__(self, model: MAESTForAudioClassification, feature_extractor):
         super().__init__()
-        if feature_extractor.max_length != model.config.max_length:
-            raise OriginalSettingError(
-                f"the feature extractor's max_length ({feature_extractor.max_length}) differs from the model's "
-                f"({model.config.max_length})"
-            )
+        mismatch = max_length_mismatch(feature_extractor, model.config.max_length)
+        if mismatch:
+            raise OriginalSettingError(mismatch)
         self.model = model
         self.feature_extractor = feature_extractor
 
@@ -347,14 +347,12 @@ def get_maest(
 
 
 def _check_cached(repo_id: str, arch: str) -> None:
-    """Offline, a Hub model that is not in the cache is one clear line instead of the Hub client's error."""
-    from huggingface_hub import constants, try_to_load_from_cache
-
-    if constants.HF_HUB_OFFLINE and not isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+    cause = hub_unavailable_reason(repo_id)
+    if cause is not None:
         raise ModelNotAvailableError(
             f"get_maest(arch={arch!r}): the pretrained weights ({repo_id}) are not in the local Hugging Face cache and "
-            f"HF_HUB_OFFLINE is set; download them once with network access, pass checkpoint=PATH, or use "
-            f"pretrained=False for random weights"
+            f"{cause}; download them once with network access, pass checkpoint=PATH, or use pretrained=False for "
+            f"random weights"
         )
 
 

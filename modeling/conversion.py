@@ -500,20 +500,26 @@ def _check_repo_id(source: str) -> None:
         raise CheckpointError(f"{source}: no such file or directory")
 
 
+def hub_unavailable_reason(repo_id: str, cache_dir=None, local_files_only: bool = False) -> str | None:
+    """Why the Hub repo `repo_id` can be neither read from the local Hugging Face cache nor downloaded ("HF_HUB_OFFLINE
+    is set", "the Hub's host cannot be resolved"), or None when it can: the one offline-cache check, whose callers
+    word their own one-line `ModelNotAvailableError` (instead of the Hub client's error after its retries)."""
+    if isinstance(try_to_load_from_cache(repo_id, "config.json", cache_dir=cache_dir), str):
+        return None
+    if hub_constants.HF_HUB_OFFLINE or local_files_only:
+        return "HF_HUB_OFFLINE is set"
+    if not _hub_resolvable():
+        return "the Hub's host cannot be resolved"
+    return None
+
+
 def _check_available(repo_id: str, kwargs: dict) -> None:
-    """A Hub repo that is not cached is one clear line when it cannot be downloaded, instead of the Hub client's
-    error after its retries."""
     if kwargs.get("revision") or kwargs.get("subfolder"):
-        return  # the cache check below knows the main revision's files only
-    cached = try_to_load_from_cache(repo_id, "config.json", cache_dir=kwargs.get("cache_dir"))
-    if isinstance(cached, str):
+        return  # the cache check knows the main revision's files only
+    cause = hub_unavailable_reason(repo_id, kwargs.get("cache_dir"), bool(kwargs.get("local_files_only")))
+    if cause is None:
         return
-    if hub_constants.HF_HUB_OFFLINE or kwargs.get("local_files_only"):
-        reason = "it is not in the local Hugging Face cache and HF_HUB_OFFLINE is set"
-    elif not _hub_resolvable():
-        reason = "it is not in the local Hugging Face cache and the Hub's host cannot be resolved"
-    else:
-        return
+    reason = f"it is not in the local Hugging Face cache and {cause}"
     raise ModelNotAvailableError(
         f"Model {repo_id!r} is not available offline: {reason}. Download it once with network access (it is then "
         f"cached), or give a local model directory instead (--model DIR on the command line; `maest convert` writes "
@@ -648,6 +654,7 @@ __all__ = [
     "AST_CHECKPOINT_CONVERSION",
     "CheckpointError",
     "ModelNotAvailableError",
+    "hub_unavailable_reason",
     "SplitPositionGrid",
     "config_from_original_state_dict",
     "load_maest",

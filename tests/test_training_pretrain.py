@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 
 from maest import MAESTForAudioClassification
 from maest.training.checkpoints import PretrainCheckpointError
-from maest.training.config import ConfigError, parse_pretrain_arguments
+from maest.cli.training import parse_pretrain_arguments
+from maest.training.config import ConfigError
 from maest.training.pretrain import PretrainConfig, Pretrainer, list_checkpoints, pretrain
 
 REPOSITORY = Path(__file__).resolve().parents[1]

@@ -1,5 +1,6 @@
 """The settings of one pre-training run (`PretrainConfig`) and how they are read: a YAML or JSON file plus
-command-line overrides, parsed by transformers' `HfArgumentParser` into the dataclass.
+command-line overrides (the `maest pretrain` command line itself, parsed by transformers' `HfArgumentParser` into this
+dataclass, is `maest.cli.training.parse_pretrain_arguments`).
 
 Every value is checked when the config is built, so a wrong setting fails before any data is read, with one line
 that names the setting and the value (`ConfigError`): its type, that numbers are finite (YAML's `.nan` and `.inf`
@@ -8,7 +9,6 @@ may be written in any usual notation (`2e-5`, `2.0e-5`, `0.00002`, `200_000`): Y
 so numeric strings are converted here.
 """
 
-import argparse
 import dataclasses
 import inspect
 import math
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import yaml
 from huggingface_hub.errors import StrictDataclassError
-from transformers import HfArgumentParser
 
+from maest.constants import MAX_SEED
 from maest.errors import MAESTError
 from maest.modeling import MAEST_PRESETS, MAESTConfig
 
@@ -83,7 +83,6 @@ LOWER_BOUNDS = (
 )
 # Settings that are fractions or probabilities: in [0, 1].
 UNIT_INTERVAL = ("max_bad_fraction", "final_lr_factor", "distillation_threshold")
-MAX_SEED = 2**32 - 1  # numpy's seeds (accelerate's set_seed seeds numpy too)
 # `model` overrides that pre-training sets itself: the labels come from the data's vocabulary, the distillation head
 # from teacher_model / teacher_logits_column, the patchout from train_patchout_time / train_patchout_freq.
 MODEL_SETTINGS_SET_BY_PRETRAINING = {
@@ -245,55 +244,6 @@ def read_settings_file(path) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of settings (key: value lines), got {type(data).__name__}")
     return data
-
-
-def parse_pretrain_arguments(argv: list[str], prog: str = "maest pretrain") -> PretrainConfig:
-    """`[CONFIG_FILE] [--key value ...]` -> `PretrainConfig`: the file's settings, then the command line's on top.
-
-    The file may also be given as `--config FILE`. Parsed by `HfArgumentParser` (`--help` lists every setting);
-    usage errors exit through argparse (status 2), bad values raise `ConfigError`.
-    """
-    argv = list(argv)
-    config_file = None
-    if argv and not argv[0].startswith("-"):
-        config_file = argv.pop(0)
-    parser = HfArgumentParser(
-        PretrainConfig, prog=prog, usage=f"{prog} [CONFIG.yaml] [--key value ...]", description=PARSER_DESCRIPTION,
-        epilog=PARSER_EPILOG, formatter_class=HelpFormatter,
-    )
-    parser.add_argument("--config", help="the YAML/JSON file of settings (or give it first, without --config)")
-    known, _ = parser.parse_known_args(argv)
-    if known.config is not None:
-        if config_file is not None:
-            raise ConfigError(f"two config files given: {config_file} and --config {known.config}")
-        config_file = known.config
-    if config_file is not None:
-        parser.set_defaults(**dataclasses.asdict(PretrainConfig.from_file(config_file)))
-    try:
-        config, _ = parser.parse_args_into_dataclasses(argv, look_for_args_file=False)
-    except ConfigError as error:
-        raise ConfigError(f"command line: {error}") from None
-    return config
-
-
-PARSER_DESCRIPTION = """\
-Pre-trains MAEST with the paper's recipe on streamed tagged audio (Accelerate; works under
-accelerate launch and torchrun). Settings: a YAML or JSON file of PretrainConfig keys, given
-first, then --key value overrides:
-
-  maest pretrain CONFIG.yaml --learning_rate 1e-3 --batch_size 8 --model '{hidden_size: 192}'
-  maest pretrain --config CONFIG.yaml --output_dir runs/a --overwrite
-  maest pretrain runs/a/pretrain_config.yaml --resume
-
-Numbers take any notation (2e-5, 2.0e-5, 0.00002, 200_000). An example config ships in
-maest/training/pretrain-maest-30s.yaml."""
-PARSER_EPILOG = """\
---resume (no value) continues from the latest checkpoint in output_dir; an output_dir that holds
-an earlier run is refused unless --resume or --overwrite is given. Booleans: --swa false, --no_swa."""
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults in the option list; the description and epilog keep their lines (the examples)."""
 
 
 def _one_line(error: BaseException) -> str:

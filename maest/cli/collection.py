@@ -15,11 +15,9 @@ import sys
 
 from .common import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE
 
-DEFAULT_MODEL = "mtg-upf/discogs-maest-30s-pw-129e-519l"  # the same as maest.inference.model.DEFAULT_MODEL (tested)
-# The same as maest.inference.backends.BACKEND_CHOICES and DEFAULT_BACKEND (tested); checked by CollectionSettings, so
+# The library's own (`maest.constants` imports nothing: --help starts fast); CollectionSettings checks the back-end, so
 # that a wrong name is one line, as every other bad setting.
-BACKEND_CHOICES = ("auto", "torch", "onnxruntime", "openvino")
-DEFAULT_BACKEND = "torch"
+from maest.constants import BACKEND_CHOICES, DEFAULT_BACKEND, DEFAULT_MODEL
 
 
 def _display_path(path: str) -> str:

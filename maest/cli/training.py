@@ -1,17 +1,17 @@
 """`maest pretrain`, `maest probe` and `maest demo`."""
 
 import argparse
+import dataclasses
 import logging
 import math
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-PROBE_KINDS = ("mlp", "linear")  # = maest.training.evaluation.probe.PROBE_KINDS (not imported: --help must start fast)
-PROBE_TASKS = ("auto", "multilabel", "multiclass")
-POSTER_TOKEN_SETS = "c,d,a,cd,ca,da,cda"
+from maest.constants import MAX_SEED, POSTER_TOKEN_SETS, PROBE_KINDS, PROBE_TASKS
 
-
-MAX_SEED = 2**32 - 1  # numpy's seeds
+if TYPE_CHECKING:  # the annotation only: importing it at run time would load torch for every `maest --help`
+    from maest.training.config import PretrainConfig
 
 
 def seed_value(text: str) -> int:
@@ -32,10 +32,62 @@ def setup_logging() -> None:
 
 
 # ----------------------------------------------------------------------------------------------- pretrain
-def run_pretrain(args) -> int:
+def parse_pretrain_arguments(argv: list[str], prog: str = "maest pretrain") -> "PretrainConfig":
+    """`[CONFIG_FILE] [--key value ...]` -> `PretrainConfig`: the file's settings, then the command line's on top.
+
+    The file may also be given as `--config FILE`. Parsed by `HfArgumentParser` (`--help` lists every setting);
+    usage errors exit through argparse (status 2), bad values raise `ConfigError`.
+    """
     # imported here: maest --help must start fast
-    from maest.training.config import parse_pretrain_arguments
-    from maest.training.pretrain import pretrain
+    from transformers import HfArgumentParser
+
+    from maest.training.config import ConfigError, PretrainConfig
+
+    argv = list(argv)
+    config_file = None
+    if argv and not argv[0].startswith("-"):
+        config_file = argv.pop(0)
+    parser = HfArgumentParser(
+        PretrainConfig, prog=prog, usage=f"{prog} [CONFIG.yaml] [--key value ...]", description=PARSER_DESCRIPTION,
+        epilog=PARSER_EPILOG, formatter_class=HelpFormatter,
+    )
+    parser.add_argument("--config", help="the YAML/JSON file of settings (or give it first, without --config)")
+    known, _ = parser.parse_known_args(argv)
+    if known.config is not None:
+        if config_file is not None:
+            raise ConfigError(f"two config files given: {config_file} and --config {known.config}")
+        config_file = known.config
+    if config_file is not None:
+        parser.set_defaults(**dataclasses.asdict(PretrainConfig.from_file(config_file)))
+    try:
+        config, _ = parser.parse_args_into_dataclasses(argv, look_for_args_file=False)
+    except ConfigError as error:
+        raise ConfigError(f"command line: {error}") from None
+    return config
+
+
+PARSER_DESCRIPTION = """\
+Pre-trains MAEST with the paper's recipe on streamed tagged audio (Accelerate; works under
+accelerate launch and torchrun). Settings: a YAML or JSON file of PretrainConfig keys, given
+first, then --key value overrides:
+
+  maest pretrain CONFIG.yaml --learning_rate 1e-3 --batch_size 8 --model '{hidden_size: 192}'
+  maest pretrain --config CONFIG.yaml --output_dir runs/a --overwrite
+  maest pretrain runs/a/pretrain_config.yaml --resume
+
+Numbers take any notation (2e-5, 2.0e-5, 0.00002, 200_000). An example config ships in
+maest/training/pretrain-maest-30s.yaml."""
+PARSER_EPILOG = """\
+--resume (no value) continues from the latest checkpoint in output_dir; an output_dir that holds
+an earlier run is refused unless --resume or --overwrite is given. Booleans: --swa false, --no_swa."""
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults in the option list; the description and epilog keep their lines (the examples)."""
+
+
+def run_pretrain(args) -> int:
+    from maest.training.pretrain import pretrain  # imported here: maest --help must start fast
 
     config = parse_pretrain_arguments(args.settings)
     setup_logging()
@@ -111,7 +163,7 @@ def run_probe(args) -> int:
 
     if args.sweep:
         args.blocks = args.blocks or "all"
-        args.tokens = args.tokens or POSTER_TOKEN_SETS
+        args.tokens = args.tokens or ",".join(POSTER_TOKEN_SETS)
     token_sets = [name.strip() for name in (args.tokens or "cda").split(",") if name.strip()]
     report = probe_dataset(
         args.model,

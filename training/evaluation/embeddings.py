@@ -42,6 +42,7 @@ from safetensors.numpy import save_file
 from tqdm.auto import tqdm
 from transformers import PreTrainedConfig
 
+from maest.constants import POSTER_TOKEN_SETS
 from maest.feature_extraction import MAESTFeatureExtractor
 from maest.feature_extraction.audio import AudioDecodingError, load_audio, track_segment_features
 from maest.feature_extraction.feature_extraction_maest import AudioInputError, audio_to_mono
@@ -63,7 +64,6 @@ CACHE_FORMAT = "maest-track-embeddings-v2"  # v2: decoded by maest.feature_extra
 # Stored token order; `pool_embedding_tokens(hidden, STORED_TOKENS)` gives these three vectors concatenated.
 STORED_TOKENS = ("cls", "dist", "mean")
 TOKEN_LETTERS = {"cls": "c", "dist": "d", "mean": "a"}
-POSTER_TOKEN_SETS = ("c", "d", "a", "cd", "ca", "da", "cda")
 
 
 

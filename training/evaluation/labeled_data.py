@@ -19,6 +19,8 @@ from pathlib import Path
 import datasets
 import numpy as np
 
+from maest.constants import PROBE_TASKS
+
 from . import EvaluationError
 
 
@@ -29,7 +31,7 @@ SPLIT_ALIASES = {
     "validation": ("validation", "valid", "val", "dev", "development"),
     "test": ("test", "testing", "eval", "evaluation"),
 }
-TASKS = ("auto", "multilabel", "multiclass")
+TASKS = PROBE_TASKS  # the CLI offers the same (`maest.constants`)
 
 
 def load_labeled_splits(data: str, config_name: str | None = None, streaming: bool = True) -> dict:

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from maest.constants import MAX_SEED, PROBE_KINDS, PROBE_TASKS
 from maest.inference.job import validate_device
 
 from . import EvaluationError
@@ -42,11 +43,9 @@ from .report import result_row, write_probe_report, write_results_json
 
 logger = logging.getLogger(__name__)
 
-PROBE_KINDS = ("mlp", "linear")
-TASKS = ("auto", "multilabel", "multiclass")
+TASKS = PROBE_TASKS  # (PROBE_KINDS, PROBE_TASKS and MAX_SEED come from `maest.constants`, which the CLI reads too)
 # What `maest probe --output-dir` writes; an earlier probe's are replaced only with `overwrite`.
 PROBE_OUTPUT_FILES = {"json": "results.json", "markdown": "results.md", "heatmap": "heatmap.png"}
-MAX_SEED = 2**32 - 1  # numpy's seeds (the carved splits)
 
 
 # ----------------------------------------------------------------------------------------------- the probe
