@@ -51,10 +51,10 @@ def _wait_gone(processes: list[psutil.Process], seconds: float) -> list[psutil.P
 def local_ray():
     """A local Ray cluster of 2 CPUs for this module; `analyze_with_ray` runs on it (and leaves it up)."""
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    started = _ray_processes(psutil.Process())
     yield ray
+    running = _ray_processes(psutil.Process())  # the cluster's own processes, its workers and actors
     ray.shutdown()
-    assert not _wait_gone(started, 60), "Ray processes outlived ray.shutdown()"
+    assert not _wait_gone(running, 60), "Ray processes outlived ray.shutdown()"
 
 
 @pytest.fixture(scope="module")
