@@ -210,7 +210,8 @@ _DECODING_PROCESS_READY = False
 def decode_track(row: dict, feature_extractor, front_end: FrontEndSettings, low_priority: bool) -> list[dict]:
     """Decoding, per track (a Ray task runs it over its block of tracks): the track's segments (the one-process
     loader's `track_chunks`, whole track) or its failure reason. Row in: `index`, `path` (the name's bytes); the one
-    row out adds `segments` `(n, frames, mels)` float32, `duration` and `error` (empty when the track decoded)."""
+    row out adds `segments` `(n, frames, mels)` float32 (with the front-end on the actors' device: each segment's
+    samples, and `num_frames`, its frames of audio), `duration` and `error` (empty when the track decoded)."""
     global _DECODING_PROCESS_READY
     if not _DECODING_PROCESS_READY:
         # As the one-process loader workers: one thread per decoding process, and below the model on CPU runs.
@@ -220,7 +221,7 @@ def decode_track(row: dict, feature_extractor, front_end: FrontEndSettings, low_
                 os.nice(10)
         _DECODING_PROCESS_READY = True
     name = os.fsdecode(bytes(row["path"]))
-    pieces, duration, error = [], math.nan, ""
+    pieces, frames, duration, error = [], [], math.nan, ""
     try:
         with _readable_copy(name) as local:
             dataset = TrackSegmentDataset([TrackInput(name=local)], feature_extractor, front_end)
@@ -229,14 +230,24 @@ def decode_track(row: dict, feature_extractor, front_end: FrontEndSettings, low_
                     error = chunk.error.replace(local, name) if local != name else chunk.error
                     break
                 pieces.append(chunk.segments)
+                if chunk.num_frames is not None:
+                    frames.append(chunk.num_frames)
                 if chunk.last:
                     duration = float(chunk.duration)
     except AudioDecodingError as failure:
         error = str(failure)
-    if error:
-        pieces = []
-    segments = torch.cat(pieces) if pieces else torch.zeros(0, front_end.segment_frames, feature_extractor.feature_size)
-    return [{"index": row["index"], "path": row["path"], "segments": segments.numpy(), "duration": duration, "error": error}]
+    if error or not pieces:
+        # (the same number of dimensions as a decoded track's, so that Ray can put them in one tensor column)
+        pieces = [torch.zeros((0, 1) if front_end.on_device else (0, front_end.segment_frames, feature_extractor.feature_size))]
+        frames = []
+    segments = torch.cat(pieces)
+    num_frames = torch.cat(frames) if frames else torch.zeros(0, dtype=torch.int64)
+    return [
+        {
+            "index": row["index"], "path": row["path"], "segments": segments.numpy(), "num_frames": num_frames.numpy(),
+            "duration": duration, "error": error,
+        }
+    ]  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------------ model actors
@@ -244,7 +255,7 @@ class ModelActor:
     """A Ray Data actor: the settings' model, loaded once per actor, run over batches of decoded tracks by the
     one-process `CollectionRunner` (its batching of segments, failure rules and whole-track averaging)."""
 
-    def __init__(self, settings: CollectionSettings, expected_settings: dict, device: str, threads):
+    def __init__(self, settings: CollectionSettings, expected_settings: dict, device: str, threads, front_end_on_device: bool):
         if threads == ALL_CORES:
             threads = len(os.sched_getaffinity(0))  # of the actor's machine
         if threads is not None:
@@ -257,6 +268,7 @@ class ModelActor:
             differences = ", ".join(f"{key}: {found.get(key)!r} there, {expected_settings.get(key)!r} on the driver" for key in keys)
             raise CollectionError(f"a Ray actor's model settings differ from the driver's ({differences})")
         self.runner = make_runner(self.model, settings, num_workers=0, progress=False)
+        self.runner.front_end.on_device = front_end_on_device  # what the decoding tasks made: features or samples
         self.dims = output_dims(self.model, settings)
         self.per_segment = settings.per_segment
 
@@ -269,7 +281,8 @@ class ModelActor:
                 chunks.append(SegmentChunk(position, None, last=True, error=error))
             else:
                 segments = torch.from_numpy(np.ascontiguousarray(batch["segments"][position], dtype=np.float32))
-                chunks.append(SegmentChunk(position, segments, duration=float(batch["duration"][position]), last=True))
+                num_frames = torch.from_numpy(np.asarray(batch["num_frames"][position], dtype=np.int64)) if self.runner.front_end.on_device else None
+                chunks.append(SegmentChunk(position, segments, duration=float(batch["duration"][position]), last=True, num_frames=num_frames))
         results: dict[int, TrackResult] = {}
         errors = [""] * count
         # The runner's own loop, fed with the chunks the decoding tasks made instead of decoding here.
@@ -381,12 +394,28 @@ def _plan_actors(ray, resources: RayResources) -> tuple[int, float, float]:
     return actors, num_gpus, num_cpus
 
 
-def build_pipeline(ray, names: list[str], settings: CollectionSettings, driver_model: InferenceModel, recorded: dict, resources: RayResources):
-    """The Ray Dataset of finished rows for `names`: decoding tasks, then the model-actor pool."""
+def build_pipeline(
+    ray,
+    names: list[str],
+    settings: CollectionSettings,
+    driver_model: InferenceModel,
+    recorded: dict,
+    resources: RayResources,
+    front_end_on_device: bool | None = None,
+):
+    """The Ray Dataset of finished rows for `names`: decoding tasks, then the model-actor pool.
+
+    Args:
+        front_end_on_device: the log-mel frames computed by the actors on their device from the samples the decoding
+            tasks send (None: for GPU actors running torch, as `CollectionRunner` does on CUDA), else by the
+            decoding tasks.
+    """
     actors, num_gpus, num_cpus = _plan_actors(ray, resources)
     device = "cuda" if num_gpus > 0 else "cpu"
     threads = None if device == "cuda" else (max(1, int(num_cpus)) if resources.num_cpus is not None else ALL_CORES)
-    front_end = make_runner(driver_model, settings, num_workers=0, progress=False).front_end
+    if front_end_on_device is None:
+        front_end_on_device = device == "cuda" and driver_model.backend == "torch"
+    front_end = dataclasses.replace(make_runner(driver_model, settings, num_workers=0, progress=False).front_end, on_device=front_end_on_device)
     tracks_per_batch = resources.tracks_per_batch or max(4, settings.batch_size)
     items = [{"index": index, "path": os.fsencode(name)} for index, name in enumerate(names)]
     # One block (one decoding task) per batch of tracks: decoding spreads over the cluster's CPUs and streams ahead
@@ -402,7 +431,7 @@ def build_pipeline(ray, names: list[str], settings: CollectionSettings, driver_m
     )
     return dataset.map_batches(
         ModelActor,
-        fn_constructor_args=(settings, recorded, device, threads),
+        fn_constructor_args=(settings, recorded, device, threads, front_end_on_device),
         batch_size=tracks_per_batch,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=actors),

@@ -156,9 +156,15 @@ def test_decoding_runs_on_tasks_of_its_own_not_inside_the_model_actors(local_ray
 
     settings = CollectionSettings(model=str(small_model_dir), scores=True)
     model = load_run_model(settings)
-    dataset = build_pipeline(ray, [str(collection / "track0.flac"), str(collection / "track1.wav")], settings, model, model_settings(model, settings), RayResources())
-    rows = dataset.take_all()
-    assert len(rows) == 2 and all(row["error"] == "" for row in rows)
+    files = [str(collection / "track0.flac"), str(collection / "track2.flac"), str(collection / "broken.mp3")]
+    reference = tag(files, model=str(small_model_dir))
+    # The front-end on the actors' device (what GPU actors do: decoding tasks send samples), run here on CPU actors:
+    # the same rows as the one-process run's CPU front-end.
+    dataset = build_pipeline(ray, files, settings, model, model_settings(model, settings), RayResources(), front_end_on_device=True)
+    rows = sorted(dataset.take_all(), key=lambda row: row["index"])
+    assert [row["error"] == "" for row in rows] == [True, True, False]
+    assert [int(row["num_segments"]) for row in rows[:2]] == reference.num_segments.tolist()
+    assert cosines(np.stack([row["scores"] for row in rows[:2]]), reference.scores).min() >= 0.99999
     stats = dataset.stats()
     assert "FlatMap(decode_track)" in stats and "MapBatches(ModelActor)" in stats
     assert "decode_track)->MapBatches" not in stats  # not fused into the actors
