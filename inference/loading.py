@@ -9,7 +9,6 @@ graphs and their cache), and chooses between them, so that imports between the t
 from pathlib import Path
 
 import torch
-from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from maest.modeling import load_maest, parse_embedding_tokens
 
@@ -17,17 +16,6 @@ from .backends import load_backend, resolve_backend
 from .model import DEFAULT_BACKEND, DEFAULT_MODEL, InferenceModel, InferenceSettingError, load_feature_extractor
 from .onnx_export import export_graph
 from .precision import compile_model, prepare_model, resolve_dtype
-
-
-def _is_local(name_or_path: str) -> bool:
-    # Hub ids are "owner/name"; anything else (or anything that exists on disk) is a path.
-    if Path(name_or_path).expanduser().exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") != 1:
-        return True
-    try:  # "folder/" or "my dir/model" cannot be Hub ids: they are paths (that may not exist)
-        validate_repo_id(name_or_path)
-    except HFValidationError:
-        return True
-    return False
 
 
 def load_model(
@@ -58,7 +46,7 @@ def load_model(
 
     Raises:
         ModelNotAvailableError: a Hub id that is not cached while offline (or without network).
-        FileNotFoundError: a local path that does not exist.
+        CheckpointNotFoundError: a local path that does not exist (a `FileNotFoundError`).
         CheckpointError: anything that is not a readable MAEST checkpoint, or whose weights do not fill the model
             (never random weights).
         BackendError: an unknown back-end, an exported back-end on CUDA, or a dtype the back-end does not run.
@@ -67,12 +55,10 @@ def load_model(
     chosen = resolve_backend(backend, dtype, device)  # before the weights are read: a wrong choice fails at once
 
     name = str(name_or_path)
-    source = name
-    if _is_local(name):
-        path = Path(name).expanduser()
-        if not path.exists():
-            raise FileNotFoundError(f"Model path {name} does not exist")
-        source = str(path)
+    local = Path(name).expanduser()
+    # A path that exists is read from disk; anything else is left to `load_maest`, the one judge of what is a Hub id
+    # and what a missing path.
+    source = str(local) if local.exists() else name
     model = load_maest(source)
     if inference_patchout_time_stride is not None:
         if int(inference_patchout_time_stride) < 1:

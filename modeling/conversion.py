@@ -78,6 +78,10 @@ class CheckpointError(MAESTError, ValueError):
     """A checkpoint (file, directory or Hub repo) that cannot be read as MAEST weights."""
 
 
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """A model named by a local path that does not exist (a name that cannot be a Hub id is a path)."""
+
+
 class ModelNotAvailableError(MAESTError, OSError):
     """A Hub model that is not in the local Hugging Face cache and cannot be downloaded (offline, no network)."""
 
@@ -490,14 +494,15 @@ _DISTILLATION_HEAD = "classifier.distillation_dense."
 
 
 def _check_repo_id(source: str) -> None:
-    """A name that is neither a local path nor a possible Hub repo id is a missing local path."""
-    looks_local = source.startswith((".", "/", "~")) or source.count("/") > 1 or Path(source).suffix in ORIGINAL_CHECKPOINT_SUFFIXES
+    """A name that is neither a local path nor a possible Hub repo id is a missing local path. Hub ids of MAEST
+    models are "owner/name": a bare name (a typo of a folder, more likely than an owner-less Hub model) is a path."""
+    looks_local = source.startswith((".", "/", "~")) or source.count("/") != 1 or Path(source).suffix in ORIGINAL_CHECKPOINT_SUFFIXES
     try:
         validate_repo_id(source)
     except HFValidationError:
         looks_local = True
     if looks_local:
-        raise CheckpointError(f"{source}: no such file or directory")
+        raise CheckpointNotFoundError(f"{source}: no such file or directory")
 
 
 def hub_unavailable_reason(repo_id: str, cache_dir=None, local_files_only: bool = False) -> str | None:
@@ -653,6 +658,7 @@ def _to_dtype(model, dtype):
 __all__ = [
     "AST_CHECKPOINT_CONVERSION",
     "CheckpointError",
+    "CheckpointNotFoundError",
     "ModelNotAvailableError",
     "hub_unavailable_reason",
     "SplitPositionGrid",

@@ -332,7 +332,7 @@ def test_an_unreadable_subfolder_is_reported_and_the_run_goes_on(good_wav, small
 
 def test_models_that_are_not_model_directories_are_one_line_errors(good_wav, small_model_dir, tmp_path, capsys):
     # "folder/" is no Hub id; an audio file is no model directory; a token typo of export-onnx fails before loading.
-    for model_argument, message in [(tmp_path / "nosuchdir", "does not exist"), (good_wav, "not a checkpoint file")]:
+    for model_argument, message in [(tmp_path / "nosuchdir", "nosuchdir/: no such file or directory"), (good_wav, "not a checkpoint file")]:
         status, _, err = run_cli(["tag", good_wav, "--model", f"{model_argument}/" if "nosuch" in str(model_argument) else model_argument, "-q"], capsys)
         assert status == 2 and err.count("\n") == 1 and message in err, err
     pickled = tmp_path / "pickled"

@@ -381,7 +381,7 @@ def test_default_model_offline_error_names_the_fix(tmp_path, monkeypatch, capsys
     track = write_audio(tmp_path / "clip.wav", synth_music(2.0))
     status, _, err = run_cli(["tag", track], capsys)
     assert status == 2 and "mtg-upf/discogs-maest-30s-pw-129e-519l" in err and "--model DIR" in err
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(FileNotFoundError, match="no-model-here: no such file or directory"):
         load_model(str(tmp_path / "no-model-here"))
 
 
