@@ -81,6 +81,7 @@ def export_onnx(
     tokens="cls,dist,mean",
     inference_patchout_time_stride: int | None = None,
     opset_version: int | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Exports a MAEST classifier to ONNX with dynamic batch and frame axes, outputs `logits` and `embedding`.
 
@@ -89,14 +90,23 @@ def export_onnx(
         out: the `.onnx` file to write.
         block / tokens: the embedding output (`config.embedding_block` and all three tokens by default).
         inference_patchout_time_stride: keep every k-th patch column (fixed in the graph).
+        overwrite: replace an existing `out` (refused otherwise: it may be anything the user keeps there).
 
     Returns:
         The written path.
     """
-    try:  # before the model is loaded: a typo fails at once
+    # Checked before the model is loaded, so that a typo or a taken name fails at once.
+    try:
         parse_embedding_tokens(tokens)
     except ValueError as error:
         raise InferenceSettingError(str(error)) from error
+    out_path = Path(out)
+    if out_path.is_dir():
+        raise InferenceSettingError(f"{out}: is a folder; name the .onnx file to write")
+    if out_path.exists() and not overwrite:
+        raise InferenceSettingError(f"{out}: already exists; pass --overwrite to replace it")
+    if out_path.parent.exists() and not out_path.parent.is_dir():
+        raise InferenceSettingError(f"{out}: {out_path.parent} is a file, not a folder")
     inference_model = load_model(
         model_name_or_path, device="cpu", dtype="float32", inference_patchout_time_stride=inference_patchout_time_stride
     )

@@ -45,3 +45,20 @@ def test_export_keeps_inference_patchout(small_model_dir, tmp_path):
     logits, _ = session.run(None, {"input_values": input_values.numpy()})
     with torch.no_grad():
         np.testing.assert_allclose(logits, model(input_values).logits.numpy(), atol=1e-4, rtol=1e-4)
+
+
+def test_export_refuses_to_replace_a_file_unless_asked(exported, small_model_dir, tmp_path, capsys):
+    kept = tmp_path / "notes.onnx"
+    kept.write_text("the user's file")
+    assert maest_main(["export-onnx", str(small_model_dir), str(kept)]) == 2
+    assert kept.read_text() == "the user's file"
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    blocker = tmp_path / "plain-file"
+    blocker.write_text("x")
+    assert maest_main(["export-onnx", str(small_model_dir), str(blocker / "m.onnx")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err.strip().splitlines()[-1]
+    again = tmp_path / "again.onnx"
+    again.write_bytes(exported.read_bytes())
+    assert maest_main(["export-onnx", str(small_model_dir), str(again), "--block", "1", "--tokens", "cls,mean", "--overwrite"]) == 0
+    session = onnxruntime.InferenceSession(str(again), providers=["CPUExecutionProvider"])
+    assert [node.name for node in session.get_outputs()] == ["logits", "embedding"]

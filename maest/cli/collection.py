@@ -304,6 +304,7 @@ def _export_onnx(args) -> int:
     path = export_onnx(
         args.model, args.out, block=args.block, tokens=args.tokens,
         inference_patchout_time_stride=args.inference_patchout_time_stride, opset_version=args.opset,
+        overwrite=args.overwrite,
     )
     print(f"wrote {path}: input_values (batch, frames, 96) -> logits (batch, labels), embedding (batch, dim)", file=sys.stderr)
     return EXIT_OK
@@ -351,4 +352,5 @@ def register(subparsers) -> None:
     export.add_argument("--tokens", default="cls,dist,mean", help="tokens of the embedding output")
     export.add_argument("--inference-patchout-time-stride", type=int, default=None, metavar="K", help="fixed in the graph")
     export.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
+    export.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (refused otherwise)")
     export.set_defaults(func=_export_onnx)
