@@ -164,6 +164,8 @@ def test_resume_needs_a_complete_checkpoint(corpus, tmp_path):
     (tmp_path / "half").mkdir()
     with pytest.raises(PretrainCheckpointError, match="not a complete pre-training checkpoint"):
         pretrain(PretrainConfig(**tiny_settings(corpus, tmp_path / "run", resume=str(tmp_path / "half"))))
+    with pytest.raises(PretrainCheckpointError, match="resume checkpoint .*nowhere does not exist"):
+        pretrain(PretrainConfig(**tiny_settings(corpus, tmp_path / "run", resume=str(tmp_path / "nowhere"))))
 
 
 def _cli_config(corpus, output_dir, **overrides):

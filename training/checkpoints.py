@@ -45,6 +45,8 @@ def find_resume_checkpoint(resume: str | None, output_dir) -> Path | None:
         checkpoints = list_checkpoints(output_dir)
         return checkpoints[-1] if checkpoints else None
     path = Path(resume)
+    if not path.exists():
+        raise PretrainCheckpointError(f"resume checkpoint {path} does not exist")
     if not (path / TRAINER_STATE.format(rank=0)).is_file():
         raise PretrainCheckpointError(
             f"{path} is not a complete pre-training checkpoint (no {TRAINER_STATE.format(rank=0)})"
