@@ -152,29 +152,26 @@ class TrackSegmentDataset(IterableDataset):
             reason = str(error) if named else f"{track.name}: {type(error).__name__}: {error}"
             yield SegmentChunk(index, None, last=True, error=reason)
 
-    def _array_clip(self, track: TrackInput) -> torch.Tensor:
+    def _array_clip(self, track: TrackInput) -> tuple[torch.Tensor, float]:
+        """The track's mono samples at the model's rate and its duration in seconds (too short: refused)."""
         extractor = self.feature_extractor
-        return audio_to_mono(track.audio, track.sampling_rate, extractor.sampling_rate, track.channel_axis, track.name)
-
-    def _array_windows(self, track: TrackInput):
-        extractor = self.feature_extractor
-        clip = self._array_clip(track)
+        clip = audio_to_mono(track.audio, track.sampling_rate, extractor.sampling_rate, track.channel_axis, track.name)
         duration = clip.shape[0] / extractor.sampling_rate
         if duration < self.settings.min_duration:
             raise AudioDecodingError(
                 f"{track.name}: too short ({duration:.2f} s; the minimum is {self.settings.min_duration:g} s)"
             )
+        return clip, duration
+
+    def _array_windows(self, track: TrackInput):
+        extractor = self.feature_extractor
+        clip, duration = self._array_clip(track)
         windows = segment_windows([clip], extractor, self.settings.segment_frames, self.settings.last_segment)
         yield from _window_chunks(windows, track.name, extractor.sampling_rate, self.settings.segments_per_chunk, 0.0)
 
     def _array_chunks(self, track: TrackInput):
         extractor = self.feature_extractor
-        clip = self._array_clip(track)
-        duration = clip.shape[0] / extractor.sampling_rate
-        if duration < self.settings.min_duration:
-            raise AudioDecodingError(
-                f"{track.name}: too short ({duration:.2f} s; the minimum is {self.settings.min_duration:g} s)"
-            )
+        clip, duration = self._array_clip(track)
         segments = extractor(
             clip,
             sampling_rate=extractor.sampling_rate,
