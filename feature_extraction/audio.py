@@ -384,10 +384,7 @@ def track_segment_features(
     """
     length = segment_frames or feature_extractor.max_length
     rate = feature_extractor.sampling_rate
-    info = audio_info(path)
-    if info.duration_seconds is not None and info.duration_seconds < min_duration_seconds:
-        raise AudioDecodingError(_too_short(path, info.duration_seconds, min_duration_seconds))
-    if info.duration_seconds is not None and info.duration_seconds <= stream_threshold_seconds:
+    if _decodes_whole(path, stream_threshold_seconds, min_duration_seconds):
         audio = load_audio(path, rate)
         duration = audio.shape[0] / rate
         if duration < min_duration_seconds:
@@ -482,10 +479,7 @@ def track_segment_windows(
     """
     length = segment_frames or feature_extractor.max_length
     rate = feature_extractor.sampling_rate
-    info = audio_info(path)
-    if info.duration_seconds is not None and info.duration_seconds < min_duration_seconds:
-        raise AudioDecodingError(_too_short(path, info.duration_seconds, min_duration_seconds))
-    if info.duration_seconds is not None and info.duration_seconds <= stream_threshold_seconds:
+    if _decodes_whole(path, stream_threshold_seconds, min_duration_seconds):
         pieces = [load_audio(path, rate)]
     else:
         pieces = stream_audio(path, length * feature_extractor.hop_size, rate)
@@ -513,6 +507,15 @@ def _window_chunks(windows, name, rate: int, segments_per_chunk: int, min_durati
         yield torch.stack([w for w, _ in pending]), torch.tensor([f for _, f in pending]), duration
     else:
         yield torch.zeros(0, 0), torch.zeros(0, dtype=torch.int64), duration
+
+
+def _decodes_whole(path, stream_threshold_seconds: float, min_duration_seconds: float) -> bool:
+    """Whether a track is decoded whole (its header gives a duration up to the threshold) rather than streamed with
+    bounded memory; a track whose header already says it is too short is refused before any decoding."""
+    duration = audio_info(path).duration_seconds
+    if duration is not None and duration < min_duration_seconds:
+        raise AudioDecodingError(_too_short(path, duration, min_duration_seconds))
+    return duration is not None and duration <= stream_threshold_seconds
 
 
 def _too_short(path, duration: float, minimum: float) -> str:
