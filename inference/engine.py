@@ -124,9 +124,7 @@ class TrackSegmentDataset(IterableDataset):
                 check_finite(track.name, segments)
                 yield SegmentChunk(index, segments, duration=duration, last=duration is not None)
         except Exception as error:  # one bad track never stops a collection
-            named = isinstance(error, (AudioDecodingError, AudioInputError))  # their messages name the track
-            reason = str(error) if named else f"{track.name}: {type(error).__name__}: {error}"
-            yield SegmentChunk(index, None, last=True, error=reason)
+            yield SegmentChunk(index, None, last=True, error=_failure_reason(track.name, error))
 
     def track_windows(self, index: int):
         """`track_chunks` for the front-end on the model's device: the segments' samples, checked as in
@@ -148,9 +146,7 @@ class TrackSegmentDataset(IterableDataset):
             for windows, num_frames, duration in chunks:
                 yield SegmentChunk(index, windows, duration=duration, last=duration is not None, num_frames=num_frames)
         except Exception as error:  # one bad track never stops a collection
-            named = isinstance(error, (AudioDecodingError, AudioInputError))  # their messages name the track
-            reason = str(error) if named else f"{track.name}: {type(error).__name__}: {error}"
-            yield SegmentChunk(index, None, last=True, error=reason)
+            yield SegmentChunk(index, None, last=True, error=_failure_reason(track.name, error))
 
     def _array_clip(self, track: TrackInput) -> tuple[torch.Tensor, float]:
         """The track's mono samples at the model's rate and its duration in seconds (too short: refused)."""
@@ -182,6 +178,13 @@ class TrackSegmentDataset(IterableDataset):
         chunks = segments.split(self.settings.segments_per_chunk)
         for position, chunk in enumerate(chunks):
             yield chunk, duration if position == len(chunks) - 1 else None
+
+
+def _failure_reason(name: str, error: Exception) -> str:
+    """A failed track's line in the failure list: decoding and input errors already name the track."""
+    if isinstance(error, (AudioDecodingError, AudioInputError)):
+        return str(error)
+    return f"{name}: {type(error).__name__}: {error}"
 
 
 def check_finite(name: str, segments: torch.Tensor) -> None:
