@@ -57,7 +57,7 @@ test-fast: setup
 	$(PYTHON) -m pytest -q -p no:cacheprovider -m "not slow"
 
 bench: setup
-	$(VENV)/bin/maest bench --output benchmarks/results.json --markdown benchmarks/results.md
+	$(VENV)/bin/maest bench --output benchmarks/results/results.json --markdown benchmarks/results/results.md
 
 # The CUDA tests and `maest bench --device cuda` on short inputs, on one GPU (a few minutes): gpu-check.json. With
 # no .venv (a machine with only the wheel and its dependencies) it runs under python3.

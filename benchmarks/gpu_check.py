@@ -59,16 +59,19 @@ def run_tests(tests_root: Path, timeout: float) -> dict:
 
 
 def run_bench(extra: list) -> dict:
-    from maest.benchmarks.measure import run_benchmark
-    from maest.benchmarks.report import render
-    from maest.cli import build_parser
+    """`maest bench` as a user runs it (its own process, its table on stdout), its results read from its JSON."""
+    import tempfile
 
-    args = build_parser().parse_args(BENCH_ARGUMENTS + extra)
-    start = time.perf_counter()
-    results = run_benchmark(args)
-    results["command"] = "maest " + " ".join(BENCH_ARGUMENTS + extra)
+    arguments = BENCH_ARGUMENTS + extra
+    with tempfile.TemporaryDirectory(prefix="maest-gpu-check-") as folder:
+        output = Path(folder) / "bench.json"
+        start = time.perf_counter()
+        finished = subprocess.run([sys.executable, "-m", "maest", *arguments, "--output", str(output)])
+        if finished.returncode != 0 or not output.is_file():
+            raise RuntimeError(f"`maest {' '.join(arguments)}` exited with status {finished.returncode}")
+        results = json.loads(output.read_text())
+    results["command"] = "maest " + " ".join(arguments)
     results["seconds"] = time.perf_counter() - start
-    print(render(results), end="", flush=True)
     return results
 
 

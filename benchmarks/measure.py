@@ -38,8 +38,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from maest import MAESTFeatureExtractor
-from maest.errors import MAESTError
+from maest.feature_extraction import MAESTFeatureExtractor
+from maest.utils.errors import MAESTError
 from maest.inference.model import InferenceModel
 from maest.inference.precision import compile_model, cpu_precision_summary, prepare_model
 
@@ -166,7 +166,6 @@ def synthetic_music(seconds: float, sampling_rate: int = 16000, seed: int = 0) -
 
 def music_features(config, batch_size: int, seed: int = 0) -> torch.Tensor:
     """`(batch_size, config.max_length, num_mel_bins)` log-mels of `synthetic_music` clips of the model's length."""
-    from maest import MAESTFeatureExtractor
 
     extractor = MAESTFeatureExtractor(max_length=config.max_length)
     seconds = extractor_seconds(extractor, config.max_length) + 0.1
@@ -333,7 +332,7 @@ def _strided(model: nn.Module, stride: int, fn: Callable):
 
 
 def _load_or_build(args, device: torch.device):
-    from maest import MAESTConfig, MAESTForAudioClassification, load_maest
+    from maest.modeling import MAESTConfig, MAESTForAudioClassification, load_maest
 
     if args.model:
         model = load_maest(args.model)  # every published layout; never silently random weights
@@ -635,7 +634,6 @@ def _int8_skip_modules(model, which: str) -> list:
 
 
 def _segment_seconds(num_frames: int) -> float:
-    from maest import MAESTFeatureExtractor
 
     return extractor_seconds(MAESTFeatureExtractor(max_length=num_frames), num_frames)
 
@@ -649,7 +647,7 @@ def benchmark_training(model, device, batch_size: int, rounds: int, patchout_tim
     if patchout_time is None:
         # The paper's 90 of 186 columns for 30 s; the same fraction for other lengths.
         patchout_time = PAPER_TRAIN_PATCHOUT_TIME if columns == 186 else round(columns * PAPER_TRAIN_PATCHOUT_TIME / 186)
-    from maest import MAESTForAudioClassification
+    from maest.modeling import MAESTForAudioClassification
 
     torch.manual_seed(0)
     train_model = MAESTForAudioClassification(config).to(device).train()
@@ -747,7 +745,6 @@ def benchmark_end_to_end(
         from maest.inference.backends import load_backend
     except ImportError as error:
         return {"skipped": f"maest.inference has no embed API ({error})"}
-    from maest import MAESTFeatureExtractor
 
     extractor = MAESTFeatureExtractor(max_length=model.config.max_length)
     segment_seconds = extractor_seconds(extractor, model.config.max_length)

@@ -34,7 +34,8 @@ def benchmark_ray_engine(
     (uniform) and compares their rows. Returns the results dict of `maest bench --ray`."""
     import ray
 
-    from maest import MAESTConfig, MAESTFeatureExtractor, MAESTForAudioClassification
+    from maest.feature_extraction import MAESTFeatureExtractor
+    from maest.modeling import MAESTConfig, MAESTForAudioClassification
     from maest.inference import embed, read_output
     from maest.inference.ray_engine import embed_with_ray
     from maest.inference.store import table_paths

@@ -111,7 +111,7 @@ def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def render(results: dict, markdown: bool = False) -> str:
-    """The results as text (aligned columns, for the terminal) or Markdown (for benchmarks/results.md, the README)."""
+    """The results as text (aligned columns, for the terminal) or Markdown (for benchmarks/results/results.md, the README)."""
     table = _markdown_table if markdown else _text_table
     lines = summary_lines(results) + [""] + table(VARIANT_HEADER, variant_rows(results))
     lines += [""] + table(RATIO_HEADER, ratio_rows(results))

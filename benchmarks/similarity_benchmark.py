@@ -1,6 +1,6 @@
 """Similarity search speed and recall at collection scale, on generated music-like embeddings.
 
-    python benchmarks/similarity_benchmark.py --sizes 50000 200000 --threads 2 --output benchmarks/similarity.json
+    python benchmarks/similarity_benchmark.py --sizes 50000 200000 --threads 2 --output benchmarks/results/similarity.json
 
 The vectors (2304-dim, like MAEST's cls+dist+mean embedding) come from a two-level Gaussian mixture, structured like
 a music collection rather than i.i.d. noise: `genres` centres on the sphere, `albums_per_genre` album centres
@@ -22,7 +22,7 @@ import time
 import faiss  # the optional extra `maest[similarity]`: this benchmark measures FAISS and needs it throughout
 import numpy as np
 
-from maest.files import write_text_atomically
+from maest.utils.files import write_text_atomically
 from maest.similarity import exact_neighbours, new_approximate_index, normalize, recall_at, tune_nprobe
 
 

@@ -15,7 +15,7 @@ from transformers.utils import logging
 
 
 try:
-    from maest.errors import MAESTError
+    from maest.utils.errors import MAESTError
 except ImportError:  # loaded as remote code (`trust_remote_code=True`) where the package is not installed
 
     class MAESTError(Exception):

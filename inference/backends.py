@@ -52,9 +52,9 @@ from pathlib import Path
 
 import torch
 
-from maest.constants import BACKEND_CHOICES, BACKENDS
-from maest.errors import MAESTError
-from maest.files import write_text_atomically
+from maest.utils.constants import BACKEND_CHOICES, BACKENDS
+from maest.utils.errors import MAESTError, one_line
+from maest.utils.files import write_text_atomically
 from maest.modeling import parse_embedding_tokens
 
 from .model import InferenceModel
@@ -64,7 +64,7 @@ from .precision import cpu_flags, prepare_model
 
 logger = logging.getLogger(__name__)
 
-# BACKENDS and BACKEND_CHOICES (imported above) are defined in `maest.constants`, which the CLI reads too.
+# BACKENDS and BACKEND_CHOICES (imported above) are defined in `maest.utils.constants`, which the CLI reads too.
 # The dtypes each exported-graph runtime runs (torch runs every dtype of `maest.inference.precision`).
 EXPORTED_DTYPES = {"onnxruntime": ("float32", "int8"), "openvino": ("float32", "int8", "bfloat16")}
 # `auto`'s candidates on CPU per dtype, and their order where they cannot be measured (ONNX Runtime was the faster
@@ -280,10 +280,6 @@ def _temporary_cache() -> Path:
     return Path(_temporary_cache_folder.name)
 
 
-def _one_line(error: BaseException) -> str:
-    return " ".join((str(error) or type(error).__name__).split())
-
-
 @contextlib.contextmanager
 def _flock(path: Path, blocking: bool = True):
     """An exclusive `flock` on `path` (created); yields False instead of waiting when `blocking` is off and another
@@ -328,7 +324,7 @@ class GraphCache:
         try:
             record = self.record(folder)
         except (OSError, ValueError) as error:
-            return f"its {KEY_FILE} cannot be read ({_one_line(error)})"
+            return f"its {KEY_FILE} cannot be read ({one_line(error)})"
         if not isinstance(record, dict) or record.get("key") != key.as_json():
             return f"its {KEY_FILE} names another graph (a foreign or older entry)"
         written = record.get("graph") if isinstance(record.get("graph"), dict) else {}
@@ -356,9 +352,9 @@ class GraphCache:
             return self._build(model, key, example_frames)
         except OSError as error:
             if isinstance(error, GraphCacheError) or self.directory == _temporary_cache():
-                raise GraphCacheError(f"cannot write the exported graph to {self.directory}: {_one_line(error)}") from error
+                raise GraphCacheError(f"cannot write the exported graph to {self.directory}: {one_line(error)}") from error
             logger.warning(
-                f"graph cache {self.directory} cannot be written ({_one_line(error)}): using a temporary cache for "
+                f"graph cache {self.directory} cannot be written ({one_line(error)}): using a temporary cache for "
                 f"this process; set MAEST_CACHE to a writable folder to keep exported graphs between runs"
             )
             self.directory = _temporary_cache()
@@ -471,7 +467,7 @@ class OnnxRuntimeSession:
         except FileNotFoundError:
             return None
         except Exception as error:  # a damaged record or file (any runtime error): optimize again
-            logger.warning(f"graph cache: ONNX Runtime's optimized model {self.optimized} is not usable ({_one_line(error)}); optimizing again")
+            logger.warning(f"graph cache: ONNX Runtime's optimized model {self.optimized} is not usable ({one_line(error)}); optimizing again")
             return None
 
     def _keep(self, written: Path) -> None:
@@ -613,12 +609,12 @@ class ExportedInferenceModel(InferenceModel):
                 record, opened = self._measure(key)
             except Exception as error:  # nothing could be measured: the fixed order
                 self.backend = self.candidates[0]
-                logger.warning(f"backend auto: could not measure the back-ends here ({_one_line(error)}); running on {self.backend}")
+                logger.warning(f"backend auto: could not measure the back-ends here ({one_line(error)}); running on {self.backend}")
                 return self._open(self.backend, key)
             try:
                 write_text_atomically(choice_file, json.dumps(record, indent=2) + "\n", fsync=False)
             except OSError as error:
-                logger.warning(f"backend auto: cannot keep the measurement in {choice_file} ({_one_line(error)}); measuring again next time")
+                logger.warning(f"backend auto: cannot keep the measurement in {choice_file} ({one_line(error)}); measuring again next time")
         self.backend = record["choice"]
         logger.warning(f"backend auto: {self.backend} ({_describe(record)})")
         if self.backend == "torch":
@@ -643,7 +639,7 @@ class ExportedInferenceModel(InferenceModel):
                 opened[name] = runner
             except Exception as error:
                 calls.pop(name, None)
-                logger.warning(f"backend auto: {name} cannot run this model ({_one_line(error)}); passing it over")
+                logger.warning(f"backend auto: {name} cannot run this model ({one_line(error)}); passing it over")
         if not calls:
             raise BackendError("no back-end could run the model")
         seconds = {name: float("inf") for name in calls}

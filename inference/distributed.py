@@ -38,9 +38,9 @@ import torch
 
 from transformers.utils import logging
 
-from maest.errors import MAESTError
+from maest.utils.errors import MAESTError
 
-from maest.files import write_text_atomically
+from maest.utils.files import write_text_atomically
 
 from .job import (
     CollectionError,

@@ -21,9 +21,10 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from maest.errors import MAESTError
 from maest.feature_extraction.audio import DEFAULT_STREAM_THRESHOLD_SECONDS, find_audio_files
 from maest.modeling import parse_embedding_tokens
+from maest.utils.constants import __version__
+from maest.utils.errors import MAESTError
 
 from .backends import BACKEND_CHOICES, load_backend, weights_digest
 from .engine import CollectionRunner, TrackFailure, TrackInput
@@ -271,14 +272,12 @@ def output_dims(inference_model: InferenceModel, settings: CollectionSettings) -
 
 def run_metadata(inference_model: InferenceModel, recorded: dict) -> dict:
     """What an output says about how it was made: the settings, segment length, labels, maest version."""
-    import maest
-
     metadata = {
         "settings": recorded,
         "backend": inference_model.backend,  # what ran this run (recorded in the settings where it changes numbers)
         "segment_seconds": inference_model.segment_seconds,
         "sampling_rate": inference_model.feature_extractor.sampling_rate,
-        "maest_version": maest.__version__,
+        "maest_version": __version__,
     }
     graphs = getattr(inference_model, "graph_digests", None)
     if graphs:  # the exported graphs that ran, by cache key: their SHA-256

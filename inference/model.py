@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from maest.constants import DEFAULT_BACKEND, DEFAULT_MODEL
-from maest.errors import MAESTError
+from maest.utils.constants import DEFAULT_BACKEND, DEFAULT_MODEL
+from maest.utils.errors import MAESTError
 from maest.feature_extraction import MAESTFeatureExtractor, max_length_mismatch
 from maest.modeling import pool_embedding_tokens, validate_block_index
 from maest.modeling.conversion import ModelNotAvailableError
@@ -19,7 +19,7 @@ from .precision import input_dtype
 
 
 # The default model, and what runs a model unless asked otherwise (`--backend`; see `maest.inference.backends` and
-# README "Speed"): defined in `maest.constants`, which the CLI reads too.
+# README "Speed"): defined in `maest.utils.constants`, which the CLI reads too.
 
 
 class InferenceSettingError(MAESTError, ValueError):

@@ -36,8 +36,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from maest.errors import MAESTError
-from maest.files import atomic_write
+from maest.utils.errors import MAESTError
+from maest.utils.files import atomic_write
 
 
 logger = logging.getLogger(__name__)

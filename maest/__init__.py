@@ -14,7 +14,7 @@ import importlib.abc
 import importlib.util
 import sys
 
-__version__ = "0.1.0"
+from maest.utils.constants import __version__
 
 # Public name -> the module that defines it (loaded on first access).
 _EXPORTS = {

@@ -27,7 +27,7 @@ import warnings
 import torch
 from torch import nn
 
-from .errors import MAESTError
+from maest.utils.errors import MAESTError
 from .feature_extraction import MAESTFeatureExtractor, max_length_mismatch
 from .modeling import MAESTForAudioClassification, find_published, load_maest
 from .modeling.modeling_maest import parse_embedding_tokens

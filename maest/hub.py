@@ -18,7 +18,7 @@ from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, constants
 from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled
 from safetensors import safe_open
 
-from .errors import MAESTError
+from maest.utils.errors import MAESTError
 from .feature_extraction import MAESTFeatureExtractor
 from .model_cards import build_model_card, write_model_card
 from .modeling import load_maest, match_published

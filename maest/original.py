@@ -31,7 +31,7 @@ Differences from the original, all deliberate:
 import torch
 from torch import nn
 
-from .errors import MAESTError
+from maest.utils.errors import MAESTError
 from .feature_extraction import max_length_mismatch
 from .inference.model import load_feature_extractor
 from .modeling.conversion import ModelNotAvailableError, hub_unavailable_reason

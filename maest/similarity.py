@@ -43,9 +43,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from maest.cli.common import one_line
-from maest.errors import MAESTError
-from maest.files import atomic_write, write_text_atomically
+from maest.utils.errors import one_line
+from maest.utils.errors import MAESTError
+from maest.utils.files import atomic_write, write_text_atomically
 
 
 INDEX_FORMAT = "maest-similarity-index"

@@ -15,7 +15,7 @@ import jinja2
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from safetensors import safe_open
 
-from ..errors import MAESTError
+from maest.utils.errors import MAESTError
 from ..modeling.configuration_maest import MAEST_PRESETS, MAESTConfig
 from ..modeling.published import PublishedCheckpoint, find_published
 

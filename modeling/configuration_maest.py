@@ -5,7 +5,7 @@ from transformers import PreTrainedConfig
 
 
 try:  # the package's base of user errors, so that `maest` commands print these as one line
-    from maest.errors import MAESTError
+    from maest.utils.errors import MAESTError
 except ImportError:  # loaded as remote code (`trust_remote_code=True`) where the package is not installed
 
     class MAESTError(Exception):

@@ -39,7 +39,7 @@ from transformers.conversion_mapping import register_checkpoint_conversion_mappi
 from transformers.core_model_loading import ConversionOps, WeightConverter, WeightRenaming
 from transformers.utils import logging as transformers_logging
 
-from ..errors import MAESTError
+from maest.utils.errors import MAESTError
 from .configuration_maest import AST_MODEL_TYPE, MAEST_PRESETS, MAESTConfig, MAESTConfigError
 from .label_names import apply_discogs_names, set_label_names
 from .modeling_maest import MAESTForAudioClassification

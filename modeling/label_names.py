@@ -5,7 +5,7 @@ import json
 import logging
 from importlib import resources
 
-from ..errors import MAESTError
+from maest.utils.errors import MAESTError
 
 
 logger = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ Each entry holds the model's shape (a `MAEST_PRESETS` name), its label set (`dis
 from dataclasses import dataclass
 from pathlib import PurePath
 
-from ..errors import MAESTError
+from maest.utils.errors import MAESTError
 from .configuration_maest import MAEST_PRESETS, MAESTConfig
 from .label_names import DISCOGS_LABEL_SETS, discogs_label_names, label_maps
 

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from maest.cli.common import EXIT_BROKEN_PIPE, EXIT_CRASH, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, run_command
-from maest.errors import MAESTError
+from maest.utils.errors import MAESTError
 
 
 def _python(code: str) -> str:

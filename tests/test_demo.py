@@ -27,7 +27,7 @@ def test_quick_demo_runs_end_to_end(tmp_path, capsys):
 
 
 def test_synthetic_corpus_is_deterministic_and_tagged(tmp_path):
-    from maest.training.synthetic import STYLES, synthesize_track, tempo_class
+    from maest.synthetic import STYLES, synthesize_track, tempo_class
     import numpy as np
 
     first, facts = synthesize_track("house", 2.0, np.random.default_rng(5))

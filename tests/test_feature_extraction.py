@@ -233,7 +233,7 @@ def test_segment_times_locate_the_audio():
 
 
 def test_bad_inputs(extractor):
-    from maest.errors import MAESTError
+    from maest.utils.errors import MAESTError
 
     with pytest.raises(MAESTError, match="empty"):
         extractor(np.zeros(0, dtype=np.float32), sampling_rate=16000)

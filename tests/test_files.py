@@ -1,8 +1,8 @@
-"""`maest.files.atomic_write`: a finished file is replaced whole or not at all."""
+"""`maest.utils.files.atomic_write`: a finished file is replaced whole or not at all."""
 
 import pytest
 
-from maest.files import atomic_write, write_text_atomically
+from maest.utils.files import atomic_write, write_text_atomically
 
 
 def test_a_failed_write_keeps_the_finished_file_and_leaves_no_temporary(tmp_path):

@@ -325,7 +325,7 @@ def test_readers_during_updates_always_see_a_whole_generation(tmp_path):
 
 # ---------------------------------------------------------------------- read-only folder, full disk, bad options
 def test_a_read_only_index_folder_is_searched_and_an_update_is_one_line(tmp_path, capsys, monkeypatch):
-    import maest.files
+    import maest.utils.files
 
     vectors, index = built(tmp_path)
     before = {file.name: file.read_bytes() for file in index.iterdir()}
@@ -333,14 +333,14 @@ def test_a_read_only_index_folder_is_searched_and_an_update_is_one_line(tmp_path
     try:
         assert cli(capsys, "similar", "/music/track3.wav", "--index", index, "--top-k", "2")[0] == 0
         if os.geteuid() == 0:  # root writes anywhere: refuse writes in the folder as the kernel would
-            make_temporary = maest.files.tempfile.mkstemp
+            make_temporary = maest.utils.files.tempfile.mkstemp
 
             def refused(*args, dir=None, **kwargs):
                 if Path(dir) == index:
                     raise PermissionError(errno.EACCES, "Permission denied", str(dir))
                 return make_temporary(*args, dir=dir, **kwargs)
 
-            monkeypatch.setattr(maest.files.tempfile, "mkstemp", refused)
+            monkeypatch.setattr(maest.utils.files.tempfile, "mkstemp", refused)
         write_embeddings(tmp_path / "e.parquet", vectors[:20])
         status, _, err = cli(capsys, "index", tmp_path / "e.parquet", "--out", index)
     finally:

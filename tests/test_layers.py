@@ -1,89 +1,88 @@
-"""The import graph of the package (docs/architecture.md): no circle between modules, and no arrow from a lower
-layer to a higher one. Read from the source with `ast` (every import, those inside functions too), with the folders
-mapped to `maest.*` as setup.cfg maps them."""
+"""The floors of the package (docs/architecture.md), as static tools see them.
 
-import ast
-import configparser
+`maest/` holds links to the folders at the top of the repository (maest/modeling -> ../modeling), so a tool that
+reads the source without an install (grimp and import-linter here; IDEs, type checkers and import-graph drawings
+the same way) finds every module under its real name. import-linter checks setup.cfg's two contracts: the floors
+(the applications over training and inference, over the model, the front-end and the basics) and no circle between
+sibling packages or modules at any depth. Both are shown to fail on a copy of the source with one wrong import.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
+
 REPOSITORY = Path(__file__).resolve().parents[1]
-# docs/architecture.md's layers: 0 the ground, 1 inference and training, 2 the applications.
-GROUND = ("maest.modeling", "maest.feature_extraction", "maest.errors", "maest.files", "maest.constants")
-MIDDLE = ("maest.inference", "maest.training", "maest.model_cards")
+LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 
 
-def _layer(module: str) -> int:
-    if any(module == name or module.startswith(name + ".") for name in GROUND):
-        return 0
-    if any(module == name or module.startswith(name + ".") for name in MIDDLE):
-        return 1
-    return 2
-
-
-def _modules() -> dict[str, Path]:
-    config = configparser.ConfigParser()
-    config.read(REPOSITORY / "setup.cfg", encoding="utf-8")
-    mapping = dict(
-        (part.strip() for part in line.split("=", 1)) for line in config["options"]["package_dir"].strip().splitlines()
-    )
-    modules = {}
-    for package, folder in mapping.items():
-        for path in sorted((REPOSITORY / folder).rglob("*.py")):
-            parts = path.relative_to(REPOSITORY / folder).with_suffix("").parts
-            name = ".".join((package, *parts)).removesuffix(".__init__")
-            if package == "maest" and parts[0] in {p.split(".")[1] for p in mapping if p != "maest"}:
-                continue  # (no such folder inside maest/, but a mapped name always wins)
-            modules[name] = path
+def _source_modules(root: Path) -> set[str]:
+    """Every module of the package, named from the files on disk (the links followed, as Python imports them). The
+    `evaluate` metric scripts' folders are not packages (no `__init__.py`): `evaluate` loads those files by path."""
+    modules = set()
+    for folder, subfolders, files in os.walk(root / "maest", followlinks=True):
+        subfolders[:] = [name for name in subfolders if (Path(folder) / name / "__init__.py").is_file()]
+        package = Path(folder).relative_to(root).parts
+        modules |= {".".join(package + (name[:-3],)).removesuffix(".__init__") for name in files if name.endswith(".py")}
     return modules
 
 
-def _imports(modules: dict[str, Path]) -> dict[str, set[str]]:
-    graph = {}
-    for module, path in modules.items():
-        targets = set()
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:
-                    package = module.split(".")
-                    package = package[: len(package) - node.level + (path.name == "__init__.py")]
-                    base = ".".join(package + ([node.module] if node.module else []))
-                names = [base] + [f"{base}.{alias.name}" for alias in node.names]
-            else:
-                continue
-            for name in names:
-                while name and name not in modules:
-                    name = name.rpartition(".")[0]
-                if name and name not in (module, "maest"):  # the root's lazy names are not an import of a layer
-                    targets.add(name)
-        graph[module] = targets
-    return graph
+def _lint_imports(root: Path) -> subprocess.CompletedProcess:
+    # The source under `root` comes first on the path: the editable install's finder only answers what it misses.
+    environment = {**os.environ, "PYTHONPATH": str(root), "PYTHONDONTWRITEBYTECODE": "1"}
+    return subprocess.run(
+        [str(LINT_IMPORTS), str(root / "setup.cfg"), "--no-cache"],
+        cwd=root, env=environment, capture_output=True, text=True, timeout=300,
+    )
 
 
-def test_imports_form_no_circle_and_go_downwards():
-    modules = _modules()
-    assert {"maest.inference.loading", "maest.modeling.conversion", "maest.cli.collection"} <= set(modules)
-    graph = _imports(modules)
-    upwards = sorted((a, b) for a, targets in graph.items() for b in targets if _layer(b) > _layer(a))
-    assert upwards == []
-    # A circle is a path back to where it started: depth-first search with the path on a stack.
-    state, circles = {}, []
+def test_every_top_folder_is_linked_into_the_package():
+    linked = {path.name for path in (REPOSITORY / "maest").iterdir() if path.is_symlink()}
+    assert linked == {"modeling", "feature_extraction", "utils", "inference", "training", "model_cards", "benchmarks"}
+    for name in linked:
+        assert (REPOSITORY / "maest" / name).resolve() == REPOSITORY / name
 
-    def visit(module, path):
-        state[module] = "open"
-        for target in sorted(graph[module]):
-            if state.get(target) == "open":
-                circles.append(path[path.index(target):] + [target])
-            elif target not in state:
-                visit(target, path + [target])
-        state[module] = "done"
 
-    for module in sorted(graph):
-        if module not in state:
-            visit(module, [module])
-    assert circles == []
-    # The check sees function-level imports (the circle it guards against hid in one).
-    assert "maest.inference.model" in graph["maest.inference.backends"]
-    assert "maest.inference.backends" not in graph["maest.inference.model"]
+def test_static_import_graph_sees_every_module():
+    grimp = pytest.importorskip("grimp")
+    graph = grimp.build_graph("maest", cache_dir=None)
+    assert graph.modules == _source_modules(REPOSITORY)
+    # Imports between folders are edges of the graph (the reason for the links), function-level imports too.
+    assert graph.direct_import_exists(importer="maest.inference.job", imported="maest.modeling")
+    assert graph.direct_import_exists(importer="maest.cli.collection", imported="maest.inference.job")
+    assert graph.direct_import_exists(importer="maest.inference.backends", imported="maest.inference.model")
+
+
+def test_the_floors_and_no_circle_contracts_are_kept():
+    result = _lint_imports(REPOSITORY)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "2 kept, 0 broken" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "importer, line, contract",
+    [
+        # The front-end reaching up to the model cards: a lower floor importing a higher one (and no circle).
+        ("feature_extraction/audio.py", "import maest.model_cards", "Floors"),
+        # model.py importing backends, which imports model: a circle inside inference.
+        ("inference/model.py", "import maest.inference.backends", "No circles"),
+    ],
+)
+def test_a_wrong_import_breaks_a_contract(tmp_path, importer, line, contract):
+    copy = tmp_path / "source"
+    copy.mkdir()
+    for name in ["setup.cfg", "maest", "utils", "modeling", "feature_extraction", "model_cards", "inference", "training", "benchmarks"]:
+        source = REPOSITORY / name
+        if source.is_dir():
+            shutil.copytree(source, copy / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(source, copy / name)
+    target = copy / importer
+    target.write_text(target.read_text(encoding="utf-8") + f"\n\ndef _wrong():\n    {line}\n", encoding="utf-8")
+    result = _lint_imports(copy)
+    assert result.returncode == 1, result.stdout[-3000:]
+    assert "1 kept, 1 broken" in result.stdout
+    assert f"{contract}" in result.stdout.split("Broken contracts")[-1]

@@ -9,7 +9,7 @@ import torch
 from conftest import FIXTURES, SAMPLING_RATE, SMALL_MODEL_LABELS, synth_music
 
 from maest import MAESTFeatureExtractor, get_maest, load_original_checkpoint
-from maest.errors import MAESTError
+from maest.utils.errors import MAESTError
 from maest.inference.model import ModelNotAvailableError
 from maest.modeling import PUBLISHED_CHECKPOINTS, UnknownCheckpointError
 from maest.original import OriginalMAEST, OriginalSettingError

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from maest.errors import MAESTError
+from maest.utils.errors import MAESTError
 from maest.training.checkpoints import PretrainCheckpointError, list_checkpoints
 from maest.training.config import ConfigError
 from maest.training.data import DataQualityError, TagVocabulary, TrainingDataError, load_streaming_dataset
@@ -21,7 +21,7 @@ from test_training_pretrain import tiny_settings
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    from maest.training.synthetic import write_corpus
+    from maest.synthetic import write_corpus
 
     directory = tmp_path_factory.mktemp("corpus")
     write_corpus(directory, num_tracks=12, seconds=2.0, seed=3)

@@ -25,7 +25,7 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    from maest.training.synthetic import write_corpus
+    from maest.synthetic import write_corpus
 
     directory = tmp_path_factory.mktemp("corpus")
     write_corpus(directory, num_tracks=24, seconds=2.5, seed=1)

@@ -7,7 +7,6 @@ environment for the whole module. The environment gets its dependencies from the
 `.pth` line, added after the wheel is installed; `maest` itself must come from the wheel (checked: `maest.__file__`).
 """
 
-import configparser
 import json
 import os
 import shutil
@@ -26,22 +25,15 @@ pytestmark = pytest.mark.slow
 REPOSITORY = Path(__file__).resolve().parent.parent
 
 
-def package_folders() -> dict[str, Path]:
-    """setup.cfg's `package_dir`: package name -> source folder (the top-level folders of the repository)."""
-    config = configparser.ConfigParser()
-    config.read(REPOSITORY / "setup.cfg", encoding="utf-8")
-    lines = config["options"]["package_dir"].strip().splitlines()
-    return {package.strip(): REPOSITORY / folder.strip() for package, folder in (line.split("=", 1) for line in lines)}
-
-
-def source_modules() -> set[str]:
-    """Every Python file of the package's source folders, as its path inside the installed package."""
-    modules = set()
-    for package, folder in package_folders().items():
-        for path in folder.rglob("*.py"):
-            if "__pycache__" not in path.parts:
-                modules.add("/".join([*package.split("."), *path.relative_to(folder).parts]))
-    return modules
+def package_files(suffixes=(".py",)) -> set[str]:
+    """The package's files with these suffixes, as paths inside the installed package: `maest/` with the links it
+    holds to the top-level folders followed (maest/modeling -> ../modeling), as the build follows them."""
+    files = set()
+    for folder, subfolders, names in os.walk(REPOSITORY / "maest", followlinks=True):
+        subfolders[:] = [name for name in subfolders if name != "__pycache__"]
+        relative = Path(folder).relative_to(REPOSITORY).parts
+        files |= {"/".join((*relative, name)) for name in names if name.endswith(suffixes)}
+    return files
 
 
 def run(command, environment, **options) -> subprocess.CompletedProcess:
@@ -98,20 +90,16 @@ def test_sdist_holds_what_building_needs(distributions):
     sdist, _ = distributions
     with tarfile.open(sdist) as archive:
         names = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
-    missing = {"README.md", "setup.cfg", "setup.py", "pyproject.toml", "docs/design.md"} - names
-    # The sources as they sit in the repository (the folder mapping is applied when the wheel is built).
-    for folder in package_folders().values():
-        for path in folder.rglob("*"):
-            if path.is_file() and "__pycache__" not in path.parts and path.suffix in (".py", ".txt", ".yaml"):
-                if str(path.relative_to(REPOSITORY)) not in names:
-                    missing.add(str(path.relative_to(REPOSITORY)))
+    missing = {"README.md", "setup.cfg", "pyproject.toml", "docs/design.md"} - names
+    # The package's sources with the links resolved: the sdist holds real folders, as the wheel does.
+    missing |= package_files((".py", ".txt", ".yaml")) - names
     assert not missing, f"{sdist.name} lacks {sorted(missing)}"
 
 
 def test_wheel_holds_every_module(distributions):
     _, wheel = distributions
     names = set(zipfile.ZipFile(wheel).namelist())
-    missing = source_modules() - names
+    missing = package_files() - names
     assert not missing, f"{wheel.name} lacks {sorted(missing)}"
     assert not [name for name in names if "__pycache__" in name or name.startswith(("tests/", "docs/"))]
 
@@ -165,7 +153,7 @@ def test_installed_package_is_the_wheel_and_has_its_data(installed, small_model_
     installed_modules = {
         "/".join(path.relative_to(site_packages).parts) for path in (site_packages / "maest").rglob("*.py")
     }
-    assert not source_modules() - installed_modules
+    assert not package_files() - installed_modules
 
 
 def test_every_command_starts(installed, tmp_path):

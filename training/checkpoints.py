@@ -14,7 +14,7 @@ from pathlib import Path
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from maest.errors import MAESTError
+from maest.utils.errors import MAESTError
 
 
 CHECKPOINT_PREFIX = "step-"

@@ -19,8 +19,8 @@ from pathlib import Path
 import yaml
 from huggingface_hub.errors import StrictDataclassError
 
-from maest.constants import MAX_SEED
-from maest.errors import MAESTError
+from maest.utils.constants import MAX_SEED
+from maest.utils.errors import MAESTError, one_line
 from maest.modeling import MAEST_PRESETS, MAESTConfig
 
 
@@ -204,7 +204,7 @@ class PretrainConfig:
             config.train_patchout_freq = self.train_patchout_freq
             config.validate_architecture()
         except (MAESTError, StrictDataclassError, TypeError, ValueError) as error:
-            raise ConfigError(f"the model (model_preset {self.model_preset} and model overrides): {_one_line(error)}") from None
+            raise ConfigError(f"the model (model_preset {self.model_preset} and model overrides): {one_line(error)}") from None
         return config
 
     @classmethod
@@ -244,10 +244,6 @@ def read_settings_file(path) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of settings (key: value lines), got {type(data).__name__}")
     return data
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
 
 
 def _checked_model_overrides(overrides: dict) -> "SettingsMapping":

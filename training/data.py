@@ -24,7 +24,7 @@ import datasets
 import numpy as np
 import torch
 
-from maest.errors import MAESTError
+from maest.utils.errors import MAESTError
 from maest.feature_extraction.audio import AudioDecodingError, load_audio
 from maest.feature_extraction.feature_extraction_maest import AudioInputError, audio_to_mono
 

@@ -28,7 +28,7 @@ from accelerate.utils import gather_object, set_seed
 from datasets.distributed import split_dataset_by_node
 from tqdm.auto import tqdm
 
-from maest.errors import MAESTError
+from maest.utils.errors import MAESTError, one_line
 from maest.feature_extraction import MAESTFeatureExtractor
 from maest.model_cards import write_model_card
 from maest.modeling import MAESTForAudioClassification, label_maps, load_maest
@@ -93,10 +93,6 @@ class TrainingPlan:
             swa_every=max(1, round(config.swa_update_every_epochs * steps_per_epoch)),
             eval_every=max(1, round(config.eval_every_epochs * steps_per_epoch)) if config.eval_every_epochs else None,
         )
-
-
-def one_line(error: BaseException) -> str:
-    return " ".join(str(error).split())[:300] or type(error).__name__
 
 
 def resolve_mixed_precision(setting: str) -> str:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from maest.errors import MAESTError
+from maest.utils.errors import MAESTError
 from maest.inference import DEFAULT_MODEL, load_model
 from maest.inference.backends import weights_digest
 from maest.inference.model import DEFAULT_BACKEND

@@ -2,7 +2,7 @@
 
 Each module has a `register(subparsers)` function that adds its subcommands; it imports only the standard library at
 the top, and each subcommand imports the library code it runs when it runs, so `maest --help` starts in well under a
-second. Library modules raise (`maest.errors.MAESTError` for user errors); only this package prints and chooses exit
+second. Library modules raise (`maest.utils.errors.MAESTError` for user errors); only this package prints and chooses exit
 statuses (see `maest.cli.common`).
 """
 

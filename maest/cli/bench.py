@@ -10,7 +10,7 @@ def bench_command(args) -> int:
     # imported here: maest --help must start fast
     from maest.benchmarks.measure import run_benchmark
     from maest.benchmarks.report import render
-    from maest.files import write_text_atomically
+    from maest.utils.files import write_text_atomically
 
     if args.ray:
         return _bench_ray(args)
@@ -26,7 +26,7 @@ def bench_command(args) -> int:
 def _bench_ray(args) -> int:
     """`maest bench --ray`: only the Ray engine against the one-process engine (`maest.benchmarks.ray_benchmark`)."""
     from maest.benchmarks.ray_benchmark import benchmark_ray_engine, render_ray
-    from maest.files import write_text_atomically
+    from maest.utils.files import write_text_atomically
 
     log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
     results = benchmark_ray_engine(

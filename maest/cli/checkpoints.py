@@ -1,7 +1,7 @@
 """`maest convert`, `maest card` and `maest push`: checkpoints into MAEST directories, their model cards, and the Hub.
 
 Only the standard library is imported at the top; each command imports what it runs (`maest --help` must start
-fast). Errors are raised as `maest.errors.MAESTError`s, which `maest.cli.main` prints as one line with exit status 2.
+fast). Errors are raised as `maest.utils.errors.MAESTError`s, which `maest.cli.main` prints as one line with exit status 2.
 """
 
 import json
@@ -9,7 +9,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ..errors import MAESTError
+from maest.utils.errors import MAESTError
 
 
 def run_convert(args) -> int:

@@ -15,9 +15,9 @@ import sys
 
 from .common import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE
 
-# The library's own (`maest.constants` imports nothing: --help starts fast); CollectionSettings checks the back-end, so
+# The library's own (`maest.utils.constants` imports nothing: --help starts fast); CollectionSettings checks the back-end, so
 # that a wrong name is one line, as every other bad setting.
-from maest.constants import BACKEND_CHOICES, DEFAULT_BACKEND, DEFAULT_MODEL
+from maest.utils.constants import BACKEND_CHOICES, DEFAULT_BACKEND, DEFAULT_MODEL
 
 
 def _display_path(path: str) -> str:

@@ -47,7 +47,7 @@ def terminate_as_interrupt():
 def run_command(function, args, interrupted_message: str = "interrupted") -> int:
     """Runs a subcommand's function and maps what escapes it to the exit statuses above."""
     # Imported here, not at the top: `maest --help` must not pay for importing the package (torch, transformers).
-    from ..errors import MAESTError
+    from maest.utils.errors import MAESTError, one_line
 
     try:
         with terminate_as_interrupt():
@@ -66,9 +66,3 @@ def run_command(function, args, interrupted_message: str = "interrupted") -> int
         traceback.print_exc()
         print("internal error: this is a bug in maest; please report it with the traceback above", file=sys.stderr)
         return EXIT_CRASH
-
-
-def one_line(exception: BaseException) -> str:
-    """The message of an exception on one line (OSError's `[Errno 2] No such file or directory: 'x'` included)."""
-    text = str(exception) or type(exception).__name__
-    return " ".join(text.split())

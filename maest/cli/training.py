@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from maest.constants import MAX_SEED, POSTER_TOKEN_SETS, PROBE_KINDS, PROBE_TASKS
+from maest.utils.constants import MAX_SEED, POSTER_TOKEN_SETS, PROBE_KINDS, PROBE_TASKS
 
 if TYPE_CHECKING:  # the annotation only: importing it at run time would load torch for every `maest --help`
     from maest.training.config import PretrainConfig
@@ -115,8 +115,8 @@ def register_pretrain(subparsers) -> None:
 # ----------------------------------------------------------------------------------------------- demo
 def run_demo(args) -> int:
     # imported here: maest --help must start fast
-    from maest.errors import MAESTError
-    from maest.training.demo import run_demo as demo
+    from maest.utils.errors import MAESTError
+    from maest.demo import run_demo as demo
 
     if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
         raise MAESTError(f"--output-dir {args.output_dir} is a file, not a folder")

@@ -2,7 +2,7 @@
 with an on-disk cache (`embeddings`), labeled datasets (`labeled_data`), the paper's probes and the blocks x token
 sets sweep (`probe`), the metrics as `evaluate` modules (`metrics`) and the result files and heatmap (`report`)."""
 
-from maest.errors import MAESTError
+from maest.utils.errors import MAESTError
 
 
 class EvaluationError(MAESTError, ValueError):

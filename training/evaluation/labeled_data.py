@@ -19,7 +19,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 
-from maest.constants import PROBE_TASKS
+from maest.utils.constants import PROBE_TASKS
 
 from . import EvaluationError
 
@@ -31,7 +31,7 @@ SPLIT_ALIASES = {
     "validation": ("validation", "valid", "val", "dev", "development"),
     "test": ("test", "testing", "eval", "evaluation"),
 }
-TASKS = PROBE_TASKS  # the CLI offers the same (`maest.constants`)
+TASKS = PROBE_TASKS  # the CLI offers the same (`maest.utils.constants`)
 
 
 def load_labeled_splits(data: str, config_name: str | None = None, streaming: bool = True) -> dict:

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from maest.constants import MAX_SEED, PROBE_KINDS, PROBE_TASKS
+from maest.utils.constants import MAX_SEED, PROBE_KINDS, PROBE_TASKS
 from maest.inference.job import validate_device
 
 from . import EvaluationError
@@ -43,7 +43,7 @@ from .report import result_row, write_probe_report, write_results_json
 
 logger = logging.getLogger(__name__)
 
-TASKS = PROBE_TASKS  # (PROBE_KINDS, PROBE_TASKS and MAX_SEED come from `maest.constants`, which the CLI reads too)
+TASKS = PROBE_TASKS  # (PROBE_KINDS, PROBE_TASKS and MAX_SEED come from `maest.utils.constants`, which the CLI reads too)
 # What `maest probe --output-dir` writes; an earlier probe's are replaced only with `overwrite`.
 PROBE_OUTPUT_FILES = {"json": "results.json", "markdown": "results.md", "heatmap": "heatmap.png"}
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from maest.files import atomic_write, write_text_atomically
+from maest.utils.files import atomic_write, write_text_atomically
 
 from .embeddings import POSTER_TOKEN_SETS
 

@@ -1,6 +1,6 @@
 """`maest demo`: MAEST's claim, end to end, on a corpus made on the spot.
 
-1. Synthesize a small multi-label music corpus (`maest.training.synthetic`) as an `audiofolder`.
+1. Synthesize a small multi-label music corpus (`maest.synthetic`) as an `audiofolder`.
 2. Pre-train a small MAEST on its style + instrument tags with `maest pretrain`'s own trainer and streaming loader.
 3. Probe the embeddings on held-out tags (tempo class and mode, never seen in pre-training) with the paper's
    protocol (embeddings per segment averaged per track; a probe trained on train, selected on validation ROC-AUC,
@@ -29,11 +29,11 @@ from maest.feature_extraction.audio import load_audio
 from maest.model_cards import write_model_card
 from maest.modeling import MAESTForAudioClassification
 
-from .config import PretrainConfig
-from .evaluation.embeddings import extract_track_embeddings
-from .evaluation.probe import probe_sweep, train_probe
-from .pretrain import pretrain
-from .synthetic import write_corpus
+from maest.training.config import PretrainConfig
+from maest.training.evaluation.embeddings import extract_track_embeddings
+from maest.training.evaluation.probe import probe_sweep, train_probe
+from maest.training.pretrain import pretrain
+from maest.synthetic import write_corpus
 
 logger = logging.getLogger(__name__)
 

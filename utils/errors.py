@@ -8,3 +8,9 @@ command is a bug: the command line prints its traceback and exits with `EXIT_CRA
 
 class MAESTError(Exception):
     """A user error: the message is one line that names the file, setting or value at fault."""
+
+
+def one_line(exception: BaseException) -> str:
+    """The message of an exception on one line (OSError's `[Errno 2] No such file or directory: 'x'` included)."""
+    text = str(exception) or type(exception).__name__
+    return " ".join(text.split())

@@ -2,6 +2,9 @@
 `maest --help` starts without torch while the CLI's choices still come from the library (each defined once, here).
 """
 
+# The package's version (setup.cfg reads it from here).
+__version__ = "0.1.0"
+
 # The published model `maest tag`/`maest embed`/`load_model` use when none is named.
 DEFAULT_MODEL = "mtg-upf/discogs-maest-30s-pw-129e-519l"
 
