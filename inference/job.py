@@ -10,6 +10,7 @@
 How the shares are spread over processes, and how the main process waits for them, is `maest.inference.distributed`.
 """
 
+import contextlib
 import math
 import os
 import signal
@@ -398,6 +399,7 @@ class InferenceResults:
 # ------------------------------------------------------------------------------------------------------ signals
 _INTERRUPTED = threading.Event()
 _ACTIVE = []  # the open `interrupt_once` blocks: only the outermost installs and restores the handlers
+_DEFERRING = []  # the open `interrupts_deferred` blocks
 
 
 class interrupt_once:
@@ -427,7 +429,19 @@ def _interrupt(signum, frame):
     if _INTERRUPTED.is_set():
         return  # saving what the first one promised to keep
     _INTERRUPTED.set()
-    raise KeyboardInterrupt
+    if not _DEFERRING:
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def interrupts_deferred():
+    """Inside an `interrupt_once` block: an interrupt that arrives here is only recorded (`check_interrupted` raises
+    it afterwards), so saving finished tracks is never cut short, not even by the first Ctrl-C."""
+    _DEFERRING.append(True)
+    try:
+        yield
+    finally:
+        _DEFERRING.pop()
 
 
 def check_interrupted() -> None:
@@ -569,7 +583,9 @@ def run_share(
         try:
             runner.run([TrackInput(name=name) for name in names], on_result=stored, on_failure=failed)
         finally:
-            store.flush()
+            with interrupts_deferred():
+                store.flush()
+        check_interrupted()  # a Ctrl-C during that last save: the share stops as interrupted, its tracks saved
     return count
 
 
@@ -625,6 +641,7 @@ __all__ = [
     "default_num_workers",
     "expand_inputs",
     "interrupt_once",
+    "interrupts_deferred",
     "make_runner",
     "model_settings",
     "output_dims",

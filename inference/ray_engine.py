@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from maest.errors import MAESTError
+from maest.utils.errors import MAESTError
 from maest.feature_extraction.audio import AUDIO_EXTENSIONS, AudioDecodingError
 
 from .engine import FrontEndSettings, SegmentChunk, TrackFailure, TrackInput, TrackSegmentDataset
@@ -50,6 +50,7 @@ from .job import (
     check_interrupted,
     expand_inputs,
     interrupt_once,
+    interrupts_deferred,
     load_run_model,
     make_runner,
     model_settings,
@@ -503,15 +504,16 @@ def _run_job(job: CollectionJob, driver_model: InferenceModel, resources: RayRes
 
     def store_batch(rows) -> None:
         nonlocal processed
-        for row in rows:
-            if isinstance(row, TrackFailure):
-                store.add_failure(row.name, row.reason)
-                if on_failure is not None:
-                    on_failure(row)
-            else:
-                store.add(row)
-            processed += 1
-        store.flush()  # one part file per batch: a killed run loses only the batches in flight
+        with interrupts_deferred():  # a Ctrl-C here is raised at the next check, once the batch is saved
+            for row in rows:
+                if isinstance(row, TrackFailure):
+                    store.add_failure(row.name, row.reason)
+                    if on_failure is not None:
+                        on_failure(row)
+                else:
+                    store.add(row)
+                processed += 1
+            store.flush()  # one part file per batch: a killed run loses only the batches in flight
 
     _stream(job.plan.todo, settings, driver_model, job.plan.settings, resources, store_batch)
     return processed

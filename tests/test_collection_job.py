@@ -279,6 +279,31 @@ def test_a_double_ctrl_c_keeps_the_buffered_finished_tracks(small_model_dir, tmp
 
 
 # ------------------------------------------------------------------------------------------------- 7. set-up errors
+def test_a_ctrl_c_during_the_last_save_does_not_cut_it_short(good_wav, small_model_dir, tmp_path, capsys, monkeypatch):
+    """The first Ctrl-C can land while the finished tracks are being saved (a fast run ends with one save of every
+    buffered track): the save completes, then the run stops as interrupted, and the next run skips those tracks."""
+    directory = tmp_path / "tracks"
+    copy_collection(directory, good_wav, ["a.wav", "b.wav", "c.wav"])
+    original = store_module.ProgressStore.flush
+
+    def flush_while_interrupted(store):
+        if store._rows:  # the save of the finished tracks: a Ctrl-C arrives as it starts
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # (the handler runs in the middle of the save)
+        return original(store)
+
+    monkeypatch.setattr(store_module.ProgressStore, "flush", flush_while_interrupted)
+    out = tmp_path / "emb.parquet"
+    command = ["embed", directory, "--out", out, "--model", small_model_dir, "-q", "--flush-every", "1000", "--num-workers", "0"]
+    status, _, err = run_cli(command, capsys)
+    assert status == 130 and "interrupted: finished tracks are kept" in err, err
+    parts = sorted((tmp_path / "emb.parquet.partial").glob("part-*.parquet"))
+    assert {os.path.basename(path) for part in parts for path in pq.read_table(part)["path"].to_pylist()} == {"a.wav", "b.wav", "c.wav"}
+    monkeypatch.setattr(store_module.ProgressStore, "flush", original)
+    status, _, err = run_cli(command, capsys)
+    assert status == 0 and "(3 already done)" in err, err
+
+
 def test_an_output_folder_that_cannot_be_written_is_one_line(good_wav, small_model_dir, tmp_path, capsys):
     (tmp_path / "a_file").write_text("x")
     status, _, err = run_cli(["embed", good_wav, "--out", tmp_path / "a_file" / "o.parquet", "--model", small_model_dir, "-q"], capsys)
