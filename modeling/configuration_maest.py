@@ -1,5 +1,7 @@
 """MAEST (Music Audio Efficient Spectrogram Transformer) model configuration."""
 
+import math
+
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
@@ -229,6 +231,18 @@ class MAESTConfig(PreTrainedConfig):
             raise MAESTConfigError(
                 f"embedding_block must be in [0, {self.num_hidden_layers}), got {self.embedding_block}"
             )
+        self._check_rates()
+
+    def _check_rates(self) -> None:
+        """The float settings are finite and in range (a NaN dropout or epsilon would give NaN outputs, silently)."""
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            value = getattr(self, name)
+            if not 0 <= value < 1:  # (False for NaN)
+                raise MAESTConfigError(f"{name} must be in [0, 1), got {value}")
+        for name in ("layer_norm_eps", "classifier_layer_norm_eps", "initializer_range"):
+            value = getattr(self, name)
+            if not 0 < value < math.inf:
+                raise MAESTConfigError(f"{name} must be a positive finite number, got {value}")
 
     def _check_sizes(self) -> None:
         """Every size is positive and below the bounds above, so building the model cannot exhaust the machine."""

@@ -123,6 +123,10 @@ def test_presets(preset, positions, labels):
         ({"inference_patchout_time_stride": 0}, "inference_patchout_time_stride"),
         ({"num_mel_bins": 8}, "num_mel_bins"),
         ({"embedding_block": 12}, "embedding_block"),
+        ({"hidden_dropout_prob": float("nan")}, r"hidden_dropout_prob must be in \[0, 1\), got nan"),
+        ({"attention_probs_dropout_prob": 1.0}, "attention_probs_dropout_prob"),
+        ({"layer_norm_eps": 0.0}, "layer_norm_eps must be a positive finite number"),
+        ({"initializer_range": float("inf")}, "initializer_range"),
     ],
 )
 def test_config_validation(kwargs, message):
