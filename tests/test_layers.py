@@ -86,3 +86,26 @@ def test_a_wrong_import_breaks_a_contract(tmp_path, importer, line, contract):
     assert result.returncode == 1, result.stdout[-3000:]
     assert "1 kept, 1 broken" in result.stdout
     assert f"{contract}" in result.stdout.split("Broken contracts")[-1]
+
+
+def test_the_drawing_in_the_architecture_page_is_the_import_graph():
+    """docs/architecture.md draws every arrow between the subpackages of `maest` (the package root and `__main__`
+    aside), each subpackage on its floor; the drawing is compared with the graph of the code, so it cannot go stale."""
+    grimp = pytest.importorskip("grimp")
+    graph = grimp.build_graph("maest", cache_dir=None)
+    arrows = set()
+    for module in graph.modules:
+        for imported in graph.find_modules_directly_imported_by(module):
+            importer, target = module.split(".")[1:2], imported.split(".")[1:2]
+            if importer and target and importer != target and importer != ["__main__"]:
+                arrows.add((importer[0], target[0]))
+    page = (REPOSITORY / "docs" / "architecture.md").read_text(encoding="utf-8")
+    drawing = page.split("<!-- import graph: begin -->")[1].split("<!-- import graph: end -->")[0]
+    drawn = {tuple(line.split(" --> ")) for line in map(str.strip, drawing.splitlines()) if " --> " in line}
+    assert drawn == arrows, f"missing from the drawing: {sorted(arrows - drawn)}; not in the code: {sorted(drawn - arrows)}"
+    # Each subpackage sits in one floor's box, and the boxes are in the order of setup.cfg's layers contract.
+    boxes = [block.split("\n    end")[0].splitlines()[1:] for block in drawing.split("subgraph ")[1:]]
+    placed = [[name.strip() for name in box] for box in boxes]
+    assert sorted(name for box in placed for name in box) == sorted({name for arrow in arrows for name in arrow})
+    floor = {name: position for position, box in enumerate(placed) for name in box}
+    assert all(floor[importer] <= floor[imported] for importer, imported in arrows)  # arrows point down or across
