@@ -157,3 +157,18 @@ def test_cuda_defaults_are_bfloat16_and_tf32_for_float32(small_model_dir):
     assert auto.dtype == "bfloat16" and next(auto.model.parameters()).dtype == torch.bfloat16
     load_model(str(small_model_dir), device="cuda", dtype="float32")
     assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+
+
+@pytest.mark.slow
+def test_the_gpu_checks_bench_runs_maest_bench_and_reads_its_results(small_model_dir, monkeypatch):
+    """The GPU check runs `maest bench` as its own process (as a user runs it) and keeps its JSON results; here on
+    the CPU with the small model, the GPU's arguments replaced (the check itself stops where there is no CUDA)."""
+    from maest.benchmarks import gpu_check
+
+    arguments = ["bench", "--device", "cpu", "--quick", "--skip-training", "--skip-e2e", "--backends", "--model", str(small_model_dir)]
+    monkeypatch.setattr(gpu_check, "BENCH_ARGUMENTS", arguments)
+    results = gpu_check.run_bench(["--rounds", "1"])
+    assert results["command"] == "maest " + " ".join(arguments + ["--rounds", "1"])
+    assert results["inference"]["model_only"]["float32"]["seconds_per_batch_median"] > 0
+    if not torch.cuda.is_available():
+        assert gpu_check.main(["--skip-tests", "--output", "unused.json"]) == 2
