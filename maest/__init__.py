@@ -12,9 +12,18 @@ when it already is, otherwise right after `import transformers` finishes, whoeve
 import importlib
 import importlib.abc
 import importlib.util
+import os
 import sys
 
-from maest.utils.constants import __version__
+# In a source checkout, maest/modeling, maest/utils, ... are symbolic links to the top-level folders. A checkout made
+# without symbolic links (git's core.symlinks=false, the default on Windows) has small text files there instead.
+if os.path.isfile(os.path.join(os.path.dirname(__file__), "utils")):
+    raise ImportError(
+        "maest: this checkout has a file where the link maest/utils -> ../utils should be (git without symbolic "
+        "links, e.g. core.symlinks=false on Windows): clone with symbolic links enabled, or install the package"
+    )
+
+from maest.utils.constants import __version__  # noqa: E402
 
 # Public name -> the module that defines it (loaded on first access).
 _EXPORTS = {

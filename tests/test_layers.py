@@ -109,3 +109,19 @@ def test_the_drawing_in_the_architecture_page_is_the_import_graph():
     assert sorted(name for box in placed for name in box) == sorted({name for arrow in arrows for name in arrow})
     floor = {name: position for position, box in enumerate(placed) for name in box}
     assert all(floor[importer] <= floor[imported] for importer, imported in arrows)  # arrows point down or across
+
+
+def test_a_checkout_without_symbolic_links_says_so_on_import(tmp_path):
+    """git without symbolic links (core.symlinks=false) writes each link as a small file holding its target."""
+    package = tmp_path / "maest"
+    shutil.copytree(REPOSITORY / "maest", package, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+    for link in [path for path in package.iterdir() if path.is_symlink()]:
+        target = os.readlink(link)
+        link.unlink()
+        link.write_text(target)
+    environment = {**os.environ, "PYTHONPATH": str(tmp_path), "PYTHONDONTWRITEBYTECODE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", "import maest"], cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 1
+    assert "ImportError: maest: this checkout has a file where the link maest/utils -> ../utils should be" in result.stderr
