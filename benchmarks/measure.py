@@ -39,9 +39,9 @@ import torch
 from torch import nn
 
 from maest.feature_extraction import MAESTFeatureExtractor
-from maest.utils.errors import MAESTError
 from maest.inference.model import InferenceModel
 from maest.inference.precision import compile_model, cpu_precision_summary, prepare_model
+from maest.utils.errors import MAESTError
 
 
 # The paper's structured patchout for the 30 s model: 90 of the 186 time columns of an 1875-frame crop are dropped.

@@ -35,10 +35,10 @@ def benchmark_ray_engine(
     import ray
 
     from maest.feature_extraction import MAESTFeatureExtractor
-    from maest.modeling import MAESTConfig, MAESTForAudioClassification
     from maest.inference import embed, read_output
     from maest.inference.ray_engine import embed_with_ray
     from maest.inference.store import table_paths
+    from maest.modeling import MAESTConfig, MAESTForAudioClassification
 
     with tempfile.TemporaryDirectory(prefix="maest-bench-ray-") as directory:
         directory = Path(directory)

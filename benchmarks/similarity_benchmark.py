@@ -22,8 +22,8 @@ import time
 import faiss  # the optional extra `maest[similarity]`: this benchmark measures FAISS and needs it throughout
 import numpy as np
 
-from maest.utils.files import write_text_atomically
 from maest.similarity import exact_neighbours, new_approximate_index, normalize, recall_at, tune_nprobe
+from maest.utils.files import write_text_atomically
 
 
 def music_like_embeddings(count: int, dim: int, seed: int, genres: int = 200, albums_per_genre: int = 50,

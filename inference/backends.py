@@ -52,10 +52,10 @@ from pathlib import Path
 
 import torch
 
+from maest.modeling import parse_embedding_tokens
 from maest.utils.constants import BACKEND_CHOICES, BACKENDS
 from maest.utils.errors import MAESTError, one_line
 from maest.utils.files import write_text_atomically
-from maest.modeling import parse_embedding_tokens
 
 from .model import InferenceModel
 from .onnx_export import export_graph

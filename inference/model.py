@@ -8,12 +8,12 @@ from pathlib import Path
 
 import torch
 
-from maest.utils.constants import DEFAULT_BACKEND, DEFAULT_MODEL
-from maest.utils.errors import MAESTError
 from maest.feature_extraction import MAESTFeatureExtractor, max_length_mismatch
 from maest.modeling import pool_embedding_tokens, validate_block_index
 from maest.modeling.conversion import ModelNotAvailableError
 from maest.modeling.modeling_maest import parse_embedding_tokens
+from maest.utils.constants import DEFAULT_BACKEND, DEFAULT_MODEL
+from maest.utils.errors import MAESTError
 
 from .precision import input_dtype
 

@@ -37,8 +37,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from maest.utils.errors import MAESTError
 from maest.feature_extraction.audio import AUDIO_EXTENSIONS, AudioDecodingError
+from maest.utils.errors import MAESTError
 
 from .engine import FrontEndSettings, SegmentChunk, TrackFailure, TrackInput, TrackSegmentDataset
 from .job import (

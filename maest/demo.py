@@ -29,11 +29,11 @@ from maest.feature_extraction.audio import load_audio
 from maest.model_cards import write_model_card
 from maest.modeling import MAESTForAudioClassification
 
+from maest.synthetic import write_corpus
 from maest.training.config import PretrainConfig
 from maest.training.evaluation.embeddings import extract_track_embeddings
 from maest.training.evaluation.probe import probe_sweep, train_probe
 from maest.training.pretrain import pretrain
-from maest.synthetic import write_corpus
 
 logger = logging.getLogger(__name__)
 

@@ -9,10 +9,10 @@ import torch
 from conftest import FIXTURES, SAMPLING_RATE, SMALL_MODEL_LABELS, synth_music
 
 from maest import MAESTFeatureExtractor, get_maest, load_original_checkpoint
-from maest.utils.errors import MAESTError
 from maest.inference.model import ModelNotAvailableError
 from maest.modeling import PUBLISHED_CHECKPOINTS, UnknownCheckpointError
 from maest.original import OriginalMAEST, OriginalSettingError
+from maest.utils.errors import MAESTError
 
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")

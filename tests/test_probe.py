@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from maest.training.evaluation.probe import ProbeClassifier, probe_sweep, train_probe
 from maest.training.evaluation.labeled_data import build_label_encoding, carve_split
+from maest.training.evaluation.probe import ProbeClassifier, probe_sweep, train_probe
 
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")

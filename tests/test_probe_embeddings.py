@@ -12,8 +12,8 @@ import torch
 
 from conftest import synth_music, write_audio
 from maest import MAESTFeatureExtractor, MAESTForAudioClassification
-from maest.modeling import pool_embedding_tokens
 from maest.feature_extraction.audio import AudioDecodingError
+from maest.modeling import pool_embedding_tokens
 from maest.training.evaluation.embeddings import (
     extract_embeddings,
     extract_track_embeddings,

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from maest import MAESTConfig, MAESTForAudioClassification
-from maest.training.validation import macro_roc_auc_and_map
 from maest.training.recipe import PaperSchedule, WeightAveraging, mixup, teacher_labels
+from maest.training.validation import macro_roc_auc_and_map
 
 
 def tiny_model(**kwargs):

@@ -10,11 +10,11 @@ import pytest
 import torch
 import yaml
 
-from maest.utils.errors import MAESTError
 from maest.training.checkpoints import PretrainCheckpointError, list_checkpoints
 from maest.training.config import ConfigError
 from maest.training.data import DataQualityError, TagVocabulary, TrainingDataError, load_streaming_dataset
 from maest.training.pretrain import PretrainConfig, Pretrainer, pretrain
+from maest.utils.errors import MAESTError
 
 from test_training_pretrain import tiny_settings
 

@@ -15,8 +15,8 @@ import yaml
 from safetensors.torch import load_file
 
 from maest import MAESTForAudioClassification
-from maest.training.checkpoints import PretrainCheckpointError
 from maest.cli.training import parse_pretrain_arguments
+from maest.training.checkpoints import PretrainCheckpointError
 from maest.training.config import ConfigError
 from maest.training.pretrain import PretrainConfig, Pretrainer, list_checkpoints, pretrain
 

@@ -19,9 +19,9 @@ from pathlib import Path
 import yaml
 from huggingface_hub.errors import StrictDataclassError
 
+from maest.modeling import MAEST_PRESETS, MAESTConfig
 from maest.utils.constants import MAX_SEED
 from maest.utils.errors import MAESTError, one_line
-from maest.modeling import MAEST_PRESETS, MAESTConfig
 
 
 class ConfigError(MAESTError, ValueError):

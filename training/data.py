@@ -24,9 +24,9 @@ import datasets
 import numpy as np
 import torch
 
-from maest.utils.errors import MAESTError
 from maest.feature_extraction.audio import AudioDecodingError, load_audio
 from maest.feature_extraction.feature_extraction_maest import AudioInputError, audio_to_mono
+from maest.utils.errors import MAESTError
 
 logger = logging.getLogger(__name__)
 

@@ -28,10 +28,10 @@ from accelerate.utils import gather_object, set_seed
 from datasets.distributed import split_dataset_by_node
 from tqdm.auto import tqdm
 
-from maest.utils.errors import MAESTError, one_line
 from maest.feature_extraction import MAESTFeatureExtractor
 from maest.model_cards import write_model_card
 from maest.modeling import MAESTForAudioClassification, label_maps, load_maest
+from maest.utils.errors import MAESTError, one_line
 
 from .checkpoints import (
     check_output_dir,

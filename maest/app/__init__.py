@@ -29,13 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
-from maest.utils.errors import MAESTError
 from maest.inference import DEFAULT_MODEL, load_model
 from maest.inference.backends import weights_digest
 from maest.inference.model import DEFAULT_BACKEND
 from maest.inference.plot import plot_timeline
 from maest.inference.store import OutputLock
 from maest.similarity import SimilarityIndex, check_settings, embed_like_index
+from maest.utils.errors import MAESTError
 
 
 logger = logging.getLogger(__name__)

@@ -115,8 +115,8 @@ def register_pretrain(subparsers) -> None:
 # ----------------------------------------------------------------------------------------------- demo
 def run_demo(args) -> int:
     # imported here: maest --help must start fast
-    from maest.utils.errors import MAESTError
     from maest.demo import run_demo as demo
+    from maest.utils.errors import MAESTError
 
     if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
         raise MAESTError(f"--output-dir {args.output_dir} is a file, not a folder")

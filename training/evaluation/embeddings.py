@@ -42,10 +42,10 @@ from safetensors.numpy import save_file
 from tqdm.auto import tqdm
 from transformers import PreTrainedConfig
 
-from maest.utils.constants import POSTER_TOKEN_SETS
 from maest.feature_extraction import MAESTFeatureExtractor
 from maest.feature_extraction.audio import AudioDecodingError, load_audio, track_segment_features
 from maest.feature_extraction.feature_extraction_maest import AudioInputError, audio_to_mono
+from maest.utils.constants import POSTER_TOKEN_SETS
 from maest.utils.files import atomic_write
 from maest.modeling import (
     MAESTForAudioClassification,

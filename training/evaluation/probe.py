@@ -24,8 +24,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from maest.utils.constants import MAX_SEED, PROBE_KINDS, PROBE_TASKS
 from maest.inference.job import validate_device
+from maest.utils.constants import MAX_SEED, PROBE_KINDS, PROBE_TASKS
 
 from . import EvaluationError
 from .embeddings import (
