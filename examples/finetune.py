@@ -279,6 +279,7 @@ def finetune(
         seed=seed,
         report_to=report_to,
         remove_unused_columns=False,  # the transform needs the audio and label columns
+        dataloader_pin_memory=torch.cuda.is_available(),  # (pinning has nothing to speed up without a GPU)
         label_names=["labels"],  # no teacher here: a distillation head, if the base has one, trains on the labels
     )
     trainer = Trainer(
