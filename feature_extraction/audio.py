@@ -315,50 +315,24 @@ def stream_segment_features(
     """The segments of a track's features, computed one at a time from the samples each needs.
 
     Yields the same segments as `feature_extractor(load_audio(path), return_segments=True, last_segment=...)`, in
-    order, while only one segment of audio is in memory: segment `k` holds frames `[k L, (k + 1) L)`, and frame `i`
-    is centered on sample `i * hop`, so it needs samples `[k L hop - hop, (k + 1) L hop)` (zeros outside the track).
+    order, while only one segment of audio is in memory (`segment_windows` of `stream_audio`, each window's frames
+    by `feature_extractor.segment_log_mel`).
 
     Yields:
         `torch.Tensor` of shape `(1, segment_frames, feature_size)`; the generator's return value (`StopIteration.value`)
         is the number of decoded samples.
     """
     length = segment_frames or feature_extractor.max_length
-    _check_feature_extractor(feature_extractor, length)
-    hop = feature_extractor.hop_size
-    segment_samples = length * hop
-    # `buffer` holds the samples from frame `emitted * L`'s window start onwards; it starts with the hop of zeros
-    # before the track (Essentia centers the first frame on sample 0).
-    buffer = torch.zeros(hop)
-    num_samples = 0
-    emitted = 0
-    previous = None
-    for chunk in stream_audio(path, segment_samples, feature_extractor.sampling_rate):
-        num_samples += chunk.shape[0]
-        buffer = torch.cat([buffer, chunk])
-        # A full segment needs (L - 1) hops plus one frame of samples past its start.
-        while buffer.shape[0] >= segment_samples + hop:
-            window = buffer[: segment_samples + hop]
-            previous = feature_extractor.log_mel(window[None], centered=False)[0]
-            emitted += 1
-            buffer = buffer[segment_samples:]
-            yield previous[None]
-    if num_samples == 0:
-        raise AudioDecodingError(f"{path}: no audio samples (empty track)")
-    # The tail: the remaining frames up to Essentia's count 1 + ceil(n / hop), zero-padded past the end.
-    tail_frames = feature_extractor.num_frames(num_samples) - emitted * length
-    if tail_frames > 0:
-        needed = (tail_frames + 1) * hop
-        tail_window = torch.nn.functional.pad(buffer, (0, max(0, needed - buffer.shape[0])))[:needed]
-        tail = feature_extractor.log_mel(tail_window[None], centered=False)[0]
-        if previous is None:
-            segments = feature_extractor.segment(tail, length, last_segment)
-        else:
-            # `segment` decides whether a partial last segment is kept from its length relative to a whole segment;
-            # prefixing the last whole segment lets it apply the same rule as it does for the whole track.
-            segments = feature_extractor.segment(torch.cat([previous, tail]), length, last_segment)[1:]
-        for segment in segments:
-            yield segment[None]
-    return num_samples
+    chunks = stream_audio(path, length * feature_extractor.hop_size, feature_extractor.sampling_rate)
+    windows = segment_windows(chunks, feature_extractor, length, last_segment)
+    while True:
+        try:
+            window, frames = next(windows)
+        except StopIteration as end:
+            return end.value
+        except AudioDecodingError as error:
+            raise AudioDecodingError(_named(path, error)) from error
+        yield feature_extractor.segment_log_mel(window[None], torch.tensor([frames]))
 
 
 def track_segment_features(
@@ -372,7 +346,8 @@ def track_segment_features(
 ) -> Iterator[tuple[torch.Tensor, float | None]]:
     """Segments of one track's features, in chunks of at most `segments_per_chunk` segments, for whole-track
     analysis. Tracks up to `stream_threshold_seconds` (from the header) are decoded whole, longer ones (and those
-    without a known duration) are streamed with bounded memory.
+    without a known duration) are streamed with bounded memory (`segment_windows`, each chunk's frames computed by
+    `feature_extractor.segment_log_mel`).
 
     Yields:
         `(segments, duration)`: `segments` of shape `(chunk_size, segment_frames, feature_size)`; `duration` is `None`
@@ -396,21 +371,12 @@ def track_segment_features(
         for index, chunk in enumerate(chunks):
             yield chunk, duration if index == len(chunks) - 1 else None
         return
-    stream = stream_segment_features(path, feature_extractor, length, last_segment)
-    pending = []
-    while True:
-        try:
-            pending.append(next(stream))
-        except StopIteration as end:
-            num_samples = end.value
-            break
-        if len(pending) == segments_per_chunk:
-            yield torch.cat(pending), None
-            pending = []
-    duration = num_samples / rate
-    if duration < min_duration_seconds:
-        raise AudioDecodingError(_too_short(path, duration, min_duration_seconds))
-    yield (torch.cat(pending) if pending else torch.zeros(0, length, feature_extractor.feature_size)), duration
+    windows = segment_windows(stream_audio(path, length * feature_extractor.hop_size, rate), feature_extractor, length, last_segment)
+    for chunk, frames, duration in _window_chunks(windows, path, rate, segments_per_chunk, min_duration_seconds):
+        if chunk.shape[0] == 0:
+            yield torch.zeros(0, length, feature_extractor.feature_size), duration
+        else:
+            yield feature_extractor.segment_log_mel(chunk, frames), duration
 
 
 def segment_windows(
@@ -453,10 +419,7 @@ def segment_windows(
         emitted += 1
         buffer = buffer[segment_samples:]
         tail_frames -= segment_frames
-    keep_partial = tail_frames > 0 and (
-        emitted == 0 or last_segment == "pad" or (last_segment == "auto" and tail_frames * 2 >= segment_frames)
-    )
-    if keep_partial:
+    if feature_extractor.keeps_partial_segment(emitted, tail_frames, segment_frames, last_segment):
         yield torch.nn.functional.pad(buffer[:window_samples], (0, window_samples - min(buffer.shape[0], window_samples))), tail_frames
     return num_samples
 
@@ -495,8 +458,7 @@ def _window_chunks(windows, name, rate: int, segments_per_chunk: int, min_durati
             num_samples = end.value
             break
         except AudioDecodingError as error:
-            message = str(error)
-            raise AudioDecodingError(message if message.startswith(str(name)) else f"{name}: {message}") from error
+            raise AudioDecodingError(_named(name, error)) from error
         if len(pending) == segments_per_chunk:
             yield torch.stack([w for w, _ in pending]), torch.tensor([f for _, f in pending]), None
             pending = []
@@ -507,6 +469,12 @@ def _window_chunks(windows, name, rate: int, segments_per_chunk: int, min_durati
         yield torch.stack([w for w, _ in pending]), torch.tensor([f for _, f in pending]), duration
     else:
         yield torch.zeros(0, 0), torch.zeros(0, dtype=torch.int64), duration
+
+
+def _named(path, error: AudioDecodingError) -> str:
+    """The error's message, starting with the track's name (`segment_windows` does not know it)."""
+    message = str(error)
+    return message if message.startswith(str(path)) else f"{path}: {message}"
 
 
 def _decodes_whole(path, stream_threshold_seconds: float, min_duration_seconds: float) -> bool:

@@ -499,16 +499,20 @@ class MAESTFeatureExtractor(SequenceFeatureExtractor):
         Returns:
             `torch.Tensor` of shape `(num_segments, length, channels)`.
         """
-        if last_segment not in LAST_SEGMENT_MODES:
-            raise AudioInputError(f"last_segment must be one of {LAST_SEGMENT_MODES}, got {last_segment!r}")
         num_full, remainder = divmod(features.shape[0], length)
-        keep_partial = remainder > 0 and (
-            num_full == 0 or last_segment == "pad" or (last_segment == "auto" and remainder * 2 >= length)
-        )
         segments = list(features[: num_full * length].reshape(num_full, length, features.shape[-1]))
-        if keep_partial:
+        if self.keeps_partial_segment(num_full, remainder, length, last_segment):
             segments.append(self._pad_frames(features[num_full * length :], length, padding_value))
         return torch.stack(segments)
+
+    @staticmethod
+    def keeps_partial_segment(num_full: int, remainder: int, length: int, last_segment: str) -> bool:
+        """`segment`'s rule for a last segment of `remainder` frames after `num_full` whole ones of `length`."""
+        if last_segment not in LAST_SEGMENT_MODES:
+            raise AudioInputError(f"last_segment must be one of {LAST_SEGMENT_MODES}, got {last_segment!r}")
+        return remainder > 0 and (
+            num_full == 0 or last_segment == "pad" or (last_segment == "auto" and remainder * 2 >= length)
+        )
 
     def _padded_length(self, num_frames: list[int], padding, max_length: int, truncation: bool) -> int:
         """Frames per output row for `padding` (see `__call__`)."""
