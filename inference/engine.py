@@ -200,7 +200,12 @@ def _identity(item):
     return item
 
 
-def _worker_init(_, niceness: int = 0):
+LOADER_NICENESS = 10  # how far below the model a loader process runs when the model is on the CPU
+
+
+def prepare_loader_process(niceness: int = 0, worker_id: int | None = None) -> None:
+    """Makes this process a loader: one thread, and `niceness` below the model's priority (`worker_id`: what a
+    `DataLoader` passes to its `worker_init_fn`, unused)."""
     # Each worker is one decoding/front-end pipeline on one thread. With the model on the CPU, the workers also run
     # at a lower priority: the model's threads keep the cores (a preempted thread stalls all of them at the next
     # barrier), and the workers fill the gaps, a few percent of the model's time, kept ahead by the prefetch queue.
@@ -284,7 +289,7 @@ class CollectionRunner:
             batch_size=None,
             collate_fn=_identity,
             num_workers=min(self.num_workers, len(tracks)),
-            worker_init_fn=functools.partial(_worker_init, niceness=10 if self.inference_model.device.type == "cpu" else 0),
+            worker_init_fn=functools.partial(prepare_loader_process, LOADER_NICENESS if self.inference_model.device.type == "cpu" else 0),
             prefetch_factor=4,
             pin_memory=self.inference_model.device.type == "cuda",
         )

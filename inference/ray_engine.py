@@ -40,7 +40,15 @@ import torch
 from maest.feature_extraction.audio import AUDIO_EXTENSIONS, AudioDecodingError
 from maest.utils.errors import MAESTError
 
-from .engine import FrontEndSettings, SegmentChunk, TrackFailure, TrackInput, TrackSegmentDataset
+from .engine import (
+    LOADER_NICENESS,
+    FrontEndSettings,
+    SegmentChunk,
+    TrackFailure,
+    TrackInput,
+    TrackSegmentDataset,
+    prepare_loader_process,
+)
 from .job import (
     CollectionError,
     CollectionInputs,
@@ -214,12 +222,8 @@ def decode_track(row: dict, feature_extractor, front_end: FrontEndSettings, low_
     row out adds `segments` `(n, frames, mels)` float32 (with the front-end on the actors' device: each segment's
     samples, and `num_frames`, its frames of audio), `duration` and `error` (empty when the track decoded)."""
     global _DECODING_PROCESS_READY
-    if not _DECODING_PROCESS_READY:
-        # As the one-process loader workers: one thread per decoding process, and below the model on CPU runs.
-        torch.set_num_threads(1)
-        if low_priority:
-            with contextlib.suppress(OSError):
-                os.nice(10)
+    if not _DECODING_PROCESS_READY:  # as the one-process engine's loader workers
+        prepare_loader_process(LOADER_NICENESS if low_priority else 0)
         _DECODING_PROCESS_READY = True
     name = os.fsdecode(bytes(row["path"]))
     pieces, frames, duration, error = [], [], math.nan, ""
