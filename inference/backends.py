@@ -46,7 +46,6 @@ import shutil
 import tempfile
 import time
 import warnings
-import weakref
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -57,7 +56,7 @@ from maest.utils.constants import BACKEND_CHOICES, BACKENDS
 from maest.utils.errors import MAESTError, one_line
 from maest.utils.files import write_text_atomically
 
-from .model import InferenceModel
+from .model import InferenceModel, weights_digest
 from .onnx_export import export_graph
 from .precision import cpu_flags, prepare_model
 
@@ -172,52 +171,6 @@ def maest_cache_dir() -> Path:
 def graph_cache_dir() -> Path:
     """Where exported graphs are cached: `$MAEST_CACHE/graphs` (default `~/.cache/maest/graphs`)."""
     return maest_cache_dir() / "graphs"
-
-
-# Config fields that say where a model came from or how one run uses it, not what it computes: left out of its
-# identity (the run's strides and block are recorded on their own).
-_CONFIG_FIELDS_NOT_IDENTITY = (
-    "_name_or_path", "_commit_hash", "transformers_version", "dtype", "torch_dtype", "architectures", "auto_map",
-    "inference_patchout_time_stride", "inference_patchout_freq_stride", "embedding_block",
-    "output_attentions", "output_hidden_states", "return_dict",
-)  # fmt: skip
-_digests = weakref.WeakKeyDictionary()  # model -> (state stamp, digest): computed once per loaded model
-
-
-def _update_digest(digest, name: str, value) -> None:
-    if isinstance(value, torch.Tensor):
-        if value.is_quantized:  # torch's int8 Linears: their integer weights and scales are their content
-            value = value.dequantize()
-        digest.update(f"{name}:{tuple(value.shape)}".encode())
-        array = value.detach().to("cpu", torch.float32).contiguous().numpy()
-        digest.update(memoryview(array).cast("B"))
-    elif isinstance(value, (tuple, list)):
-        for index, item in enumerate(value):
-            _update_digest(digest, f"{name}.{index}", item)
-    else:
-        digest.update(f"{name}={value}".encode())
-
-
-def weights_digest(model: torch.nn.Module) -> str:
-    """The identity of a model by content: a SHA-256 digest of its weights (names, shapes, values as float32) and of
-    the config fields that change what it computes (not where it was loaded from). Two loads of one directory, or of
-    two copies, give one digest; a weight file changed in place gives another. Recorded in every collection output's
-    settings and in the graph cache's keys. Computed once per loaded model (about 0.3 s for the 30 s model), again
-    when its tensors change."""
-    config = {
-        key: value for key, value in json.loads(model.config.to_json_string(use_diff=False)).items()
-        if key not in _CONFIG_FIELDS_NOT_IDENTITY
-    }  # fmt: skip
-    tensors = [*model.parameters(), *model.buffers()]
-    stamp = (json.dumps(config, sort_keys=True), tuple((t.data_ptr(), t._version) for t in tensors))
-    cached = _digests.get(model)
-    if cached is not None and cached[0] == stamp:
-        return cached[1]
-    digest = hashlib.sha256(stamp[0].encode())
-    for name, value in model.state_dict().items():
-        _update_digest(digest, name, value)
-    _digests[model] = (stamp, digest.hexdigest())
-    return digest.hexdigest()
 
 
 @functools.lru_cache(maxsize=1)
@@ -667,7 +620,7 @@ class ExportedInferenceModel(InferenceModel):
         """The `weights_digest` of the model that runs (the float32 source of the graphs; torch's own at `dtype`
         where `auto` chose torch, the same as `--backend torch` gives)."""
         if self.backend == "torch":
-            return weights_digest(self._torch().model)
+            return self._torch().weights_digest
         return self.digest or weights_digest(self.model)
 
     @property

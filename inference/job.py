@@ -27,7 +27,7 @@ from maest.modeling import parse_embedding_tokens
 from maest.utils.constants import __version__
 from maest.utils.errors import MAESTError
 
-from .backends import BACKEND_CHOICES, load_backend, weights_digest
+from .backends import BACKEND_CHOICES, load_backend
 from .engine import CollectionRunner, TrackFailure, TrackInput
 from .loading import load_model
 from .model import DEFAULT_BACKEND, DEFAULT_MODEL, InferenceModel
@@ -240,7 +240,7 @@ def model_settings(inference_model: InferenceModel, settings: CollectionSettings
         "model": name,
         # The model's identity by content (its weights and config): a directory whose weights changed in place is
         # another model, and its rows are not mixed with the old ones.
-        "weights": getattr(inference_model, "weights_digest", None) or weights_digest(inference_model.model),
+        "weights": inference_model.weights_digest,
         "outputs": [name_ for name_, wanted in (("scores", settings.scores), ("embedding", settings.embedding)) if wanted],
         "dtype": inference_model.dtype,
         "inference_patchout_time_stride": inference_model.inference_patchout_time_stride,

@@ -30,7 +30,6 @@ from pathlib import Path
 import numpy as np
 
 from maest.inference import DEFAULT_MODEL, load_model
-from maest.inference.backends import weights_digest
 from maest.inference.model import DEFAULT_BACKEND
 from maest.inference.plot import plot_timeline
 from maest.inference.store import OutputLock
@@ -97,8 +96,8 @@ class TrackAnalyzer:
                                 inference_patchout_time_stride=settings.get("inference_patchout_time_stride"),
                                 backend=settings.get("backend", DEFAULT_BACKEND))
         if settings.get("weights"):  # the same path may hold other weights now: compare by content, before serving
-            digest = getattr(self.model, "weights_digest", None) or weights_digest(self.model.model)
-            check_settings(settings, dict(settings, weights=digest), f"embeddings of the model now in {name}")
+            now = dict(settings, weights=self.model.weights_digest)
+            check_settings(settings, now, f"embeddings of the model now in {name}")
         self.settings = dict(settings, model=settings.get("model", name))
         self.top_k = top_k
 
