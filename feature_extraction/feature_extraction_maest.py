@@ -25,6 +25,9 @@ except ImportError:  # loaded as remote code (`trust_remote_code=True`) where th
 logger = logging.get_logger(__name__)
 
 LAST_SEGMENT_MODES = ("auto", "pad", "drop")
+# The normalization of MAEST's training features: the mean and standard deviation of the log-mels.
+DEFAULT_MEAN = 2.06755686098554
+DEFAULT_STD = 1.268292820667291
 
 # float32 power spectra overflow for amplitudes above about 1e15 (the 10000 * mel of a 512-sample frame); clips louder
 # than this are analysed in float64, where every finite float32 sample gives finite features.
@@ -274,8 +277,8 @@ class MAESTFeatureExtractor(SequenceFeatureExtractor):
         fmin: float = 0.0,
         fmax: float = 8000.0,
         log_multiplier: float = 10000.0,
-        mean: float = 2.06755686098554,
-        std: float = 1.268292820667291,
+        mean: float = DEFAULT_MEAN,
+        std: float = DEFAULT_STD,
         padding_value: float | None = None,
         return_attention_mask: bool = False,
         **kwargs,
@@ -349,8 +352,8 @@ class MAESTFeatureExtractor(SequenceFeatureExtractor):
             settings = dict(feature_extractor_dict)
             settings["feature_size"] = settings.pop("num_mel_bins")
             settings.pop("do_normalize", None)  # this front-end always normalizes, as MAEST was trained
-            mean = settings.get("mean", 2.06755686098554)
-            std = settings.get("std", 1.268292820667291)
+            mean = settings.get("mean", DEFAULT_MEAN)
+            std = settings.get("std", DEFAULT_STD)
             settings["padding_value"] = (settings.get("padding_value", 0.0) - mean) / (2.0 * std)
             feature_extractor_dict = settings
         return super().from_dict(feature_extractor_dict, **kwargs)
