@@ -148,27 +148,30 @@ def _check_number(name: str, value, minimum: float, minimum_allowed: bool, maxim
         raise EvaluationError(f"{name} must be a finite number {relation}, got {value!r}")
 
 
-def check_probe_settings(
-    kind: str = "mlp",
-    epochs: int = 60,
-    batch_size: int = 128,
-    learning_rate: float = 1e-4,
-    weight_decay: float = 1e-3,
-    seed: int = 0,
-    hidden_size: int = 512,
-    dropout: float = 0.5,
-) -> None:
+# Each `train_probe` setting's check, in the order they are checked.
+PROBE_SETTING_CHECKS = {
+    "epochs": lambda value: _check_integer("epochs", value, 1),
+    "batch_size": lambda value: _check_integer("batch_size", value, 1),
+    "hidden_size": lambda value: _check_integer("hidden_size", value, 1),
+    "seed": lambda value: _check_integer("seed", value, 0, MAX_SEED),
+    "learning_rate": lambda value: _check_number("learning_rate", value, 0, False),
+    "weight_decay": lambda value: _check_number("weight_decay", value, 0, True),
+    "dropout": lambda value: _check_number("dropout", value, 0, True, maximum=1),
+}
+
+
+def check_probe_settings(kind: str = "mlp", **settings) -> None:
     """Refuses probe settings that cannot train (an `EvaluationError` naming the setting and its value), so that a
-    run fails before any embedding is computed."""
+    run fails before any embedding is computed. `settings`: any of `PROBE_SETTING_CHECKS`' names, as given to
+    `train_probe`."""
+    unknown = set(settings) - set(PROBE_SETTING_CHECKS)
+    if unknown:
+        raise TypeError(f"check_probe_settings() got unknown settings: {', '.join(sorted(unknown))}")
     if kind not in PROBE_KINDS:
         raise EvaluationError(f"probe kind must be one of {PROBE_KINDS}, got {kind!r}")
-    _check_integer("epochs", epochs, 1)
-    _check_integer("batch_size", batch_size, 1)
-    _check_integer("hidden_size", hidden_size, 1)
-    _check_integer("seed", seed, 0, MAX_SEED)
-    _check_number("learning_rate", learning_rate, 0, False)
-    _check_number("weight_decay", weight_decay, 0, True)
-    _check_number("dropout", dropout, 0, True, maximum=1)
+    for name, check in PROBE_SETTING_CHECKS.items():
+        if name in settings:
+            check(settings[name])
 
 
 @functools.cache
@@ -237,7 +240,10 @@ def train_probe(
         averages), `validation_num_labels_skipped`, `history` (per epoch: `epoch`, `train_loss`,
         `validation_roc_auc`) and the sizes and settings.
     """
-    check_probe_settings(kind, epochs, batch_size, learning_rate, weight_decay, seed, hidden_size, dropout)
+    check_probe_settings(
+        kind, epochs=epochs, batch_size=batch_size, hidden_size=hidden_size, seed=seed, learning_rate=learning_rate,
+        weight_decay=weight_decay, dropout=dropout,
+    )
     splits, task, num_labels = checked_splits(
         {"train": (train_features, train_labels), "validation": (validation_features, validation_labels),
          "test": (test_features, test_labels)},
@@ -545,7 +551,7 @@ def probe_dataset(
         the tracks skipped (unreadable audio, missing labels) and the label vocabulary.
     """
     # Every setting is checked before the model is loaded and the dataset embedded, which can take hours.
-    check_probe_settings(kind, **{k: v for k, v in probe_kwargs.items() if k in CHECKED_PROBE_SETTINGS})
+    check_probe_settings(kind, **{k: v for k, v in probe_kwargs.items() if k in PROBE_SETTING_CHECKS})
     for name, fraction in (("validation_fraction", validation_fraction), ("test_fraction", test_fraction)):
         _check_number(name, fraction, 0, False, maximum=1)
     _check_integer("extraction_batch_size", extraction_batch_size, 1)
@@ -612,10 +618,6 @@ def probe_dataset(
     if output_dir is not None:
         paths = {what: Path(output_dir) / name for what, name in PROBE_OUTPUT_FILES.items()}
     return {"rows": rows, "settings": settings, "paths": paths, "title": title}
-
-
-# The `train_probe` settings that `probe_dataset` passes through and checks up front.
-CHECKED_PROBE_SETTINGS = ("epochs", "batch_size", "learning_rate", "weight_decay", "hidden_size", "dropout")
 
 
 def _earlier_results(output_dir, overwrite: bool) -> list[Path]:
