@@ -35,6 +35,7 @@ run (not installed, another dtype, CUDA) is an error, never replaced.
 
 import contextlib
 import copy
+import ctypes
 import errno
 import fcntl
 import functools
@@ -437,6 +438,45 @@ class OnnxRuntimeSession:
         return self.session.run(None, {"input_values": input_values})
 
 
+class _SignalStack(ctypes.Structure):
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]  # stack_t
+
+
+@functools.cache
+def _libc_sigaltstack():
+    """libc's `sigaltstack`, or None where there is none (Windows)."""
+    with contextlib.suppress(OSError, AttributeError):
+        function = ctypes.CDLL(None, use_errno=True).sigaltstack
+        function.argtypes = [ctypes.POINTER(_SignalStack), ctypes.POINTER(_SignalStack)]
+        return function
+    return None
+
+
+@contextlib.contextmanager
+def calling_threads_signal_stack_kept():
+    """Runs the block with the calling thread's alternate signal stack put back as it was afterwards.
+
+    OpenVINO's CPU plugin (2026.4) gives the thread that compiles a model an alternate signal stack of its own and
+    frees that memory when the model goes, without always giving the thread back its previous one (with two compiled
+    models of one process, never). The kernel then builds the frame of the next signal whose handler asks for the
+    alternate stack (every Python handler: Ctrl-C's, the DataLoader's SIGCHLD) in freed memory: the process dies with
+    SIGSEGV, or the frame overwrites whatever was mapped there since. Signal frames fit the thread's own stack (or
+    the stack it had, such as `faulthandler`'s), so nothing is lost by keeping that one.
+    """
+    sigaltstack = _libc_sigaltstack()
+    before = _SignalStack()
+    if sigaltstack is None or sigaltstack(None, ctypes.byref(before)) != 0:
+        yield
+        return
+    try:
+        yield
+    finally:
+        now = _SignalStack()
+        if sigaltstack(None, ctypes.byref(now)) == 0 and (now.ss_sp, now.ss_size, now.ss_flags) != (before.ss_sp, before.ss_size, before.ss_flags):
+            before.ss_flags &= ~1  # SS_ONSTACK is a state the kernel reports, not a flag one may set
+            sigaltstack(ctypes.byref(before), None)
+
+
 class OpenVINOSession:
     """One OpenVINO CPU compiled model (dynamic shapes): `(input_values numpy) -> list of numpy outputs`.
 
@@ -453,8 +493,9 @@ class OpenVINOSession:
         # f32 by default: OpenVINO would otherwise run float32 graphs in bf16 on CPUs with AMX.
         precision = "bf16" if dtype == "bfloat16" else "f32"
         config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
-        self.compiled = core.compile_model(str(graph), "CPU", config)
-        self.request = self.compiled.create_infer_request()
+        with calling_threads_signal_stack_kept():
+            self.compiled = core.compile_model(str(graph), "CPU", config)
+            self.request = self.compiled.create_infer_request()
 
     def __call__(self, input_values):
         results = self.request.infer({"input_values": input_values}, share_inputs=True)

@@ -14,17 +14,6 @@ import torch
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
-# Test files that keep ONNX Runtime sessions and OpenVINO compiled models alive in the test process. After all of
-# them have run, the next subprocess that this process starts (even /bin/true) crashes it with SIGSEGV (seen with
-# onnxruntime 1.32, openvino 2026.4, torch 2.14.1, Python 3.11.7; not with either file alone before the others, nor in
-# a script holding a dozen sessions of one runtime): they run last, after every test that starts subprocesses.
-RUN_LAST = ("test_onnx_export.py", "test_backend_cli.py", "test_backends.py")
-
-
-def pytest_collection_modifyitems(items):
-    items.sort(key=lambda item: item.path.name in RUN_LAST)  # stable: each group keeps its order
-
-
 SAMPLING_RATE = 16000
 
 # A small MAEST for file-level tests: 5 s segments (316 frames), width 64, 3 blocks.

@@ -384,3 +384,47 @@ def test_auto_takes_the_fixed_order_when_it_cannot_measure(torch_model, segments
         _assert_torchs_scores(chosen, torch_model, segments)
     assert chosen.backend == backends.auto_candidates("float32")[0]
     assert f"could not measure the back-ends here (no timer); running on {chosen.backend}" in caplog.text
+
+
+_SIGNAL_AFTER_OPENVINO = """
+import ctypes, faulthandler, gc, os, signal, sys, tempfile
+import torch
+from maest import MAESTConfig, MAESTFeatureExtractor, MAESTForAudioClassification
+from maest.inference.backends import load_backend
+from maest.inference.model import InferenceModel
+
+class Stack(ctypes.Structure):
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+def alternate_stack():
+    stack = Stack()
+    assert ctypes.CDLL(None).sigaltstack(None, ctypes.byref(stack)) == 0
+    return stack.ss_sp, stack.ss_size
+
+faulthandler.enable()  # as pytest and `python -X faulthandler` do: the thread gets an alternate signal stack
+before = alternate_stack()
+config = MAESTConfig.from_preset("maest-tiny")
+model = InferenceModel(MAESTForAudioClassification(config).eval(), MAESTFeatureExtractor(max_length=config.max_length), "tiny", torch.device("cpu"), "float32")
+exported = load_backend(model, "openvino", "float32", cache_dir=sys.argv[1])
+segments = torch.randn(2, config.max_length, 96)
+exported.run(segments, scores=True, embedding=True, block=1)  # two compiled graphs
+exported.run(segments[:1, :200], scores=False, embedding=True, block=1, tokens="cls,mean")
+del exported
+gc.collect()
+received = []
+signal.signal(signal.SIGUSR1, lambda number, frame: received.append(number))  # a Python handler: on the alternate stack
+os.kill(os.getpid(), signal.SIGUSR1)
+print("handled", received)
+assert alternate_stack() == before, (alternate_stack(), before)
+"""
+
+
+@pytest.mark.skipif("openvino" not in INSTALLED or os.name != "posix", reason="needs OpenVINO on a POSIX system")
+def test_a_signal_after_openvinos_models_are_gone_is_handled_not_a_crash(tmp_path):
+    # OpenVINO's CPU plugin leaves the compiling thread's alternate signal stack in memory it has freed; the next
+    # Python signal handler (Ctrl-C's, the DataLoader's SIGCHLD) then crashed the process with SIGSEGV.
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _SIGNAL_AFTER_OPENVINO, str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "handled [10]" in done.stdout, (done.returncode, done.stderr[-2000:])
