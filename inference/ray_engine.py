@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from maest.feature_extraction.audio import AUDIO_EXTENSIONS, AudioDecodingError
-from maest.utils.errors import MAESTError
+from maest.utils.errors import MAESTError, settings_difference
 
 from .engine import (
     LOADER_NICENESS,
@@ -269,8 +269,7 @@ class ModelActor:
         self.model = load_run_model(settings)
         found = model_settings(self.model, settings)
         if found != expected_settings:  # e.g. backend "auto" resolving to another runtime on this actor's device
-            keys = sorted(key for key in set(found) | set(expected_settings) if found.get(key) != expected_settings.get(key))
-            differences = ", ".join(f"{key}: {found.get(key)!r} there, {expected_settings.get(key)!r} on the driver" for key in keys)
+            differences = settings_difference(expected_settings, found, "on the driver")
             raise CollectionError(f"a Ray actor's model settings differ from the driver's ({differences})")
         self.runner = make_runner(self.model, settings, num_workers=0, progress=False)
         self.runner.front_end.on_device = front_end_on_device  # what the decoding tasks made: features or samples

@@ -36,7 +36,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from maest.utils.errors import MAESTError
+from maest.utils.errors import MAESTError, settings_difference
 from maest.utils.files import atomic_write
 
 
@@ -236,20 +236,6 @@ def read_output(path) -> pa.Table:
     return with_metadata(pa.table(columns), metadata)
 
 
-def _settings_difference(expected: dict, found: dict) -> str:
-    keys = sorted(set(expected) | set(found))
-    return ", ".join(_setting_change(key, found.get(key), expected.get(key)) for key in keys if expected.get(key) != found.get(key))
-
-
-def _setting_change(key: str, there, now) -> str:
-    if key != "weights":
-        return f"{key}: {there!r} there, {now!r} now"
-    # The model's digest (`maest.inference.backends.weights_digest`): the model's name may be the same.
-    if there is None:
-        return f"weights: not recorded there (written by an older maest), sha256 {str(now)[:12]} now"
-    return f"weights: sha256 {str(there)[:12]} there, {str(now)[:12]} now (the model's weights or config changed)"
-
-
 # ------------------------------------------------------------------------------------------------------- failures
 def write_failures(path, failures: list[dict]) -> None:
     """`OUT.failed.tsv`: a `path<TAB>reason` header and one row per failed track. Rows follow the csv module's
@@ -403,7 +389,7 @@ class ProgressStore:
     def _refuse(self, where: str, found: dict) -> SettingsMismatchError:
         return SettingsMismatchError(
             f"{where} holds the progress of an interrupted run with other settings "
-            f"({_settings_difference(self.settings, found)}). Rerun with those settings to finish it, write "
+            f"({settings_difference(self.settings, found)}). Rerun with those settings to finish it, write "
             f"to another output file, or pass --overwrite (overwrite=True) to discard it."
         )
 
@@ -514,7 +500,7 @@ def load_existing_output(out, settings: dict, overwrite: bool = False) -> pa.Tab
     found = table_metadata(table).get("settings", {})
     if found != settings:
         raise SettingsMismatchError(
-            f"{out} was written with other settings ({_settings_difference(settings, found)}). Write to another "
+            f"{out} was written with other settings ({settings_difference(settings, found)}). Write to another "
             f"output file, or pass --overwrite (overwrite=True) to replace it."
         )
     if "path_bytes" not in table.column_names:  # written before names were kept as bytes: all of them UTF-8

@@ -43,8 +43,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from maest.utils.errors import one_line
-from maest.utils.errors import MAESTError
+from maest.utils.errors import MAESTError, one_line, settings_difference
 from maest.utils.files import atomic_write, write_text_atomically
 
 
@@ -155,11 +154,7 @@ def check_settings(index_settings: dict, query_settings: dict, what: str) -> Non
     """Refuses to compare embeddings made with other settings than the index's."""
     expected, found = embedding_settings(index_settings), embedding_settings(query_settings)
     if expected != found:
-        difference = ", ".join(
-            f"{key}: {found.get(key)!r} there, {expected.get(key)!r} in the index"
-            for key in sorted(set(expected) | set(found))
-            if expected.get(key) != found.get(key)
-        )
+        difference = settings_difference(expected, found, "in the index")
         raise IndexSettingsMismatchError(f"{what} were made with other settings than the index ({difference})")
 
 

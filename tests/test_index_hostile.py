@@ -255,7 +255,7 @@ def test_embeddings_of_other_weights_under_the_same_model_path_are_refused(tmp_p
     build_index(tmp_path / "e.parquet", tmp_path / "index")
     write_embeddings(tmp_path / "changed.parquet", vectors, settings=dict(SETTINGS, weights="b" * 64))
     status, _, err = cli(capsys, "index", tmp_path / "changed.parquet", "--out", tmp_path / "index")
-    assert status == 2 and f"weights: '{'b' * 64}' there, '{'a' * 64}' in the index" in one_line_error(err)
+    assert status == 2 and f"weights: sha256 {'b' * 12} there, {'a' * 12} in the index (the model's weights or config changed)" in one_line_error(err)
     index = SimilarityIndex.open(tmp_path / "index")
     with pytest.raises(IndexSettingsMismatchError, match="weights"):
         index.search(vectors[3], settings=dict(SETTINGS, weights="b" * 64))
