@@ -184,7 +184,9 @@ def run_pretrain_command(capsys, *arguments) -> tuple[int, str]:
         # The model overrides: MAESTConfig's names and types (before: a strict-dataclass traceback, exit 70).
         ("model: {hidden_size: big}", "model.hidden_size must be an integer; got 'big'"),
         ("model: {hidden_dropout_prob: .nan}", "model.hidden_dropout_prob must be a finite number; got nan"),
-        ("model: {hidden_dropout_prob: 1.5}", r"model.hidden_dropout_prob must be in \[0, 1\); got 1.5"),
+        # Ranges: MAESTConfig's own checks, run before anything is read or written.
+        ("model: {hidden_dropout_prob: 1.5}", r"model overrides\): hidden_dropout_prob must be in \[0, 1\), got 1.5"),
+        ("model: {layer_norm_eps: 0}", r"model overrides\): layer_norm_eps must be a positive finite number, got 0.0"),
         ("model: {hidden_sise: 192}", "model.hidden_sise is not a MAEST model setting; they are: hidden_size, "),
         ("model: {num_labels: 3}", "model.num_labels cannot be set: pre-training takes it from the data's label"),
     ],
