@@ -178,3 +178,43 @@ def test_cli_choices_are_the_librarys():
     from maest.inference.model import DEFAULT_BACKEND
 
     assert collection_cli.DEFAULT_BACKEND == DEFAULT_BACKEND
+
+
+_EXPORT_COUNTING_EMBED = """
+import sys
+import maest.inference.backends as backends
+from maest.cli import main
+
+export = backends.export_graph
+def counted(*args, **kwargs):
+    print("exporting", flush=True)
+    return export(*args, **kwargs)
+backends.export_graph = counted
+sys.exit(main(["embed", *sys.argv[2:], "--model", sys.argv[1], "-q", "--backend", "onnxruntime", "--num-workers", "0"]))
+"""
+
+
+@pytest.mark.slow  # two processes export at once
+@_needs("onnxruntime")
+def test_processes_that_need_one_graph_at_once_export_it_once(small_model_dir, tracks, truth, tmp_path, monkeypatch):
+    # The per-graph lock: the second process waits for the first one's build and uses it, instead of exporting again
+    # or reading a half-written file.
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("MAEST_CACHE", str(tmp_path / "cache"))
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _EXPORT_COUNTING_EMBED, str(small_model_dir), *map(str, tracks), "--out", str(tmp_path / f"o{run}.parquet")],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        for run in range(2)
+    ]
+    outputs = [run.communicate(timeout=300) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], [err[-2000:] for _, err in outputs]
+    assert sum(out.count("exporting") for out, _ in outputs) == 1, outputs
+    assert len(list((tmp_path / "cache" / "graphs").glob("*/model.onnx"))) == 1
+    for run in range(2):
+        results = read_output(tmp_path / f"o{run}.parquet")
+        for path, embedding in zip(results.column("path").to_pylist(), results.column("embedding").to_pylist()):
+            assert _cosine(embedding, truth[path][1]) >= 0.99999
