@@ -41,6 +41,7 @@ from torch import nn
 from maest.feature_extraction import MAESTFeatureExtractor
 from maest.inference.model import InferenceModel
 from maest.inference.precision import compile_model, cpu_precision_summary, prepare_model
+from maest.synthetic import synthetic_music
 from maest.utils.errors import MAESTError
 
 
@@ -135,33 +136,6 @@ def count_flops(
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Inputs
-
-
-def synthetic_music(seconds: float, sampling_rate: int = 16000, seed: int = 0) -> np.ndarray:
-    """Music-like mono audio for benchmarks (float32 in [-1, 1]): chords of harmonic tones with decaying envelopes on a
-    random tempo, a kick drum, hi-hat noise bursts and a little background noise. Log-mels of this exercise the model
-    like music does (structured, non-stationary), unlike white noise."""
-    rng = np.random.default_rng(seed)
-    num_samples = int(round(seconds * sampling_rate))
-    t = np.arange(num_samples) / sampling_rate
-    audio = np.zeros(num_samples)
-    beat = 60.0 / rng.uniform(70, 160)
-    brightness = rng.uniform(2, 8)  # harmonics per tone: timbre differs between seeds
-    for index, start in enumerate(np.arange(0.0, seconds, beat)):
-        onset = t >= start
-        since = np.where(onset, t - start, 0.0)
-        if index % 4 == 0:
-            root = 110.0 * 2 ** (rng.integers(0, 12) / 12)
-            chord = (0, 3, 7) if rng.random() < 0.5 else (0, 4, 7)
-        for interval in chord:
-            frequency = root * 2 ** (interval / 12)
-            for harmonic in range(1, int(brightness) + 1):
-                audio += onset * 0.08 / harmonic * np.sin(2 * np.pi * frequency * harmonic * since) * np.exp(-2 * since)
-        audio += onset * 0.3 * np.sin(2 * np.pi * 55 * since * np.exp(-8 * since)) * np.exp(-12 * since)
-        hat = (t >= start + beat / 2) & (t < start + beat / 2 + 0.03)
-        audio += hat * 0.05 * rng.standard_normal(num_samples)
-    audio += 0.005 * rng.standard_normal(num_samples)
-    return (0.9 * audio / max(1e-9, np.abs(audio).max())).astype(np.float32)
 
 
 def music_features(config, batch_size: int, seed: int = 0) -> torch.Tensor:
@@ -707,19 +681,6 @@ def benchmark_training(model, device, batch_size: int, rounds: int, patchout_tim
     }
 
 
-def synthetic_track(seconds: float, sampling_rate: int, seed: int, clip_seconds: float = 10.0) -> np.ndarray:
-    """A track of any length from `synthetic_music` clips of `clip_seconds` with their own seeds, one after another
-    (`synthetic_music` costs time proportional to beats x samples: minutes-long tracks are made of short clips)."""
-    num_samples = int(round(seconds * sampling_rate))
-    clips, made = [], 0
-    while made < num_samples:
-        clip_length = min(clip_seconds, (num_samples - made) / sampling_rate)
-        clip = synthetic_music(clip_length, sampling_rate, seed * 1000 + len(clips))
-        clips.append(clip)
-        made += len(clip)
-    return np.concatenate(clips)[:num_samples]
-
-
 def benchmark_end_to_end(
     model,
     device,
@@ -763,7 +724,7 @@ def benchmark_end_to_end(
             # 44.1 kHz, in several formats: resampling and decoding are part of the work.
             seconds = float(rng.uniform(shortest, longest))
             path = directory / f"track{index:02d}.{('flac', 'mp3', 'wav', 'ogg')[index % 4]}"
-            _write_audio(path, synthetic_track(seconds, 44100, seed=100 + index), 44100)
+            _write_audio(path, synthetic_music(seconds, 44100, seed=100 + index), 44100)
             files.append(str(path))
             total_seconds += seconds
 
@@ -842,7 +803,7 @@ def benchmark_end_to_end_cuda(
         for index in range(distinct_tracks):
             # A 20 s synthetic clip repeated with other gains and shifts (synthesizing minutes costs minutes; the
             # decoder's work does not depend on the music).
-            clip = synthetic_track(20.0, 44100, seed=200 + index)
+            clip = synthetic_music(20.0, 44100, seed=200 + index)
             repeats = math.ceil(60.0 * track_minutes / 20.0)
             audio = np.concatenate([np.roll(clip, 977 * k) * (0.5 + 0.2 * (k % 3)) for k in range(repeats)])
             audio = audio[: int(60.0 * track_minutes * 44100)].astype(np.float32)

@@ -17,7 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .measure import _median, _write_audio, synthetic_track
+from maest.synthetic import synthetic_music
+
+from .measure import _median, _write_audio
 
 
 def benchmark_ray_engine(
@@ -54,7 +56,7 @@ def benchmark_ray_engine(
             audio_seconds += seconds
             path = directory / "audio" / f"track{index:04d}.{('flac', 'mp3', 'wav', 'ogg')[index % 4]}"
             path.parent.mkdir(exist_ok=True)
-            _write_audio(path, synthetic_track(seconds, 44100, seed=1000 + index), 44100)
+            _write_audio(path, synthetic_music(seconds, 44100, seed=1000 + index), 44100)
         log(f"ray engine: {num_tracks} tracks, {audio_seconds / 60:.1f} min of audio, {preset}, batch {batch_size}")
 
         started = time.perf_counter()

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+from maest.synthetic import synthetic_music  # noqa: F401 (the tests' music, imported from here)
+
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -21,27 +23,6 @@ SMALL_MODEL_KWARGS = dict(
     max_length=316, hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=128
 )
 SMALL_MODEL_LABELS = ["rock", "jazz", "techno", "ambient", "hip hop", "folk", "classical"]
-
-
-def synth_music(seconds: float, sampling_rate: int = SAMPLING_RATE, seed: int = 0) -> np.ndarray:
-    """Music-like mono audio: a chord progression of harmonic tones with decaying envelopes, a kick drum on the
-    beat and a little noise; float32 in [-1, 1]."""
-    rng = np.random.default_rng(seed)
-    num_samples = int(round(seconds * sampling_rate))
-    t = np.arange(num_samples) / sampling_rate
-    audio = np.zeros(num_samples)
-    beat = 60.0 / rng.uniform(80, 140)
-    for start in np.arange(0.0, seconds, beat):
-        onset = t >= start
-        since = np.where(onset, t - start, 0.0)
-        root = 110.0 * 2 ** (rng.integers(0, 12) / 12)
-        for interval in (0, 4, 7):
-            frequency = root * 2 ** (interval / 12)
-            for harmonic in range(1, 5):
-                audio += onset * 0.08 / harmonic * np.sin(2 * np.pi * frequency * harmonic * since) * np.exp(-3 * since)
-        audio += onset * 0.3 * np.sin(2 * np.pi * 55 * since * np.exp(-8 * since)) * np.exp(-12 * since)
-    audio += 0.01 * rng.standard_normal(num_samples)
-    return (0.9 * audio / max(1e-9, np.abs(audio).max())).astype(np.float32)
 
 
 def write_audio(path, audio: np.ndarray, sampling_rate: int = SAMPLING_RATE) -> Path:

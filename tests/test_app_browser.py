@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import synth_music, write_audio
+from conftest import synthetic_music, write_audio
 
 MISSING = [name for name in ("gradio", "faiss", "playwright") if importlib.util.find_spec(name) is None]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -61,7 +61,7 @@ def served_app(tmp_path_factory, small_model_dir):
     folder = root / "collection"
     folder.mkdir()
     for seed in range(4):
-        write_audio(folder / f"song{seed}.wav", synth_music(6.0, seed=seed))
+        write_audio(folder / f"song{seed}.wav", synthetic_music(6.0, seed=seed))
     maest("embed", folder, "--model", small_model_dir, "--out", root / "songs.parquet", "--num-workers", "0")
     maest("index", root / "songs.parquet", "--out", root / "songs.index")
     port = free_port()
@@ -86,7 +86,7 @@ def served_app(tmp_path_factory, small_model_dir):
 
 def test_upload_shows_styles_timeline_and_neighbours(served_app, small_model_dir, tmp_path):
     url, index_dir = served_app
-    upload = write_audio(tmp_path / "upload.wav", synth_music(12.0, seed=9))
+    upload = write_audio(tmp_path / "upload.wav", synthetic_music(12.0, seed=9))
     session = [sys.executable, str(Path(__file__).with_name("browser_session.py")), url, str(upload), CHROMIUM]
     if os.environ.get("MAEST_APP_SCREENSHOT"):
         session.append(os.environ["MAEST_APP_SCREENSHOT"])

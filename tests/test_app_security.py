@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from conftest import synth_music, write_audio
+from conftest import synthetic_music, write_audio
 from maest.cli import main
 from maest.inference.store import OutputLock, TrackResult, read_output, rows_to_table, table_metadata, write_output
 
@@ -121,7 +121,7 @@ def collection(tmp_path_factory, small_model_dir):
         (music / name).parent.mkdir(parents=True, exist_ok=True)
         (music / name).write_text(text)
     for seed in range(3):
-        write_audio(music / f"song{seed}.wav", synth_music(4.0, seed=seed))
+        write_audio(music / f"song{seed}.wav", synthetic_music(4.0, seed=seed))
     assert main(["embed", str(music), "--model", str(small_model_dir), "--out", str(root / "real.parquet"),
                  "--num-workers", "0", "-q"]) == 0
     real = read_output(root / "real.parquet")
@@ -211,7 +211,7 @@ def test_an_analysis_serves_its_results_and_copies_of_its_neighbours(served, col
     _, music = collection
     visitor = Visitor(served["url"])
     visitor.login()
-    query = write_audio(served["tmpdir"].parent / "query.wav", synth_music(6.0, seed=9))
+    query = write_audio(served["tmpdir"].parent / "query.wav", synthetic_music(6.0, seed=9))
     status, body = visitor.upload("query.wav", query.read_bytes())
     assert status == 200
     uploaded = json.loads(body)[0]

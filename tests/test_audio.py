@@ -7,7 +7,7 @@ import pytest
 import torch
 import torchaudio
 
-from conftest import SAMPLING_RATE, synth_music, write_audio
+from conftest import SAMPLING_RATE, synthetic_music, write_audio
 from maest import MAESTFeatureExtractor
 from maest.feature_extraction import audio as audio_module
 from maest.feature_extraction.audio import (
@@ -33,7 +33,7 @@ def feature_extractor():
 
 
 def test_load_audio_downmixes_by_averaging_and_keeps_16k_samples(tmp_path):
-    left, right = synth_music(2.0, seed=1), synth_music(2.0, seed=2)
+    left, right = synthetic_music(2.0, seed=1), synthetic_music(2.0, seed=2)
     path = write_audio(tmp_path / "stereo.wav", np.stack([left, right]))
     decoded = load_audio(path)
     # Mean of the channels (as Essentia's MonoLoader and the feature extractor), not FFmpeg's own downmix.
@@ -42,7 +42,7 @@ def test_load_audio_downmixes_by_averaging_and_keeps_16k_samples(tmp_path):
 
 @pytest.mark.parametrize("extension", ["flac", "mp3", "ogg"])
 def test_load_audio_decodes_and_resamples_common_formats(tmp_path, extension):
-    audio_44k = synth_music(3.0, sampling_rate=44100, seed=3)
+    audio_44k = synthetic_music(3.0, sampling_rate=44100, seed=3)
     path = write_audio(tmp_path / f"clip.{extension}", audio_44k, 44100)
     decoded = load_audio(path)
     info = audio_info(path)
@@ -92,7 +92,7 @@ def test_find_audio_files_walks_directories_recursively(tmp_path):
 
 
 def test_stream_audio_chunks_concatenate_to_the_whole_track(tmp_path):
-    audio = synth_music(7.3, seed=4)
+    audio = synthetic_music(7.3, seed=4)
     path = write_audio(tmp_path / "clip.flac", np.stack([audio, 0.5 * audio]))
     chunks = list(stream_audio(path, chunk_samples=16000))
     assert [len(chunk) for chunk in chunks] == [16000] * 7 + [4800]
@@ -103,7 +103,7 @@ def test_stream_audio_chunks_concatenate_to_the_whole_track(tmp_path):
 def test_streamed_segments_equal_whole_track_features(tmp_path, feature_extractor, seconds):
     # 5.056 s segments: shorter than one, an exact multiple (10 s: 626 frames = 316 + 310), partial ends below and
     # above half a segment.
-    path = write_audio(tmp_path / "clip.wav", synth_music(seconds, seed=5))
+    path = write_audio(tmp_path / "clip.wav", synthetic_music(seconds, seed=5))
     decoded = load_audio(path)
     for last_segment in ("auto", "pad", "drop"):
         expected = feature_extractor(decoded, sampling_rate=SAMPLING_RATE, return_segments=True, last_segment=last_segment)
@@ -113,7 +113,7 @@ def test_streamed_segments_equal_whole_track_features(tmp_path, feature_extracto
 
 
 def test_track_segment_features_paths_agree_and_report_duration(tmp_path, feature_extractor):
-    audio = synth_music(12.0, sampling_rate=22050, seed=6)
+    audio = synthetic_music(12.0, sampling_rate=22050, seed=6)
     path = write_audio(tmp_path / "clip.flac", audio, 22050)
     whole = list(track_segment_features(path, feature_extractor, stream_threshold_seconds=1e9, segments_per_chunk=2))
     streamed = list(track_segment_features(path, feature_extractor, stream_threshold_seconds=0, segments_per_chunk=2))
@@ -126,14 +126,14 @@ def test_track_segment_features_paths_agree_and_report_duration(tmp_path, featur
 
 
 def test_too_short_tracks_are_refused(tmp_path, feature_extractor):
-    path = write_audio(tmp_path / "blip.wav", synth_music(0.3, seed=7))
+    path = write_audio(tmp_path / "blip.wav", synthetic_music(0.3, seed=7))
     with pytest.raises(AudioDecodingError, match=r"too short \(0.30 s"):
         list(track_segment_features(path, feature_extractor, min_duration_seconds=1.0))
 
 
 def test_long_track_is_streamed_with_bounded_memory(tmp_path, feature_extractor, monkeypatch):
     # 20 minutes of cheap audio: a 10 s clip repeated, with a different gain per repeat.
-    clip = synth_music(10.0, seed=8)
+    clip = synthetic_music(10.0, seed=8)
     audio = np.concatenate([clip * (0.3 + 0.5 * (k % 3) / 2) for k in range(120)]).astype(np.float32)
     path = write_audio(tmp_path / "long.wav", audio)
     del audio
@@ -173,7 +173,7 @@ def test_find_audio_files_survives_symlink_loops(tmp_path):
 
 def test_a_wav_cut_off_mid_frame_decodes_up_to_the_cut(tmp_path):
     """FFmpeg decodes a WAV whose last frame is incomplete up to that frame; so does `load_audio`."""
-    left, right = synth_music(3.0, seed=1), synth_music(3.0, seed=2)
+    left, right = synthetic_music(3.0, seed=1), synthetic_music(3.0, seed=2)
     whole = write_audio(tmp_path / "whole.wav", np.stack([left, right]))
     data = whole.read_bytes()
     cut = tmp_path / "cut.wav"
@@ -185,7 +185,7 @@ def test_a_wav_cut_off_mid_frame_decodes_up_to_the_cut(tmp_path):
 
 
 def test_files_with_non_utf8_names_decode(tmp_path):
-    audio = synth_music(2.0, seed=4)
+    audio = synthetic_music(2.0, seed=4)
     source = write_audio(tmp_path / "plain.wav", audio)
     name = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"latin1_\xe9.wav"))
     os.rename(source, name)
@@ -196,7 +196,7 @@ def test_files_with_non_utf8_names_decode(tmp_path):
 
 def test_unreadable_folders_are_reported_not_skipped_silently(tmp_path, monkeypatch):
     (tmp_path / "open").mkdir()
-    write_audio(tmp_path / "open" / "a.wav", synth_music(1.0))
+    write_audio(tmp_path / "open" / "a.wav", synthetic_music(1.0))
     (tmp_path / "locked").mkdir()
     locked = str(tmp_path / "locked")
     scandir = os.scandir

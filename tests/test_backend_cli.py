@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import synth_music, write_audio
+from conftest import synthetic_music, write_audio
 from maest import MAESTFeatureExtractor, MAESTForAudioClassification
 from maest.cli import collection as collection_cli
 from maest.cli import main as maest_main
@@ -41,7 +41,7 @@ def graph_cache(tmp_path_factory):
 def tracks(tmp_path_factory):
     directory = tmp_path_factory.mktemp("tracks")
     specs = [("a.wav", 7.0), ("b.flac", 11.0)]
-    return [write_audio(directory / name, synth_music(length, seed=seed)) for seed, (name, length) in enumerate(specs)]
+    return [write_audio(directory / name, synthetic_music(length, seed=seed)) for seed, (name, length) in enumerate(specs)]
 
 
 @pytest.fixture(scope="module")

@@ -70,9 +70,9 @@ def test_exit_statuses(capsys):
 
 def test_a_reader_that_goes_away_is_not_a_crash(small_model_dir, tmp_path):
     # `maest tag ... | head -1`: the reader closes the pipe before the table is printed.
-    from conftest import synth_music, write_audio
+    from conftest import synthetic_music, write_audio
 
-    tracks = [write_audio(tmp_path / f"song{i}.wav", synth_music(6.0, seed=i)) for i in range(3)]
+    tracks = [write_audio(tmp_path / f"song{i}.wav", synthetic_music(6.0, seed=i)) for i in range(3)]
     process = subprocess.Popen(
         [sys.executable, "-m", "maest", "tag", *map(str, tracks), "--model", str(small_model_dir), "--num-workers", "0",
          "--format", "csv", "-q"],

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from conftest import synth_music, write_audio
+from conftest import synthetic_music, write_audio
 from maest.cli import main as maest_main
 from maest.inference import CollectionError, embed, load_model, read_failures, read_output, tag
 from maest.inference import store as store_module
@@ -36,7 +36,7 @@ def model(small_model_dir):
 
 @pytest.fixture(scope="module")
 def good_wav(tmp_path_factory):
-    return write_audio(tmp_path_factory.mktemp("good") / "good.wav", synth_music(6.0, seed=3))
+    return write_audio(tmp_path_factory.mktemp("good") / "good.wav", synthetic_music(6.0, seed=3))
 
 
 def run_cli(argv, capsys):
@@ -133,7 +133,7 @@ def nan_features_for_loud_audio(monkeypatch):
 def test_a_track_with_non_finite_features_fails_alone(good_wav, small_model_dir, tmp_path, capsys, nan_features_for_loud_audio):
     directory = tmp_path / "mixed"
     copy_collection(directory, good_wav, ["a.wav", "c.wav"])
-    write_float_wav(directory / "b_huge.wav", synth_music(6.0, seed=4) * 1e20)
+    write_float_wav(directory / "b_huge.wav", synthetic_music(6.0, seed=4) * 1e20)
     out = tmp_path / "out.parquet"
     status, _, err = run_cli(["embed", directory, "--out", out, "--model", small_model_dir, "-q", "--num-workers", "0"], capsys)
     assert status == 1, err
@@ -144,7 +144,7 @@ def test_a_track_with_non_finite_features_fails_alone(good_wav, small_model_dir,
 
 
 def test_the_python_api_fails_only_the_array_with_non_finite_features(model, nan_features_for_loud_audio):
-    clip = synth_music(6.0, seed=5)
+    clip = synthetic_music(6.0, seed=5)
     results = tag([clip, clip * 1e20, clip], model=model, sampling_rate=16000)
     assert results.paths == ["array 0", "array 2"]
     assert [item["path"] for item in results.failed] == ["array 1"]
@@ -157,7 +157,7 @@ def test_huge_samples_never_stop_a_run(good_wav, small_model_dir, tmp_path, caps
     run ends normally, every track is accounted for and no score is NaN."""
     directory = tmp_path / "mixed"
     copy_collection(directory, good_wav, ["a.wav"])
-    write_float_wav(directory / "b_huge.wav", synth_music(6.0, seed=4) * 1e20)
+    write_float_wav(directory / "b_huge.wav", synthetic_music(6.0, seed=4) * 1e20)
     out = tmp_path / "out.npz"
     status, _, err = run_cli(["tag", directory, "--out", out, "--model", small_model_dir, "-q", "--num-workers", "0"], capsys)
     assert status in (0, 1), err
@@ -245,7 +245,7 @@ def test_a_double_ctrl_c_keeps_the_buffered_finished_tracks(small_model_dir, tmp
     directory = tmp_path / "many"
     directory.mkdir()
     for index in range(24):
-        write_audio(directory / f"track{index:02d}.wav", synth_music(6.0, seed=200 + index))
+        write_audio(directory / f"track{index:02d}.wav", synthetic_music(6.0, seed=200 + index))
     out = tmp_path / "emb.parquet"
     command = [sys.executable, "-m", "maest", "embed", str(directory), "--model", str(small_model_dir), "--out", str(out),
                "--num-workers", "0", "--flush-every", "1000"]
@@ -410,7 +410,7 @@ def test_failures_are_listed_in_input_order_whatever_order_they_were_saved_in(mo
 
 
 def test_results_follow_the_input_order_of_paths_and_arrays(good_wav, model):
-    clip = synth_music(3.0, seed=8)
+    clip = synthetic_music(3.0, seed=8)
     results = tag([str(good_wav), clip, str(good_wav)], model=model, sampling_rate=16000)
     assert results.paths == [str(good_wav), "array 1"]
 

@@ -21,7 +21,7 @@ from maest.inference.distributed import (
 )
 from maest.inference.store import SETTINGS_COLUMNS, ProgressStore, table_metadata
 
-from conftest import synth_music, write_audio
+from conftest import synthetic_music, write_audio
 
 
 # Tracks of 2-8 s in several formats and folders; the corrupt file sorts last, so it is never a process's first track.
@@ -34,7 +34,7 @@ def collection(tmp_path_factory):
     root = tmp_path_factory.mktemp("collection")
     for index, (name, seconds) in enumerate(TRACKS):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
-        write_audio(root / name, synth_music(seconds, seed=index))
+        write_audio(root / name, synthetic_music(seconds, seed=index))
     (root / CORRUPT).write_bytes(b"ID3" + b"this is no mp3 frame data" * 40)
     return root
 

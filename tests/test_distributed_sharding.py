@@ -7,7 +7,7 @@ import pytest
 
 from maest.inference.sharding import probe_duration, probe_durations, shard_by_duration, shard_durations
 
-from conftest import synth_music, write_audio
+from conftest import synthetic_music, write_audio
 
 
 def _collection(num_tracks, seed=0):
@@ -88,7 +88,7 @@ def test_bad_arguments():
 def test_durations_come_from_the_container_header(tmp_path):
     paths = []
     for seconds, extension in [(2.0, "wav"), (3.5, "flac"), (6.0, "mp3")]:
-        paths.append(write_audio(tmp_path / f"track.{extension}", synth_music(seconds, seed=1)))
+        paths.append(write_audio(tmp_path / f"track.{extension}", synthetic_music(seconds, seed=1)))
     corrupt = tmp_path / "corrupt.mp3"
     corrupt.write_bytes(b"ID3 not really an mp3" * 20)
     durations = probe_durations([*paths, corrupt, tmp_path / "missing.wav"], num_workers=2)

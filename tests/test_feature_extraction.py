@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import synth_music
+from conftest import synthetic_music
 
 from maest import MAESTFeatureExtractor
 
@@ -35,7 +35,7 @@ def ours(extractor, audio, **kwargs):
 
 
 def test_music_matches_essentia(extractor):
-    audio = synth_music(12.0, seed=3)
+    audio = synthetic_music(12.0, seed=3)
     expected, actual = essentia_features(audio), ours(extractor, audio)
     assert actual.shape == expected.shape == (1 + math.ceil(audio.size / 256), 96)
     error = np.abs(actual - expected)
@@ -46,9 +46,9 @@ def test_music_matches_essentia(extractor):
     "name, audio",
     [
         ("silence", np.zeros(16000, dtype=np.float32)),
-        ("clipped", np.clip(3 * synth_music(2.0, seed=1), -1, 1)),
-        ("length 72123", synth_music(72123 / 16000, seed=2)),
-        ("length 257", synth_music(257 / 16000, seed=4)),
+        ("clipped", np.clip(3 * synthetic_music(2.0, seed=1), -1, 1)),
+        ("length 72123", synthetic_music(72123 / 16000, seed=2)),
+        ("length 257", synthetic_music(257 / 16000, seed=4)),
         ("one sample", np.array([0.5], dtype=np.float32)),
         ("full-scale noise", np.random.default_rng(0).uniform(-1, 1, 7777).astype(np.float32)),
     ],
@@ -66,7 +66,7 @@ def test_frame_counts_follow_essentia():
 
 
 def test_padding_happens_in_the_log_mel_domain(extractor):
-    audio = synth_music(1.0)
+    audio = synthetic_music(1.0)
     features = extractor(audio, sampling_rate=16000)["input_values"]
     assert features.shape == (1, 1876, 96)
     frames = extractor.num_frames(audio.size)
@@ -76,7 +76,7 @@ def test_padding_happens_in_the_log_mel_domain(extractor):
 
 
 def test_truncation_keeps_the_first_frames(extractor):
-    audio = synth_music(40.0, seed=5)
+    audio = synthetic_music(40.0, seed=5)
     features = extractor(audio, sampling_rate=16000)["input_values"][0]
     whole = ours(extractor, audio)
     assert features.shape == (1876, 96)
@@ -135,7 +135,7 @@ def test_any_sampling_rate_resamples_a_sine_exactly(rate):
 
 
 def test_multichannel_audio_is_downmixed_when_asked(extractor):
-    left, right = synth_music(2.0, seed=1), synth_music(2.0, seed=2)
+    left, right = synthetic_music(2.0, seed=1), synthetic_music(2.0, seed=2)
     mono = ours(extractor, (left + right) / 2)
     channels_first = ours(extractor, np.stack([left, right]), channel_axis=0)
     channels_last = ours(extractor, torch.from_numpy(np.stack([left, right], axis=1)), channel_axis=-1)
@@ -151,7 +151,7 @@ def test_multichannel_audio_is_downmixed_when_asked(extractor):
 
 def test_a_2d_array_is_a_batch_as_in_transformers(extractor):
     """transformers' convention (AST, Whisper, Wav2Vec2 extractors): a 2-D array is (batch, samples)."""
-    clips = np.stack([synth_music(0.05, seed=i) for i in range(3)])  # (3, 800)
+    clips = np.stack([synthetic_music(0.05, seed=i) for i in range(3)])  # (3, 800)
     for batch in (clips, torch.from_numpy(clips)):
         output = extractor(batch, sampling_rate=16000, padding="longest")
         assert output["input_values"].shape == (3, extractor.num_frames(800), 96)
@@ -165,7 +165,7 @@ def test_a_2d_array_is_a_batch_as_in_transformers(extractor):
 
 def test_attention_mask_marks_audio_frames():
     """Constructor and call agree with pad(..., return_attention_mask=True): 1 for frames of audio, 0 for padding."""
-    clips = [synth_music(0.5, seed=1), synth_music(1.0, seed=2)]
+    clips = [synthetic_music(0.5, seed=1), synthetic_music(1.0, seed=2)]
     plain = MAESTFeatureExtractor(max_length=100)
     assert "attention_mask" not in plain(clips, sampling_rate=16000)
     masked = MAESTFeatureExtractor(max_length=100, return_attention_mask=True)
@@ -178,14 +178,14 @@ def test_attention_mask_marks_audio_frames():
     )["attention_mask"]
     np.testing.assert_array_equal(output["attention_mask"].numpy(), expected)
     assert output["attention_mask"].sum(1).tolist() == counts
-    segments = plain(synth_music(5.0), sampling_rate=16000, return_segments=True, last_segment="pad", return_attention_mask=True)
+    segments = plain(synthetic_music(5.0), sampling_rate=16000, return_segments=True, last_segment="pad", return_attention_mask=True)
     assert segments["attention_mask"].sum(1).tolist() == [100, 100, 100, plain.num_frames(80000) - 300]
     with pytest.raises(ValueError, match="return_attention_mask"):
         MAESTFeatureExtractor(return_attention_mask="yes")
 
 
 def test_a_batch_equals_single_clips(extractor):
-    clips = [synth_music(seconds, seed=i) for i, seconds in enumerate((1.0, 2.5, 0.3))]
+    clips = [synthetic_music(seconds, seed=i) for i, seconds in enumerate((1.0, 2.5, 0.3))]
     batch = extractor(clips, sampling_rate=16000, padding="longest")
     assert batch["input_values"].shape == (3, extractor.num_frames(40000), 96)
     assert batch["num_frames"].tolist() == [extractor.num_frames(c.size) for c in clips]
@@ -196,7 +196,7 @@ def test_a_batch_equals_single_clips(extractor):
 
 def test_segments_of_a_long_track(extractor):
     small = MAESTFeatureExtractor(max_length=316)
-    audio = synth_music(17.0, seed=7)  # 1064 frames = 3 segments of 316 + 116 frames
+    audio = synthetic_music(17.0, seed=7)  # 1064 frames = 3 segments of 316 + 116 frames
     whole = ours(small, audio)
     assert whole.shape[0] == 1064
     for mode, expected_segments in (("auto", 3), ("drop", 3), ("pad", 4)):
@@ -209,11 +209,11 @@ def test_segments_of_a_long_track(extractor):
     np.testing.assert_allclose(padded[:116].numpy(), whole[948:], atol=1e-6)
     np.testing.assert_allclose(padded[116:].numpy(), small.padding_value)
     # "auto" keeps a last segment with at least half a segment of audio; a short clip always gives one segment.
-    longer = small(synth_music(22.0), sampling_rate=16000, return_segments=True)  # 1376 frames: 4 x 316 + 112
+    longer = small(synthetic_music(22.0), sampling_rate=16000, return_segments=True)  # 1376 frames: 4 x 316 + 112
     assert longer["input_values"].shape[0] == 4
-    short = small(synth_music(1.0), sampling_rate=16000, return_segments=True, last_segment="drop")
+    short = small(synthetic_music(1.0), sampling_rate=16000, return_segments=True, last_segment="drop")
     assert short["input_values"].shape[0] == 1
-    two = small([synth_music(11.0), synth_music(1.0)], sampling_rate=16000, return_segments=True)
+    two = small([synthetic_music(11.0), synthetic_music(1.0)], sampling_rate=16000, return_segments=True)
     assert two["segment_clip_index"].tolist() == [0, 0, 1]
 
 
@@ -262,7 +262,7 @@ def test_bad_inputs(extractor):
 
 def test_huge_finite_amplitudes_give_finite_features(extractor):
     """float32 power spectra overflow from amplitude ~1e15; such clips are analysed in float64 (the exact formula)."""
-    audio = synth_music(1.0, seed=6)
+    audio = synthetic_music(1.0, seed=6)
     base = ours(extractor, audio)
     for gain in (1e16, 1e20, 1e30):
         features = ours(extractor, (audio.astype(np.float64) * gain).astype(np.float32))
@@ -330,7 +330,7 @@ def test_save_and_load_round_trip(tmp_path):
     extractor.save_pretrained(tmp_path)
     loaded = MAESTFeatureExtractor.from_pretrained(tmp_path)
     assert loaded.max_length == 626 and loaded.padding_value == extractor.padding_value
-    audio = synth_music(1.5)
+    audio = synthetic_music(1.5)
     torch.testing.assert_close(
         loaded(audio, sampling_rate=16000)["input_values"], extractor(audio, sampling_rate=16000)["input_values"]
     )

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import synth_music, write_audio
+from conftest import synthetic_music, write_audio
 from maest import MAESTFeatureExtractor
 from maest.feature_extraction.audio import load_audio, segment_windows, track_segment_windows
 from maest.inference import load_model
@@ -46,7 +46,7 @@ LENGTHS = [
 
 @pytest.fixture(scope="module")
 def music():
-    return torch.from_numpy(synth_music(max(LENGTHS) / 16000 + 0.01, seed=1))
+    return torch.from_numpy(synthetic_music(max(LENGTHS) / 16000 + 0.01, seed=1))
 
 
 @pytest.mark.parametrize("num_samples", LENGTHS)
@@ -62,7 +62,7 @@ def test_segment_windows_on_the_device_equal_the_feature_extractor(music, num_sa
 
 def test_a_custom_padding_value_pads_the_last_segment():
     extractor = MAESTFeatureExtractor(max_length=SEGMENT_FRAMES, padding_value=3.5)
-    audio = torch.from_numpy(synth_music(1.0, seed=3))
+    audio = torch.from_numpy(synthetic_music(1.0, seed=3))
     expected = extractor(audio, sampling_rate=16000, return_segments=True)["input_values"]
     actual = windowed_features(extractor, audio, "auto")
     assert (actual[0, -10:] == 3.5).all()
@@ -71,7 +71,7 @@ def test_a_custom_padding_value_pads_the_last_segment():
 
 def test_windows_of_a_streamed_file_equal_the_whole_file(tmp_path):
     extractor = MAESTFeatureExtractor(max_length=SEGMENT_FRAMES)
-    path = write_audio(tmp_path / "clip.flac", synth_music(13.0, sampling_rate=22050, seed=4), 22050)
+    path = write_audio(tmp_path / "clip.flac", synthetic_music(13.0, sampling_rate=22050, seed=4), 22050)
     whole = list(track_segment_windows(path, extractor, stream_threshold_seconds=1e9, segments_per_chunk=2))
     streamed = list(track_segment_windows(path, extractor, stream_threshold_seconds=0, segments_per_chunk=2))
     assert [len(frames) for _, frames, _ in whole] == [2, 1] and whole[-1][2] == pytest.approx(13.0, abs=1e-3)
@@ -86,11 +86,11 @@ def tracks(tmp_path_factory):
     directory = tmp_path_factory.mktemp("gpu_path")
     names = []
     for seed, (name, seconds, rate) in enumerate([("a.wav", 3.0, 16000), ("b.mp3", 12.4, 44100), ("c.flac", 10.0, 16000)]):
-        names.append(str(write_audio(directory / name, synth_music(seconds, sampling_rate=rate, seed=seed), rate)))
+        names.append(str(write_audio(directory / name, synthetic_music(seconds, sampling_rate=rate, seed=seed), rate)))
     (directory / "corrupt.mp3").write_bytes(b"ID3\x03\x00\x00\x00" + bytes(range(256)) * 8)
-    write_audio(directory / "blip.wav", synth_music(0.4, seed=9))
+    write_audio(directory / "blip.wav", synthetic_music(0.4, seed=9))
     names[1:1] = [str(directory / "corrupt.mp3"), str(directory / "blip.wav")]
-    return [TrackInput(name) for name in names] + [TrackInput("in memory", synth_music(8.0, 22050, seed=7), 22050)]
+    return [TrackInput(name) for name in names] + [TrackInput("in memory", synthetic_music(8.0, 22050, seed=7), 22050)]
 
 
 def run_collection(model, tracks, on_device, **options):
@@ -128,7 +128,7 @@ def test_cuda_collection_with_the_front_end_on_the_gpu_equals_the_cpu_front_end(
 @cuda
 def test_cuda_log_mel_equals_the_cpu():
     extractor = MAESTFeatureExtractor()
-    audio = torch.from_numpy(synth_music(65.0, seed=11))
+    audio = torch.from_numpy(synthetic_music(65.0, seed=11))
     for last_segment in ("auto", "pad"):
         expected = extractor(audio, sampling_rate=16000, return_segments=True, last_segment=last_segment, max_length=SEGMENT_FRAMES)
         actual = windowed_features(extractor, audio, last_segment, device="cuda")

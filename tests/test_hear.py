@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SAMPLING_RATE, synth_music
+from conftest import SAMPLING_RATE, synthetic_music
 
 import maest.hear
 from maest.hear import HEARInputError, get_scene_embeddings, get_timestamp_embeddings, load_model
@@ -57,7 +57,7 @@ def test_model_attributes(hear_model):
 
 def test_timestamp_embeddings_are_the_segments_embeddings_at_their_centers(hear_model):
     # 14 s: 876 frames = 2 segments of 316 and 244 frames (at least half a segment: kept, padded).
-    clips = np.stack([synth_music(14.0, seed=seed) for seed in (1, 2)])
+    clips = np.stack([synthetic_music(14.0, seed=seed) for seed in (1, 2)])
     embeddings, timestamps = get_timestamp_embeddings(torch.from_numpy(clips), hear_model)
     assert embeddings.shape == (2, 3, hear_model.timestamp_embedding_size) and embeddings.dtype == torch.float32
     for clip, clip_embeddings in zip(clips, embeddings):
@@ -69,7 +69,7 @@ def test_timestamp_embeddings_are_the_segments_embeddings_at_their_centers(hear_
 
 
 def test_scene_embedding_is_the_mean_of_the_timestamp_embeddings(hear_model):
-    audio = torch.from_numpy(np.stack([synth_music(8.0, seed=seed) for seed in (3, 4)]))
+    audio = torch.from_numpy(np.stack([synthetic_music(8.0, seed=seed) for seed in (3, 4)]))
     embeddings, _ = get_timestamp_embeddings(audio, hear_model)
     scene = get_scene_embeddings(audio, hear_model)
     assert embeddings.shape[1] == 2 and scene.shape == (2, hear_model.scene_embedding_size)
@@ -77,7 +77,7 @@ def test_scene_embedding_is_the_mean_of_the_timestamp_embeddings(hear_model):
 
 
 def test_a_clip_shorter_than_a_segment_is_one_padded_segment(hear_model):
-    clip = synth_music(1.0, seed=6)
+    clip = synthetic_music(1.0, seed=6)
     embeddings, timestamps = get_timestamp_embeddings(torch.from_numpy(clip[None]), hear_model)
     assert embeddings.shape[:2] == (1, 1)
     torch.testing.assert_close(embeddings[0], expected_segment_embeddings(hear_model, clip), atol=1e-5, rtol=1e-4)
@@ -90,7 +90,7 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 @pytest.mark.parametrize("device", DEVICES)
 def test_outputs_are_on_the_models_device(small_model_dir, device):
     model = load_model(str(small_model_dir)).to(device)
-    audio = torch.from_numpy(np.stack([synth_music(2.0, seed=7)] * 2)).to(device)
+    audio = torch.from_numpy(np.stack([synthetic_music(2.0, seed=7)] * 2)).to(device)
     embeddings, timestamps = get_timestamp_embeddings(audio, model)
     scene = get_scene_embeddings(audio, model)
     assert embeddings.device.type == timestamps.device.type == scene.device.type == device
@@ -122,7 +122,7 @@ def test_without_a_model_file_random_weights_of_the_30s_shape_with_a_warning():
     # Seeded: the same random model every time (and the caller's random state untouched).
     for name, parameter in model.model.state_dict().items():
         assert torch.equal(parameter, again.model.state_dict()[name]), name
-    scene = get_scene_embeddings(torch.from_numpy(synth_music(1.0, seed=8)[None]), model)
+    scene = get_scene_embeddings(torch.from_numpy(synthetic_music(1.0, seed=8)[None]), model)
     assert scene.shape == (1, 2304) and torch.isfinite(scene).all()
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import synth_music, write_audio
+from conftest import synthetic_music, write_audio
 from maest.cli import main
 from maest.inference.store import OutputLock, OutputLockedError, TrackResult, rows_to_table, write_failures, write_output
 from maest.similarity import IndexSettingsMismatchError, SimilarityIndex, build_index, normalize
@@ -406,10 +406,10 @@ def test_similar_with_a_file_that_is_not_audio_gives_the_others_and_exit_1(small
     folder = tmp_path / "music"
     folder.mkdir()
     for seed in range(3):
-        write_audio(folder / f"song{seed}.wav", synth_music(3.0, seed=seed))
+        write_audio(folder / f"song{seed}.wav", synthetic_music(3.0, seed=seed))
     assert cli(capsys, "embed", folder, "--model", small_model_dir, "--out", tmp_path / "e.parquet", "--num-workers", "0", "-q")[0] == 0
     assert cli(capsys, "index", tmp_path / "e.parquet", "--out", tmp_path / "index")[0] == 0
-    good = write_audio(tmp_path / "good.wav", synth_music(3.0, seed=7))
+    good = write_audio(tmp_path / "good.wav", synthetic_music(3.0, seed=7))
     (tmp_path / "notaudio.wav").write_text("this is not audio")
     status, out, err = cli(capsys, "similar", good, tmp_path / "notaudio.wav", "--index", tmp_path / "index",
                            "--top-k", "3", "--format", "json")

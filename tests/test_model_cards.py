@@ -9,7 +9,7 @@ import pytest
 import torch
 from huggingface_hub import ModelCard
 
-from conftest import FIXTURES, SMALL_MODEL_LABELS, synth_music, write_audio
+from conftest import FIXTURES, SMALL_MODEL_LABELS, synthetic_music, write_audio
 from maest import MAESTConfig, MAESTForAudioClassification
 from maest.cli import main
 from maest.model_cards import CITATION_BIBTEX, build_model_card, count_parameters, write_model_card
@@ -181,8 +181,8 @@ def test_card_usage_examples_run(tmp_path, small_model_dir):
     card = build_model_card(small_model_dir, repo_id="my-org/maest-small")
     blocks = _python_blocks(card.text)
     assert len(blocks) == 4
-    track = write_audio(tmp_path / "track.wav", synth_music(13.0, 22050, seed=3), 22050)
-    namespace = {"audio": synth_music(13.0, 22050, seed=3), "sampling_rate": 22050}
+    track = write_audio(tmp_path / "track.wav", synthetic_music(13.0, 22050, seed=3), 22050)
+    namespace = {"audio": synthetic_music(13.0, 22050, seed=3), "sampling_rate": 22050}
     for block in blocks:
         code = block.replace("my-org/maest-small", str(small_model_dir)).replace("track.mp3", str(track))
         if "pipeline(" in code:

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import FIXTURES, SAMPLING_RATE, SMALL_MODEL_LABELS, synth_music
+from conftest import FIXTURES, SAMPLING_RATE, SMALL_MODEL_LABELS, synthetic_music
 
 from maest import MAESTFeatureExtractor, get_maest, load_original_checkpoint
 from maest.inference.model import ModelNotAvailableError
@@ -86,7 +86,7 @@ def test_inference_patchout_setting_gives_the_original_logits(reference, tiny_co
 
 # ---------------------------------------------------------------------------------------------- input forms
 def test_1d_audio_is_split_into_segments_dropping_the_partial_last_one(small_model):
-    audio = synth_music(12.0, seed=1)
+    audio = synthetic_music(12.0, seed=1)
     length = small_model.config.max_length
     frames = whole_clip_frames(small_model, audio)
     assert frames.shape[0] == 1 + math.ceil(audio.shape[0] / 256)  # Essentia's frame count
@@ -100,7 +100,7 @@ def test_1d_audio_is_split_into_segments_dropping_the_partial_last_one(small_mod
 
 
 def test_1d_audio_shorter_than_a_segment_is_one_segment_of_its_length(small_model):
-    audio = synth_music(2.0, seed=2)
+    audio = synthetic_music(2.0, seed=2)
     frames = whole_clip_frames(small_model, audio)
     with torch.no_grad():
         logits, embeddings = small_model(torch.from_numpy(audio), transformer_block=0)
@@ -109,7 +109,7 @@ def test_1d_audio_shorter_than_a_segment_is_one_segment_of_its_length(small_mode
 
 
 def test_2d_audio_is_a_batch_of_clips(small_model):
-    clips = np.stack([synth_music(3.0, seed=seed) for seed in (3, 4)])
+    clips = np.stack([synthetic_music(3.0, seed=seed) for seed in (3, 4)])
     frames = torch.stack([whole_clip_frames(small_model, clip) for clip in clips])
     with torch.no_grad():
         logits, embeddings = small_model(torch.from_numpy(clips), transformer_block=2, melspectrogram_input=False)
@@ -128,7 +128,7 @@ def test_2d_mel_is_split_as_1d_audio_is(small_model):
 
 
 def test_predict_labels_is_the_mean_sigmoid_over_segments(small_model):
-    audio = torch.from_numpy(synth_music(12.0, seed=5))
+    audio = torch.from_numpy(synthetic_music(12.0, seed=5))
     activations, labels = small_model.predict_labels(audio)
     with torch.no_grad():
         logits, _ = small_model(audio)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import synth_music, write_audio
+from conftest import synthetic_music, write_audio
 from transformers import pipeline
 
 from maest import MAESTFeatureExtractor, MAESTForAudioClassification
@@ -29,7 +29,7 @@ def as_pairs(predictions):
 
 
 def test_array_input_gives_sigmoid_scores(classifier, small_model_dir):
-    audio = synth_music(4.0, seed=1)
+    audio = synthetic_music(4.0, seed=1)
     predictions = classifier(audio, top_k=7)
     expected = expected_scores(small_model_dir, audio, 16000)
     assert [label for label, _ in as_pairs(predictions)] == [label for label, _ in expected]
@@ -47,7 +47,7 @@ def test_dict_input_at_44k_is_resampled(classifier, small_model_dir):
 
 
 def test_file_path_input(classifier, small_model_dir, tmp_path):
-    audio = synth_music(3.0, seed=2)
+    audio = synthetic_music(3.0, seed=2)
     path = write_audio(tmp_path / "clip.flac", audio)
     predictions = classifier(str(path), top_k=2)
     expected = expected_scores(small_model_dir, audio, 16000)[:2]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import synth_music, write_audio
+from conftest import synthetic_music, write_audio
 from maest import MAESTFeatureExtractor, MAESTForAudioClassification
 from maest.feature_extraction.audio import AudioDecodingError
 from maest.modeling import pool_embedding_tokens
@@ -32,7 +32,7 @@ def source_tracks(tmp_path_factory):
     """Three files of 3 s (one padded segment of 5 s), 7 s (one segment; the 2 s rest is under half a segment and
     dropped) and 13 s (two segments and a padded third of 3 s)."""
     folder = tmp_path_factory.mktemp("tracks")
-    return [write_audio(folder / f"track{i}.wav", synth_music(seconds, seed=i)) for i, seconds in enumerate((3, 7, 13))]
+    return [write_audio(folder / f"track{i}.wav", synthetic_music(seconds, seed=i)) for i, seconds in enumerate((3, 7, 13))]
 
 
 @pytest.fixture()
@@ -118,7 +118,7 @@ def test_cache_is_reused_and_a_changed_file_invalidates_its_entry(small_model, t
         np.testing.assert_array_equal(second.tokens[block], first.tokens[block])
 
     # Rewriting one file (new content, size and modification time) recomputes only that track.
-    write_audio(tracks[1], synth_music(9, seed=42))
+    write_audio(tracks[1], synthetic_music(9, seed=42))
     os.utime(tracks[1], ns=(os.stat(tracks[1]).st_atime_ns, os.stat(tracks[1]).st_mtime_ns + 10**9))
     third = extract_track_embeddings(small_model, tracks, cache_dir=cache, cache_name="train", progress=False)
     assert (third.num_computed, third.num_cached) == (1, 2)

@@ -14,7 +14,7 @@ import wave
 import numpy as np
 import pytest
 import torch
-from conftest import synth_music
+from conftest import synthetic_music
 from hub_fixture import HUB_ORGANIZATION, label_names
 from safetensors.torch import load_file, save_file
 from transformers import (
@@ -67,7 +67,7 @@ def stock_ast(published_hub):
 def song(tmp_path_factory):
     """45 s of music (a 5 s phrase, repeated) as a 16-bit 16 kHz WAV file: one full 30 s segment and a partial one
     that `last_segment="auto"` keeps."""
-    samples = np.round(np.tile(synth_music(5.0, seed=7), 9) * 32767).astype("<i2")
+    samples = np.round(np.tile(synthetic_music(5.0, seed=7), 9) * 32767).astype("<i2")
     path = tmp_path_factory.mktemp("audio") / "song.wav"
     with wave.open(str(path), "wb") as file:
         file.setnchannels(1)
@@ -152,7 +152,7 @@ def test_auto_classes_after_import_maest(stock_ast):
     extractor = AutoFeatureExtractor.from_pretrained(repo_id)
     assert isinstance(extractor, MAESTFeatureExtractor)
     assert (extractor.feature_size, extractor.max_length) == (96, 1876)
-    audio = synth_music(3.0, seed=3)
+    audio = synthetic_music(3.0, seed=3)
     features = extractor(audio, sampling_rate=16000)["input_values"]
     np.testing.assert_array_equal(features, MAESTFeatureExtractor(max_length=1876)(audio, sampling_rate=16000)["input_values"])
     assert features[0, -1, 0] == pytest.approx(-0.8151, abs=1e-4)  # padded in the log-mel domain
@@ -338,7 +338,7 @@ def test_convert_a_published_repo(published_hub, stock_ast, tmp_path, capsys):
 def test_pipeline_on_a_published_id(stock_ast):
     repo_id = DEFAULT_MODEL
     ast = stock_ast(repo_id)
-    audio = synth_music(8.0, seed=8)
+    audio = synthetic_music(8.0, seed=8)
     features = MAESTFeatureExtractor(max_length=1876)(audio, sampling_rate=16000)["input_values"]
     with torch.no_grad():
         logits = ast(features).logits[0]

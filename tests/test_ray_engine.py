@@ -16,7 +16,7 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import synth_music, write_audio
+from conftest import synthetic_music, write_audio
 from maest.cli import main as maest_main
 from maest.inference import SettingsMismatchError, embed, read_failures, read_output, tag
 from maest.inference.store import table_metadata, table_paths
@@ -63,9 +63,9 @@ def collection(tmp_path_factory, small_model_dir):
     short, and one whose file name is not UTF-8."""
     directory = tmp_path_factory.mktemp("ray_collection")
     for index, seconds in enumerate([3.0, 6.0, 11.0, 4.5, 8.0, 14.0]):
-        write_audio(directory / f"track{index}.{'wav' if index % 2 else 'flac'}", synth_music(seconds, seed=index), 16000 if index % 3 else 22050)
+        write_audio(directory / f"track{index}.{'wav' if index % 2 else 'flac'}", synthetic_music(seconds, seed=index), 16000 if index % 3 else 22050)
     (directory / "broken.mp3").write_bytes(b"ID3 this is not an mp3 at all" * 10)
-    write_audio(directory / "short.wav", synth_music(0.4, seed=9))
+    write_audio(directory / "short.wav", synthetic_music(0.4, seed=9))
     shutil.copy(directory / "track1.wav", os.path.join(os.fsencode(directory), NON_UTF8_NAME))
     return directory
 

@@ -7,7 +7,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from conftest import synth_music, write_audio
+from conftest import synthetic_music, write_audio
 from maest.cli import main
 from maest.inference.store import TrackResult, rows_to_table, write_output
 from maest.similarity import (
@@ -144,7 +144,7 @@ def collection(tmp_path_factory, spread_model_dir):
 
     folder = tmp_path_factory.mktemp("collection")
     for seed in range(6):
-        write_audio(folder / f"track{seed}.wav", synth_music(8.0, seed=seed))
+        write_audio(folder / f"track{seed}.wav", synthetic_music(8.0, seed=seed))
     duplicate = tmp_path_factory.mktemp("queries") / "track0_copy.mp3"
     subprocess.run(["ffmpeg", "-loglevel", "error", "-i", str(folder / "track0.wav"), "-b:a", "128k", str(duplicate)], check=True)
     embeddings = folder.parent / "collection.parquet"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import synth_music, write_audio
+from conftest import synthetic_music, write_audio
 from maest import MAESTConfig, MAESTFeatureExtractor, MAESTForAudioClassification
 from maest.training.data import (
     decode_audio,
@@ -32,7 +32,7 @@ def write_folder(directory, rows, seconds=1.5):
             if kind == "corrupt":
                 (directory / name).write_bytes(b"not audio at all" * 64)
             else:
-                write_audio(directory / name, synth_music(seconds if kind == "ok" else 0.3, seed=index))
+                write_audio(directory / name, synthetic_music(seconds if kind == "ok" else 0.3, seed=index))
             handle.write(json.dumps({"file_name": name, "tags": tags}) + "\n")
     return directory
 
@@ -159,7 +159,7 @@ def test_parquet_and_webdataset_sources(tmp_path):
 
     audio = [(tmp_path / f"x{i}.flac") for i in range(3)]
     for i, path in enumerate(audio):
-        write_audio(path, synth_music(1.0, seed=i))
+        write_audio(path, synthetic_music(1.0, seed=i))
     table = pa.table({
         "audio": [{"bytes": p.read_bytes(), "path": p.name} for p in audio],
         "genre": [["rock"], ["jazz"], ["rock", "jazz"]],
@@ -304,7 +304,7 @@ def test_training_arrays_go_through_the_inference_adapter():
     # (`audio_to_mono`): int16 PCM as its float reading (not +-32768), (channels, samples) as the channels' mean.
     from maest.feature_extraction import audio_to_mono
 
-    clip = synth_music(1.0, sampling_rate=22050, seed=3)
+    clip = synthetic_music(1.0, sampling_rate=22050, seed=3)
     pcm = np.round(clip * 32767).astype(np.int16)
     as_float = pcm.astype(np.float32) / 32768
     expected = audio_to_mono(as_float, 22050, 16000)
@@ -315,7 +315,7 @@ def test_training_arrays_go_through_the_inference_adapter():
     np.testing.assert_allclose(
         extractor(decoded, sampling_rate=16000)["input_values"], extractor(as_float, sampling_rate=22050)["input_values"], atol=1e-5
     )
-    other = synth_music(1.0, sampling_rate=22050, seed=4)
+    other = synthetic_music(1.0, sampling_rate=22050, seed=4)
     stereo = _decode({"array": np.stack([clip, other]), "sampling_rate": 22050})  # a short clip: 2 x 22050
     np.testing.assert_allclose(stereo, audio_to_mono((clip + other) / 2, 22050, 16000), atol=1e-6)
     with pytest.raises(Exception, match=r"track\.wav has dtype int64"):
@@ -327,7 +327,7 @@ def test_training_arrays_go_through_the_inference_adapter():
 def test_embedded_bytes_are_decoded_from_memory(tmp_path, monkeypatch):
     import tempfile
 
-    path = write_audio(tmp_path / "clip.flac", synth_music(1.0, seed=5))
+    path = write_audio(tmp_path / "clip.flac", synthetic_music(1.0, seed=5))
     data = path.read_bytes()
     monkeypatch.setattr(tempfile, "NamedTemporaryFile", None)  # no temporary file on the way
     from_bytes = _decode({"path": "shard-0/clip.flac", "bytes": data})

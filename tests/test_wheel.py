@@ -191,11 +191,11 @@ def test_every_command_starts(installed, tmp_path):
 
 def test_tag_runs(installed, small_model_dir, tmp_path):
     """The installed `maest tag` gives the source tree's scores on a small model."""
-    from conftest import synth_music, write_audio
+    from conftest import synthetic_music, write_audio
     from maest.inference import tag
 
     _, bin_folder, environment, _ = installed
-    song = write_audio(tmp_path / "song.wav", synth_music(7.0, seed=3))
+    song = write_audio(tmp_path / "song.wav", synthetic_music(7.0, seed=3))
     result = run(
         [str(bin_folder / "maest"), "tag", str(song), "--model", str(small_model_dir), "--device", "cpu",
          "--format", "json", "--top-k", "3", "-q"],
