@@ -36,7 +36,6 @@ run (not installed, another dtype, CUDA) is an error, never replaced.
 import contextlib
 import copy
 import ctypes
-import errno
 import fcntl
 import functools
 import hashlib

@@ -303,4 +303,4 @@ def _converted(value, kind):
     return kind(value)
 
 
-__all__ = ["ConfigError", "PretrainConfig", "SettingsMapping", "parse_pretrain_arguments", "read_settings_file"]
+__all__ = ["ConfigError", "PretrainConfig", "SettingsMapping", "read_settings_file"]
