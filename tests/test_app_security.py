@@ -355,3 +355,28 @@ def test_weights_changed_in_place_under_the_index_model_path_are_refused(collect
     assert main(["app", "--index", str(index), "--port", str(free_port())]) == 2
     err = one_line_error(capsys.readouterr().err)
     assert f"embeddings of the model now in {model_dir} were made with other settings than the index (weights: " in err
+
+
+@pytest.mark.parametrize("suffix", [".wav", ".mp3", ".flac"])
+def test_a_track_replaced_after_indexing_by_another_file_is_not_copied_for_the_player(tmp_path, suffix):
+    # The player gets a copy of an indexed path's bytes as they are at the time of the search. Whoever can write in
+    # the collection could swap a track for a link to a file the app's user can read (a key, a password file): only
+    # what still decodes as audio is served.
+    from types import SimpleNamespace
+
+    from maest.app import copy_for_player
+
+    secret = tmp_path / "id_rsa"
+    secret.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n" + "b3BlbnNzaC1rZXktdjEAAAAA\n" * 40 + "-----END OPENSSH PRIVATE KEY-----\n")
+    served_folder = tmp_path / "served"
+    served_folder.mkdir()
+    song = write_audio(tmp_path / f"song{suffix}", synthetic_music(3.0, seed=1))
+    copy = copy_for_player(SimpleNamespace(path=str(song), rank=1), served_folder, 10**9)
+    assert copy is not None and Path(copy).read_bytes() == song.read_bytes()
+    swapped = tmp_path / f"swapped{suffix}"
+    swapped.symlink_to(secret)
+    assert copy_for_player(SimpleNamespace(path=str(swapped), rank=2), served_folder, 10**9) is None
+    overwritten = tmp_path / f"overwritten{suffix}"
+    shutil.copyfile(secret, overwritten)
+    assert copy_for_player(SimpleNamespace(path=str(overwritten), rank=3), served_folder, 10**9) is None
+    assert [file.name for file in served_folder.iterdir()] == [Path(copy).name]  # nothing else left to serve

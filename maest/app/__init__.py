@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from maest.feature_extraction.audio import AudioDecodingError, decode_frames
 from maest.inference import DEFAULT_MODEL, load_model
 from maest.inference.model import DEFAULT_BACKEND
 from maest.inference.plot import plot_timeline
@@ -238,14 +239,19 @@ def write_downloads(analysis: TrackAnalysis, directory) -> list[str]:
 
 def copy_for_player(neighbour, folder: Path, limit_bytes: int) -> str | None:
     """A copy of an indexed track (a search result: nothing else is ever copied) in the analysis's folder, for its
-    audio player; None when the file is gone or larger than the app's whole temporary-files bound."""
+    audio player; None when the file is gone, larger than the app's whole temporary-files bound, or no longer audio.
+
+    The copy is what gets served, so it is checked, not the path: a track replaced since it was indexed (by a link to
+    a file the app's user can read, say) is served only if the copy still decodes as audio."""
     source = Path(neighbour.path)
+    copy = folder / f"neighbour-{neighbour.rank}{source.suffix.lower()}"
     try:
         if source.stat().st_size > limit_bytes:
             return None
-        copy = folder / f"neighbour-{neighbour.rank}{source.suffix.lower()}"
         shutil.copyfile(source, copy)
-    except OSError:
+        next(decode_frames(copy, sampling_rate=None))
+    except (OSError, AudioDecodingError, StopIteration):
+        copy.unlink(missing_ok=True)
         return None
     return str(copy)
 
